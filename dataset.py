@@ -1,0 +1,135 @@
+"""Paired mask/image arrays made by transform_dataset.py, and their augmentation.
+
+The whole split is small (uint8, 286² per sample), so it is loaded once into one tensor, on the GPU when
+it fits. Augmentation (random crop, flips, 90° rotations) is drawn per epoch from (seed, epoch) alone and
+applied per batch on whatever device holds the data; the same code serves the torch Dataset below.
+"""
+import os
+
+import numpy as np
+import torch
+
+from utils import UserError, read_json
+
+
+def load_split(root, split):
+    """(masks N×Cm×H×W uint8, images N×3×H×W uint8, names) for one split, from its manifest."""
+    split_dir = os.path.join(root, split)
+    manifest_path = os.path.join(split_dir, 'manifest.json')
+    if not os.path.isdir(split_dir):
+        raise UserError(f'{split_dir}: split folder not found; run transform_dataset.py to make {split}/')
+    manifest = read_json(manifest_path, 'manifest')
+    names = [t['name'] for t in manifest.get('tiles', [])]
+    if not names:
+        raise UserError(f'{manifest_path}: the {split} split holds no samples')
+    masks, images = [], []
+    for name in names:
+        masks.append(_load_array(os.path.join(split_dir, 'masks', name + '.npy')))
+        images.append(_load_array(os.path.join(split_dir, 'images', name + '.npy')))
+    masks = np.stack([m[..., None] if m.ndim == 2 else m for m in masks])
+    images = np.stack(images)
+    if masks.shape[1:3] != images.shape[1:3] or images.shape[3] != 3:
+        raise UserError(f'{split_dir}: masks {masks.shape[1:]} and images {images.shape[1:]} do not pair up')
+    to_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+    return to_nchw(masks), to_nchw(images), names
+
+
+def _load_array(path):
+    if not os.path.exists(path):
+        raise UserError(f'{path}: listed in the manifest but missing; re-run transform_dataset.py')
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f'{path}: unreadable array ({err}); re-run transform_dataset.py') from None
+    if array.dtype != np.uint8:
+        raise UserError(f'{path}: expected uint8 array, got {array.dtype}')
+    return array
+
+
+def to_unit_range(x_uint8):
+    """uint8 [0, 255] -> float [-1, 1], the range the tanh generator produces."""
+    return x_uint8.float().div_(127.5).sub_(1.0)
+
+
+class EpochPlan:
+    """Order and augmentation of one epoch, a pure function of (seed, epoch): resume needs no RNG state."""
+
+    def __init__(self, n, size, crop, seed, epoch, flip=True, rotate=False):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        self.order = torch.randperm(n, generator=g)
+        self.top = torch.randint(0, size - crop + 1, (n,), generator=g)
+        self.left = torch.randint(0, size - crop + 1, (n,), generator=g)
+        self.hflip = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+        # Aerial images have no "up": vertical flips and 90° turns are label-preserving augmentations.
+        self.vflip = torch.rand(n, generator=g) < 0.5 if rotate else torch.zeros(n, dtype=torch.bool)
+        self.quarter_turns = torch.randint(0, 4, (n,), generator=g) if rotate else torch.zeros(n, dtype=torch.long)
+
+    def batch(self, index, batch_size, rank=0, world_size=1):
+        """Sample positions (into `order`) of global batch `index`, this rank's share of it."""
+        positions = torch.arange(index * batch_size, (index + 1) * batch_size)
+        return positions[rank::world_size]
+
+
+def crop_and_flip(x, top, left, crop, hflip, vflip, quarter_turns):
+    """Per-sample crop/flip/rotate of a batch N×C×H×W on any device, by gather indexing (no Python loop
+    over pixels); the same parameters applied to mask and image keep them aligned."""
+    n = x.shape[0]
+    steps = torch.arange(crop, device=x.device)
+    rows = (top.to(x.device)[:, None] + steps)  # N×crop
+    cols = (left.to(x.device)[:, None] + steps)
+    rows = torch.where(vflip.to(x.device)[:, None], rows.flip(1), rows)
+    cols = torch.where(hflip.to(x.device)[:, None], cols.flip(1), cols)
+    batch_idx = torch.arange(n, device=x.device)[:, None, None]
+    out = x.permute(0, 2, 3, 1)[batch_idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    for k in (1, 2, 3):
+        chosen = (quarter_turns == k).nonzero().squeeze(1)  # the plan lives on the CPU: no device sync
+        if len(chosen):
+            chosen = chosen.to(x.device)
+            out[chosen] = torch.rot90(out[chosen], k, dims=(2, 3))
+    return out.contiguous()
+
+
+def augmented_batch(masks, images, plan, positions, crop):
+    """Float [-1, 1] (mask, image) batch for sample positions of an EpochPlan; uint8 source on any device."""
+    idx = plan.order[positions]
+    params = (plan.top[idx], plan.left[idx], crop, plan.hflip[idx], plan.vflip[idx], plan.quarter_turns[idx])
+    device_idx = idx.to(masks.device)
+    return (to_unit_range(crop_and_flip(masks[device_idx], *params)),
+            to_unit_range(crop_and_flip(images[device_idx], *params)))
+
+
+def center_crop(x, crop):
+    top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
+    return x[..., top:top + crop, left:left + crop]
+
+
+class PairedDataset(torch.utils.data.Dataset):
+    """Dataset over one split: train = random crop/flip (/rotate) per epoch, val = centre crop (or full size).
+
+    Items are (mask 1×crop×crop or 3×…, image 3×crop×crop) floats in [-1, 1]. Call set_epoch(e) each epoch.
+    """
+
+    def __init__(self, root, split, crop=256, train=True, rotate=False, seed=0, full_size=False):
+        self.masks, self.images, self.names = load_split(root, split)
+        self.size = self.masks.shape[-1]
+        if crop > self.size:
+            raise UserError(f'{os.path.join(root, split)}: arrays are {self.size}² but the crop is {crop}; '
+                            f'transform with --size >= {crop}')
+        self.crop, self.train, self.rotate, self.seed, self.full_size = crop, train, rotate, seed, full_size
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch):
+        self.plan = EpochPlan(len(self), self.size, self.crop, self.seed, epoch, rotate=self.rotate)
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        if self.train:
+            # Index i means "i-th sample of this epoch's shuffled order" so a plain DataLoader follows the plan.
+            mask, image = augmented_batch(self.masks, self.images, self.plan, torch.tensor([i]), self.crop)
+            return mask[0], image[0]
+        mask, image = self.masks[i], self.images[i]
+        if not self.full_size:
+            mask, image = center_crop(mask, self.crop), center_crop(image, self.crop)
+        return to_unit_range(mask), to_unit_range(image)

@@ -1,0 +1,41 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, 'tests', 'data')
+sys.path.insert(0, REPO)
+
+import utils  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """A small Inria-layout dataset of TIFFs (LZW masks), made once per test session."""
+    root = tmp_path_factory.mktemp('synthetic_inria')
+    utils.make_synthetic_inria(str(root), n_tiles=10, size=240, seed=1, progress=False)
+    return str(root)
+
+
+@pytest.fixture(scope='session')
+def transformed_root(synthetic_root, tmp_path_factory):
+    """The synthetic dataset transformed to 72² arrays (train crops 64²)."""
+    import transform_dataset
+    out = tmp_path_factory.mktemp('transformed')
+    transform_dataset.main(['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--workers', '1'])
+    return str(out)
+
+
+def write_array_dataset(root, split, masks, images):
+    """Write a transformed-layout split directly from arrays (for tests that need exact contents)."""
+    for sub in ('masks', 'images'):
+        os.makedirs(os.path.join(root, split, sub), exist_ok=True)
+    tiles = []
+    for i, (m, im) in enumerate(zip(masks, images)):
+        name = f's{i}'
+        np.save(os.path.join(root, split, 'masks', name + '.npy'), m)
+        np.save(os.path.join(root, split, 'images', name + '.npy'), im)
+        tiles.append({'name': name, 'source': name, 'tile': [0, 0], 'building_fraction': None})
+    utils.write_json_atomic(os.path.join(root, split, 'manifest.json'), {'split': split, 'tiles': tiles})

@@ -1,0 +1,120 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_array_dataset
+from dataset import EpochPlan, PairedDataset, augmented_batch, load_split
+from utils import UserError
+
+
+def mask_derived_from_image(rng, n, size):
+    """Images with random content whose mask is a pure function of the image (red > 127)."""
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = np.where(images[..., 0] > 127, 255, 0).astype(np.uint8)
+    return masks, images
+
+
+def test_load_split_shapes_and_channels(transformed_root):
+    masks, images, names = load_split(transformed_root, 'train')
+    assert masks.shape == (len(names), 1, 72, 72) and masks.dtype == torch.uint8
+    assert images.shape == (len(names), 3, 72, 72)
+
+
+def test_train_items_are_one_channel_masks_in_unit_range(transformed_root):
+    ds = PairedDataset(transformed_root, 'train', crop=64, train=True)
+    mask, image = ds[0]
+    assert mask.shape == (1, 64, 64) and image.shape == (3, 64, 64)
+    assert mask.dtype == torch.float32
+    assert set(mask.unique().tolist()) <= {-1.0, 1.0}
+    assert image.min() >= -1 and image.max() <= 1
+
+
+@pytest.mark.parametrize('rotate', [False, True])
+def test_augmentation_keeps_mask_and_image_aligned(tmp_path, rotate):
+    masks, images = mask_derived_from_image(np.random.default_rng(0), 6, 20)
+    write_array_dataset(str(tmp_path), 'train', masks, images)
+    ds = PairedDataset(str(tmp_path), 'train', crop=12, train=True, rotate=rotate, seed=3)
+    seen_rotated = False
+    for epoch in range(8):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            mask, image = ds[i]
+            expected = torch.where(image[0] > (127.5 / 127.5 - 1), 1.0, -1.0)
+            assert torch.equal(mask[0], expected)
+            # the crop really is a (flipped/rotated) window of the source image
+            src = ds.images[ds.plan.order[i]].float() / 127.5 - 1
+            found = [torch.equal(image, torch.rot90(w, k, (1, 2)))
+                     for w in windows(src, 12) for k in range(4)]
+            assert any(found)
+            # without --rotate only horizontal flips are allowed (windows() yields w, hflip(w), ...)
+            plain_or_hflip = any(torch.equal(image, w) for j, w in enumerate(windows(src, 12)) if j % 4 < 2)
+            assert plain_or_hflip or rotate
+            seen_rotated |= not plain_or_hflip
+    assert seen_rotated == rotate
+
+
+def windows(src, crop):
+    """Every crop×crop window of src and its flips."""
+    size = src.shape[-1]
+    for top in range(size - crop + 1):
+        for left in range(size - crop + 1):
+            w = src[:, top:top + crop, left:left + crop]
+            yield from (w, w.flip(2), w.flip(1), w.flip(1).flip(2))
+
+
+def test_epoch_plan_is_a_function_of_seed_and_epoch():
+    a, b = EpochPlan(50, 72, 64, seed=1, epoch=3), EpochPlan(50, 72, 64, seed=1, epoch=3)
+    assert torch.equal(a.order, b.order) and torch.equal(a.top, b.top) and torch.equal(a.hflip, b.hflip)
+    c = EpochPlan(50, 72, 64, seed=1, epoch=4)
+    assert not torch.equal(a.order, c.order)
+    assert sorted(a.order.tolist()) == list(range(50))
+
+
+def test_batch_shards_partition_the_global_batch():
+    plan = EpochPlan(16, 72, 64, seed=0, epoch=0)
+    shards = [plan.batch(1, 8, rank, 2) for rank in range(2)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(8, 16))
+
+
+def test_augmented_batch_matches_single_items(transformed_root):
+    ds = PairedDataset(transformed_root, 'train', crop=64, train=True, rotate=True, seed=5)
+    masks, images = augmented_batch(ds.masks, ds.images, ds.plan, torch.arange(4), 64)
+    for i in range(4):
+        m, im = ds[i]
+        assert torch.equal(masks[i], m) and torch.equal(images[i], im)
+
+
+def test_validation_is_deterministic_centre_crop_or_full_size(transformed_root):
+    ds = PairedDataset(transformed_root, 'val', crop=64, train=False)
+    m1, i1 = ds[0]
+    ds.set_epoch(7)
+    m2, i2 = ds[0]
+    assert torch.equal(i1, i2) and torch.equal(m1, m2)
+    assert torch.equal(i1, ds.images[0, :, 4:68, 4:68].float() / 127.5 - 1)
+    full = PairedDataset(transformed_root, 'val', crop=64, train=False, full_size=True)
+    assert full[0][1].shape == (3, 72, 72)
+
+
+def test_empty_split_is_a_clear_error(tmp_path):
+    write_array_dataset(str(tmp_path), 'train', [], [])
+    with pytest.raises(UserError, match='holds no samples'):
+        PairedDataset(str(tmp_path), 'train')
+
+
+def test_missing_split_and_missing_manifest_entry(tmp_path):
+    with pytest.raises(UserError, match='split folder not found'):
+        PairedDataset(str(tmp_path), 'val')
+    masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
+    write_array_dataset(str(tmp_path), 'train', masks, images)
+    os.remove(tmp_path / 'train' / 'images' / 's1.npy')
+    with pytest.raises(UserError, match='s1.npy.*missing'):
+        PairedDataset(str(tmp_path), 'train', crop=16)
+
+
+def test_crop_larger_than_arrays(tmp_path):
+    masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
+    write_array_dataset(str(tmp_path), 'train', masks, images)
+    with pytest.raises(UserError, match='--size >= 32'):
+        PairedDataset(str(tmp_path), 'train', crop=32)

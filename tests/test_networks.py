@@ -1,0 +1,389 @@
+"""Tests for networks.py: shapes, receptive fields (measured), losses, VGG weight loading.
+
+CPU only and small (ngf/ndf 8, batch 1 at 256²) so the file runs in well under a minute.
+"""
+import os
+import re
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import networks  # noqa: E402
+from networks import (DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, GANLoss, VGGLoss,  # noqa: E402
+                      define_D, define_G, get_norm_layer, init_weights, patch_receptive_field,
+                      unet_min_size)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def count(net, cls):
+    return sum(isinstance(m, cls) for m in net.modules())
+
+
+# ----------------------------------------------------------------------------- generators
+
+G_SIZES = {'unet_256': 256, 'unet_128': 128, 'resnet_9blocks': 64, 'resnet_6blocks': 64}
+
+
+@pytest.mark.parametrize('upsample', ['transpose', 'resize'])
+@pytest.mark.parametrize('netG', GENERATORS)
+def test_generator_output_shape(netG, upsample):
+    size = G_SIZES[netG]
+    # Default norm 'instance', train mode, batch 1: the unet_256 bottleneck is 1x1 here.
+    G = define_G(netG, input_nc=1, output_nc=3, ngf=8, upsample=upsample)
+    assert G.training
+    x = torch.rand(1, 1, size, size) * 2 - 1
+    y = G(x)
+    assert y.shape == (1, 3, size, size)
+    assert y.abs().max() <= 1  # Tanh output
+    y.mean().backward()
+    assert all(p.grad is not None for p in G.parameters())
+
+
+@pytest.mark.parametrize('norm', NORMS)
+def test_unet_norms_train_and_eval(norm):
+    G = define_G('unet_128', ngf=8, norm=norm)
+    x = torch.rand(2, 1, 128, 128) * 2 - 1
+    assert G(x).shape == (2, 3, 128, 128)
+    G.eval()
+    assert G(x[:1]).shape == (1, 3, 128, 128)
+
+
+def test_unet_rejects_wrong_size():
+    G = define_G('unet_128', ngf=8)
+    with pytest.raises(ValueError, match='multiples of 128'):
+        G(torch.zeros(1, 1, 64, 64))
+
+
+def test_unet_min_size():
+    assert unet_min_size('unet_256') == 256
+    assert unet_min_size('unet_128') == 128
+    assert unet_min_size('resnet_9blocks') == 4
+    assert unet_min_size('resnet_6blocks') == 4
+    with pytest.raises(ValueError, match="'bogus'"):
+        unet_min_size('bogus')
+
+
+def test_unknown_netG_raises():
+    with pytest.raises(ValueError) as e:
+        define_G('unet_512')
+    assert str(e.value) == ("unknown --netG 'unet_512'; choose one of "
+                            "unet_256, unet_128, resnet_9blocks, resnet_6blocks")
+
+
+def test_unknown_upsample_and_norm_raise():
+    with pytest.raises(ValueError, match="'bilinear'"):
+        define_G('unet_128', ngf=8, upsample='bilinear')
+    with pytest.raises(ValueError, match="'group'"):
+        get_norm_layer('group')
+
+
+@pytest.mark.parametrize('netG,expected', [('unet_256', 3), ('unet_128', 2), ('resnet_6blocks', 6)])
+def test_dropout_present_only_when_requested(netG, expected):
+    assert count(define_G(netG, ngf=8, use_dropout=True), nn.Dropout) == expected
+    assert count(define_G(netG, ngf=8, use_dropout=False), nn.Dropout) == 0
+
+
+def test_unet_dropout_sits_in_the_inner_ngf8_decoder_blocks():
+    G = define_G('unet_256', ngf=8, use_dropout=True)
+    # Each dropout follows the up-path norm of an intermediate level with ngf*8 = 64 outputs.
+    for block in G.modules():
+        if isinstance(block, networks.UnetSkipBlock) and count(block.model[-1:], nn.Dropout):
+            assert isinstance(block.model[-2], nn.InstanceNorm2d)
+            assert block.model[-2].num_features == 64
+
+
+@pytest.mark.parametrize('netG', ['unet_128', 'resnet_6blocks'])
+def test_resize_upsample_has_no_transposed_conv(netG):
+    assert count(define_G(netG, ngf=8, upsample='transpose'), nn.ConvTranspose2d) > 0
+    G = define_G(netG, ngf=8, upsample='resize')
+    assert count(G, nn.ConvTranspose2d) == 0
+    assert count(G, nn.Upsample) > 0
+
+
+def test_bias_rule_follows_norm():
+    def inner_conv_biases(norm):
+        G = define_G('unet_128', ngf=8, norm=norm)
+        convs = [m for m in G.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        return [c.bias is not None for c in convs[1:-1]]  # outer convs always have a bias
+
+    assert not any(inner_conv_biases('batch'))
+    assert all(inner_conv_biases('instance'))
+    assert all(inner_conv_biases('none'))
+
+
+def test_norm_layers():
+    inst = get_norm_layer('instance')(8)
+    assert isinstance(inst, nn.InstanceNorm2d) and not inst.affine and not inst.track_running_stats
+    bn = get_norm_layer('batch')(8)
+    assert isinstance(bn, nn.BatchNorm2d) and bn.affine
+    assert isinstance(get_norm_layer('none')(8), nn.Identity)
+
+
+# ----------------------------------------------------------------------------- discriminators
+
+@pytest.mark.parametrize('netD,n_layers_D,size,out', [
+    ('basic', 3, 256, 30),      # the classic 30x30 PatchGAN map
+    ('n_layers', 2, 64, 14),    # 64/4 - 2
+    ('n_layers', 4, 128, 6),    # 128/16 - 2
+    ('pixel', 3, 64, 64),       # 1x1 convs keep H x W
+])
+def test_discriminator_output_shape(netD, n_layers_D, size, out):
+    D = define_D(netD, input_nc=4, ndf=8, n_layers_D=n_layers_D)
+    y = D(torch.randn(1, 4, size, size))
+    assert y.shape == (1, 1, out, out)
+    assert count(D, nn.Sigmoid) == 0  # raw logits
+
+
+def test_unknown_netD_raises():
+    with pytest.raises(ValueError) as e:
+        define_D('multiscale')
+    msg = str(e.value)
+    assert "'multiscale'" in msg and all(name in msg for name in DISCRIMINATORS)
+
+
+@pytest.mark.parametrize('netD,n_layers_D,expected', [
+    ('basic', 3, 70), ('pixel', 3, 1),
+    ('n_layers', 1, 16), ('n_layers', 2, 34), ('n_layers', 3, 70), ('n_layers', 4, 142)])
+def test_patch_receptive_field_values(netD, n_layers_D, expected):
+    assert patch_receptive_field(netD, n_layers_D) == expected
+
+
+def measured_receptive_field(netD, n_layers_D, size):
+    """Backprop from one central output logit; return the (rows, cols) extent of non-zero
+    input gradient and whether it stayed clear of the image border (so it is not clipped)."""
+    D = define_D(netD, input_nc=4, ndf=8, n_layers_D=n_layers_D, norm='none').double().eval()
+    x = torch.randn(1, 4, size, size, dtype=torch.double, requires_grad=True)
+    y = D(x)
+    c = y.shape[-1] // 2
+    y[0, 0, c, c].backward()
+    touched = x.grad.abs().sum(dim=(0, 1)) != 0
+    rows = touched.any(dim=1).nonzero().flatten()
+    cols = touched.any(dim=0).nonzero().flatten()
+    inside = rows.min() > 0 and cols.min() > 0 and rows.max() < size - 1 and cols.max() < size - 1
+    return (rows.max() - rows.min() + 1).item(), (cols.max() - cols.min() + 1).item(), inside
+
+
+@pytest.mark.parametrize('netD,n_layers_D,size', [
+    ('basic', 3, 128), ('n_layers', 2, 64), ('n_layers', 4, 256), ('pixel', 3, 16)])
+def test_receptive_field_matches_measurement(netD, n_layers_D, size):
+    h, w, inside = measured_receptive_field(netD, n_layers_D, size)
+    assert inside
+    assert h == w == patch_receptive_field(netD, n_layers_D)
+
+
+def test_pixel_discriminator_cells_are_independent():
+    D = define_D('pixel', ndf=8, norm='none').eval()
+    x = torch.randn(1, 4, 8, 8)
+    x2 = x.clone()
+    x2[0, :, 3, 5] += 1.0
+    changed = (D(x) != D(x2))[0, 0]
+    assert changed.nonzero().tolist() == [[3, 5]]
+
+
+# ----------------------------------------------------------------------------- init
+
+def test_init_normal_std():
+    conv = nn.Conv2d(64, 64, 3)  # 36864 weights
+    bn = nn.BatchNorm2d(4096)
+    init_weights(nn.Sequential(conv, bn), 'normal', 0.02)
+    assert abs(conv.weight.std().item() - 0.02) < 0.001
+    assert abs(conv.weight.mean().item()) < 0.001
+    assert torch.all(conv.bias == 0)
+    assert abs(bn.weight.mean().item() - 1.0) < 0.002
+    assert abs(bn.weight.std().item() - 0.02) < 0.002
+    assert torch.all(bn.bias == 0)
+
+
+def test_define_G_applies_init():
+    G = define_G('unet_256', ngf=8, init_gain=0.02)
+    biggest = max((m for m in G.modules() if isinstance(m, nn.Conv2d)), key=lambda m: m.weight.numel())
+    assert abs(biggest.weight.std().item() - 0.02) < 0.002
+
+
+@pytest.mark.parametrize('init_type', ['xavier', 'kaiming', 'orthogonal'])
+def test_other_inits_change_weights(init_type):
+    conv = nn.Conv2d(16, 16, 3)
+    before = conv.weight.clone()
+    init_weights(conv, init_type, 0.02)
+    assert not torch.equal(before, conv.weight)
+    assert torch.all(conv.bias == 0)
+
+
+def test_unknown_init_raises():
+    with pytest.raises(ValueError, match="'uniform'"):
+        init_weights(nn.Conv2d(1, 1, 1), 'uniform')
+
+
+# ----------------------------------------------------------------------------- GAN loss
+
+def test_vanilla_loss():
+    loss = GANLoss('vanilla')
+    confident_real = torch.full((1, 1, 30, 30), 20.0)
+    assert loss(confident_real, True) < 1e-6
+    assert loss(confident_real, False) > 10
+    logits = torch.randn(2, 1, 5, 5)
+    expected = F.binary_cross_entropy(torch.sigmoid(logits), torch.zeros_like(logits))
+    assert torch.allclose(loss(logits, False), expected, atol=1e-5)
+
+
+def test_lsgan_loss():
+    loss = GANLoss('lsgan')
+    ones, zeros = torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    assert loss(ones, True) == 0 and loss(ones, False) == 1
+    assert loss(zeros, False) == 0 and loss(zeros, True) == 1
+    # for_discriminator is irrelevant outside hinge
+    assert loss(ones, False, for_discriminator=False) == 1
+
+
+def test_hinge_loss():
+    loss = GANLoss('hinge')
+    pred = torch.tensor([2.0, 0.5, -3.0])
+    assert torch.isclose(loss(pred, True), torch.tensor((0 + 0.5 + 4) / 3))
+    assert torch.isclose(loss(pred, False), torch.tensor((3 + 1.5 + 0) / 3))
+    assert torch.isclose(loss(pred, True, for_discriminator=False), -pred.mean())
+    assert torch.isclose(loss(pred, False, for_discriminator=False), -pred.mean())
+
+
+@pytest.mark.parametrize('gan_mode', GAN_MODES)
+@pytest.mark.parametrize('target_is_real', [True, False])
+def test_gan_loss_gradients_flow(gan_mode, target_is_real):
+    # Logits between the lsgan labels and inside the hinge margins, so every mode has a
+    # gradient whose sign is known; double checks the target keeps the prediction's dtype.
+    pred = (torch.rand(2, 1, 6, 6, dtype=torch.double) * 0.8 + 0.1).requires_grad_(True)
+    out = GANLoss(gan_mode)(pred, target_is_real)
+    assert out.dim() == 0
+    out.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    # Minimising the loss moves logits towards the target: gradient sign is right.
+    assert (pred.grad.sum() < 0) == target_is_real
+
+
+def test_unknown_gan_mode_raises():
+    with pytest.raises(ValueError, match="'wgangp'"):
+        GANLoss('wgangp')
+
+
+# ----------------------------------------------------------------------------- VGG loss
+
+@pytest.fixture(scope='module')
+def random_vgg():
+    return VGGLoss(allow_random=True)
+
+
+@pytest.fixture(scope='module')
+def vgg_files(tmp_path_factory):
+    """A random torchvision vgg19 saved in both accepted key layouts."""
+    torch.manual_seed(1)
+    vgg = torchvision.models.vgg19(weights=None).eval()
+    d = tmp_path_factory.mktemp('vgg')
+    full, feats = str(d / 'full.pth'), str(d / 'features.pth')
+    torch.save(vgg.state_dict(), full)
+    torch.save(vgg.features.state_dict(), feats)
+    return vgg, full, feats
+
+
+def images(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+def test_vgg_random_basic_properties(random_vgg):
+    x, y = images(seed=0), images(seed=1)
+    assert random_vgg(x, x) == 0
+    assert random_vgg(x, y) > 0
+    assert len(random_vgg.features) == 30  # truncated after relu5_1
+
+
+def test_vgg_gradient_reaches_fake_only(random_vgg):
+    fake = images(seed=0).requires_grad_(True)
+    real = images(seed=1).requires_grad_(True)
+    random_vgg(fake, real).backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert real.grad is None  # real features are computed under no_grad
+    assert all(not p.requires_grad and p.grad is None for p in random_vgg.parameters())
+
+
+def test_vgg_stays_in_eval_mode(random_vgg):
+    parent = nn.ModuleDict({'vgg': random_vgg, 'conv': nn.Conv2d(1, 1, 1)})
+    parent.train()
+    assert parent['conv'].training
+    assert not any(m.training for m in random_vgg.modules())
+
+
+def test_vgg_grayscale_is_treated_as_rgb(random_vgg):
+    gray_fake, gray_real = images(1, seed=4)[:, :1], images(1, seed=5)[:, :1]
+    rgb = random_vgg(gray_fake.expand(-1, 3, -1, -1), gray_real.expand(-1, 3, -1, -1))
+    assert torch.allclose(random_vgg(gray_fake, gray_real), rgb)
+
+
+def test_vgg_custom_layers_truncate():
+    loss = VGGLoss(layers=(3, 8), layer_weights=(1.0, 0.5), allow_random=True)
+    assert len(loss.features) == 9
+    with pytest.raises(ValueError):
+        VGGLoss(layers=(3, 8), layer_weights=(1.0,), allow_random=True)
+
+
+def test_vgg_missing_weights_path(tmp_path):
+    path = str(tmp_path / 'no_such_vgg19.pth')
+    with pytest.raises(FileNotFoundError, match=re.escape(path)):
+        VGGLoss(weights_path=path)
+
+
+def reference_vgg_loss(vgg, fake, real):
+    """Pix2pixHD perceptual loss computed directly on the torchvision model."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def feats(x):
+        x, out = ((x + 1) / 2 - mean) / std, []
+        for i, layer in enumerate(vgg.features[:30]):
+            x = layer(x)
+            if i in (1, 6, 11, 20, 29):
+                out.append(x.clone())  # clone: torchvision's ReLUs are in-place
+        return out
+
+    with torch.no_grad():
+        weights = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+        return sum(w * (f - r).abs().mean() for w, f, r in zip(weights, feats(fake), feats(real)))
+
+
+@pytest.mark.parametrize('layout', ['full', 'features'])
+def test_vgg_loads_weights_file(vgg_files, layout):
+    vgg, full, feats = vgg_files
+    loss = VGGLoss(weights_path=full if layout == 'full' else feats)
+    assert torch.equal(loss.features[28].weight, vgg.features[28].weight)
+    x, y = images(seed=2), images(seed=3)
+    assert torch.allclose(loss(x, y), reference_vgg_loss(vgg, x, y), rtol=1e-5)
+
+
+def test_vgg_rejects_foreign_state_dict(tmp_path):
+    path = str(tmp_path / 'resnet.pth')
+    torch.save(nn.Conv2d(3, 3, 3).state_dict(), path)
+    with pytest.raises(ValueError, match='vgg19'):
+        VGGLoss(weights_path=path)
+
+
+def test_vgg_without_weights_or_cache_refuses(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match='--vgg_weights') as e:
+        VGGLoss()
+    assert str(tmp_path / 'checkpoints') in str(e.value)
+    assert 'vgg19-dcbb9e9d.pth' in str(e.value)
+
+
+def test_vgg_uses_torchvision_cache(tmp_path, monkeypatch, vgg_files):
+    vgg, _, feats = vgg_files
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
+    os.makedirs(tmp_path / 'checkpoints')
+    os.symlink(feats, tmp_path / 'checkpoints' / 'vgg19-dcbb9e9d.pth')
+    loss = VGGLoss()
+    assert torch.equal(loss.features[0].weight, vgg.features[0].weight)

@@ -1,0 +1,274 @@
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+import transform_dataset
+from conftest import DATA, REPO
+from utils import UserError, check_binary_mask, resize_image, resize_mask
+
+
+def make_inria_dir(root, names=('austin1', 'austin6', 'chicago7'), size=64, seed=0):
+    """A tiny Inria-layout folder: RGB TIFF images and LZW single-channel 0/255 masks."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(root, 'images'))
+    os.makedirs(os.path.join(root, 'gt'))
+    for name in names:
+        mask = np.zeros((size, size), np.uint8)
+        mask[size // 4: size // 2, size // 4: 3 * size // 4] = 255
+        image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        tifffile.imwrite(os.path.join(root, 'images', name + '.tif'), image, photometric='rgb')
+        tifffile.imwrite(os.path.join(root, 'gt', name + '.tif'), mask, compression='lzw')
+    return str(root)
+
+
+def run(dataroot, out, *extra):
+    transform_dataset.main(['--dataroot', str(dataroot), '--out', str(out), '--workers', '1', *extra])
+
+
+def npy_files(out):
+    return sorted(glob.glob(os.path.join(str(out), '**', '*.npy'), recursive=True))
+
+
+def test_synthetic_tiffs_with_lzw_masks_and_split_2(synthetic_root, tmp_path):
+    assert tifffile.TiffFile(glob.glob(os.path.join(synthetic_root, 'gt', '*.tif'))[0]).pages[0].compression == 5  # LZW
+    run(synthetic_root, tmp_path, '--size', '40', '--split', '2')
+    config = json.load(open(tmp_path / 'transform.json'))
+    assert config['split'] == 2 and config['size'] == 40
+    n_sources = {split: 0 for split in ('train', 'val')}
+    for split in ('train', 'val'):
+        manifest = json.load(open(tmp_path / split / 'manifest.json'))
+        sources = {t['source'] for t in manifest['tiles']}
+        n_sources[split] = len(sources)
+        assert len(manifest['tiles']) == 4 * len(sources)
+        for tile in manifest['tiles']:
+            mask = np.load(tmp_path / split / 'masks' / (tile['name'] + '.npy'))
+            image = np.load(tmp_path / split / 'images' / (tile['name'] + '.npy'))
+            assert mask.shape == (40, 40) and mask.dtype == np.uint8
+            assert set(np.unique(mask)) <= {0, 255}
+            assert image.shape == (40, 40, 3) and image.dtype == np.uint8
+            assert tile['building_fraction'] == pytest.approx(np.count_nonzero(mask) / mask.size)
+            assert tile['name'].endswith(f"_r{tile['tile'][0]}c{tile['tile'][1]}")
+    # synthetic names: <city>1 is validation (Inria's 1-5 rule), <city>6.. training
+    assert n_sources == {'train': 5, 'val': 5}
+    assert all('1_r' in os.path.basename(p) for p in glob.glob(str(tmp_path / 'val' / 'masks' / '*.npy')))
+
+
+def test_tiles_are_resized_pieces_of_the_source(tmp_path):
+    root = make_inria_dir(tmp_path / 'in', names=('austin6',), size=100)
+    run(root, tmp_path / 'out', '--size', '25', '--split', '2')
+    image = tifffile.imread(os.path.join(root, 'images', 'austin6.tif'))
+    mask = tifffile.imread(os.path.join(root, 'gt', 'austin6.tif'))
+    got_image = np.load(tmp_path / 'out' / 'train' / 'images' / 'austin6_r1c0.npy')
+    got_mask = np.load(tmp_path / 'out' / 'train' / 'masks' / 'austin6_r1c0.npy')
+    np.testing.assert_array_equal(got_image, resize_image(image[50:, :50], 25))
+    np.testing.assert_array_equal(got_mask, resize_mask(mask[50:, :50], 25))
+
+
+def test_mask_resize_has_no_grey_edges_and_image_resize_is_antialiased():
+    mask = np.zeros((500, 500), np.uint8)
+    mask[100:333, 50:260] = 255
+    small = resize_mask(mask, 50)
+    assert set(np.unique(small)) == {0, 255}
+    assert abs(np.count_nonzero(small) / small.size - np.count_nonzero(mask) / mask.size) < 0.01
+    # a 1-px checkerboard must average to grey, not alias into stripes
+    checker = (np.indices((500, 500)).sum(0) % 2 * 255).astype(np.uint8)
+    small_image = resize_image(np.stack([checker] * 3, -1), 50)
+    assert np.abs(small_image.astype(int) - 127).max() <= 3
+
+
+def test_real_inria_samples_with_three_channel_png_masks(tmp_path):
+    run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '64')
+    val = json.load(open(tmp_path / 'val' / 'manifest.json'))['tiles']
+    train = json.load(open(tmp_path / 'train' / 'manifest.json'))['tiles']
+    # patch names like austin3_45: city index 3 is in Inria's validation split, kitsap8 is not
+    assert {t['name'] for t in train} == {'kitsap8_26', 'kitsap8_30'}
+    assert len(val) == 8
+    mask = np.load(tmp_path / 'val' / 'masks' / 'austin3_45.npy')
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    assert 0.05 < val[0]['building_fraction'] < 0.6
+
+
+def test_min_building_drops_sparse_tiles(tmp_path):
+    run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32', '--split', '2', '--min_building', '0.25')
+    tiles = [t for s in ('train', 'val') for t in json.load(open(tmp_path / s / 'manifest.json'))['tiles']]
+    assert tiles and all(t['building_fraction'] >= 0.25 for t in tiles)
+    assert len(tiles) < 40
+    assert len(npy_files(tmp_path)) == 2 * len(tiles)
+
+
+def test_facades_aligned_format_btoa(tmp_path):
+    root = os.path.join(DATA, 'facades')
+    run(root, tmp_path, '--format', 'aligned', '--direction', 'BtoA', '--size', '64')
+    train = json.load(open(tmp_path / 'train' / 'manifest.json'))['tiles']
+    val = json.load(open(tmp_path / 'val' / 'manifest.json'))['tiles']
+    assert len(train) == 4 and len(val) == 2  # facades/test becomes val
+    both = np.asarray(Image.open(os.path.join(root, 'train', '1.jpg')))
+    mask = np.load(tmp_path / 'train' / 'masks' / '1.npy')
+    image = np.load(tmp_path / 'train' / 'images' / '1.npy')
+    assert mask.shape == (64, 64, 3)  # colour label map stays 3-channel
+    np.testing.assert_array_equal(mask, resize_mask(both[:, 256:], 64))  # BtoA: right half (labels) is the input
+    np.testing.assert_array_equal(image, resize_image(both[:, :256], 64))
+
+
+def test_rerun_skips_finished_sources(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')
+    out = tmp_path / 'out'
+    run(root, out, '--size', '32')
+    before = {p: os.stat(p).st_mtime_ns for p in npy_files(out)}
+    run(root, out, '--size', '32')
+    assert {p: os.stat(p).st_mtime_ns for p in npy_files(out)} == before
+
+
+def test_interrupted_run_is_completed_exactly(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')
+    clean, out = tmp_path / 'clean', tmp_path / 'out'
+    run(root, clean, '--size', '32')
+    run(root, out, '--size', '32')
+    # simulate a kill: one source lost its record and an array, and a temp file was left mid-write
+    os.remove(out / 'train' / 'sources' / 'austin6.json')
+    os.remove(out / 'train' / 'images' / 'austin6.npy')
+    (out / 'train' / 'images' / '.austin6.npy.x1.tmp').write_bytes(b'partial')
+    untouched = os.stat(out / 'train' / 'images' / 'chicago7.npy').st_mtime_ns
+    run(root, out, '--size', '32')
+    assert os.stat(out / 'train' / 'images' / 'chicago7.npy').st_mtime_ns == untouched
+    assert not glob.glob(str(out / '**' / '*.tmp'), recursive=True)
+    assert [os.path.relpath(p, out) for p in npy_files(out)] == [os.path.relpath(p, clean) for p in npy_files(clean)]
+    for a, b in zip(npy_files(out), npy_files(clean)):
+        np.testing.assert_array_equal(np.load(a), np.load(b))
+    assert json.load(open(out / 'train' / 'manifest.json')) == json.load(open(clean / 'train' / 'manifest.json'))
+
+
+def test_rerun_with_other_options_is_refused(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')
+    run(root, tmp_path / 'out', '--size', '32')
+    with pytest.raises(UserError, match='--size 32'):
+        run(root, tmp_path / 'out', '--size', '48')
+
+
+def test_multiple_workers_give_the_same_arrays(tmp_path):
+    root = make_inria_dir(tmp_path / 'in', names=('austin1', 'austin6', 'chicago7', 'vienna9'))
+    run(root, tmp_path / 'one', '--size', '32')
+    transform_dataset.main(['--dataroot', root, '--out', str(tmp_path / 'two'), '--size', '32', '--workers', '2'])
+    for a, b in zip(npy_files(tmp_path / 'one'), npy_files(tmp_path / 'two')):
+        np.testing.assert_array_equal(np.load(a), np.load(b))
+
+
+# ---------------------------------------------------------------- bad input
+
+def break_input(root, case):
+    """Damage a valid Inria folder in one way; return the file name the error must mention."""
+    images, gt = os.path.join(root, 'images'), os.path.join(root, 'gt')
+    if case == 'image without mask':
+        os.remove(os.path.join(gt, 'austin6.tif'))
+        return 'austin6.tif'
+    if case == 'mask without image':
+        os.remove(os.path.join(images, 'austin6.tif'))
+        return 'austin6.tif'
+    if case == 'size mismatch':
+        tifffile.imwrite(os.path.join(gt, 'austin6.tif'), np.zeros((32, 64), np.uint8), compression='lzw')
+        return 'austin6.tif'
+    if case == 'truncated tiff':
+        path = os.path.join(gt, 'austin6.tif')
+        data = open(path, 'rb').read()
+        open(path, 'wb').write(data[: len(data) // 2])
+        return 'austin6.tif'
+    if case == 'truncated image tiff':
+        path = os.path.join(images, 'chicago7.tif')
+        data = open(path, 'rb').read()
+        open(path, 'wb').write(data[: len(data) - 2000])
+        return 'chicago7.tif'
+    if case == 'zero-byte file':
+        open(os.path.join(images, 'austin6.tif'), 'wb').close()
+        return 'austin6.tif'
+    if case == 'not an image':
+        open(os.path.join(gt, 'austin6.tif'), 'w').write('hello, I am text\n' * 10)
+        return 'austin6.tif'
+    if case == '16-bit mask':
+        tifffile.imwrite(os.path.join(gt, 'austin6.tif'), np.zeros((64, 64), np.uint16))
+        return 'austin6.tif'
+    if case == 'float mask':
+        tifffile.imwrite(os.path.join(gt, 'austin6.tif'), np.zeros((64, 64), np.float32))
+        return 'austin6.tif'
+    if case == 'non-binary mask':
+        tifffile.imwrite(os.path.join(gt, 'austin6.tif'),
+                         np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), compression='lzw')
+        return 'austin6.tif'
+    if case == 'four-channel image':
+        tifffile.imwrite(os.path.join(images, 'austin6.tif'), np.zeros((64, 64, 4), np.uint8), photometric='rgb',
+                         extrasamples=['unassalpha'])
+        return 'austin6.tif'
+    if case == 'grayscale image':
+        tifffile.imwrite(os.path.join(images, 'austin6.tif'), np.zeros((64, 64), np.uint8))
+        return 'austin6.tif'
+    raise AssertionError(case)
+
+
+BAD_CASES = ['image without mask', 'mask without image', 'size mismatch', 'truncated tiff', 'truncated image tiff',
+             'zero-byte file', 'not an image', '16-bit mask', 'float mask', 'non-binary mask',
+             'four-channel image', 'grayscale image']
+
+
+@pytest.mark.parametrize('case', BAD_CASES)
+def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
+    root = make_inria_dir(tmp_path / 'in')
+    filename = break_input(root, case)
+    with pytest.raises(UserError, match=filename):
+        run(root, tmp_path / 'out')
+    assert not glob.glob(str(tmp_path / 'out' / '*' / 'manifest.json'))
+    assert not glob.glob(str(tmp_path / 'out' / '**' / '*.tmp'), recursive=True)
+    # whatever was written is complete and marked done, so a fixed re-run resumes cleanly
+    for path in npy_files(tmp_path / 'out'):
+        np.load(path)
+
+
+def test_mask_noise_within_tolerance_is_accepted():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[:50] = 255
+    mask[0, :5] = 200  # 0.05 % JPEG-like noise
+    assert set(np.unique(check_binary_mask(mask, 'm.png'))) == {0, 255}
+
+
+@pytest.mark.parametrize('options, message', [
+    (['--dataroot', 'DOES_NOT_EXIST'], 'input folder not found'),
+    (['--split', '0'], '--split 0'),
+    (['--split', '20'], 'smaller --split'),
+    (['--size', '8'], '--size 8'),
+    (['--min_building', '2'], '--min_building'),
+    (['--val_pattern', '(['], 'not a valid regex'),
+])
+def test_bad_options(tmp_path, options, message):
+    root = make_inria_dir(tmp_path / 'in')
+    args = ['--dataroot', root, '--out', str(tmp_path / 'out'), '--workers', '1'] + options
+    with pytest.raises(UserError, match=message.replace('(', r'\(').replace('[', r'\[')):
+        transform_dataset.main(args)
+
+
+def test_empty_input_dir(tmp_path):
+    os.makedirs(tmp_path / 'in' / 'images')
+    os.makedirs(tmp_path / 'in' / 'gt')
+    with pytest.raises(UserError, match='no images found'):
+        run(tmp_path / 'in', tmp_path / 'out')
+
+
+def test_output_inside_input_is_refused(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')
+    with pytest.raises(UserError, match='inside the input folder'):
+        run(root, os.path.join(root, 'arrays'))
+    assert not os.path.exists(os.path.join(root, 'arrays'))
+
+
+def test_cli_error_is_one_line_and_nonzero(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')
+    break_input(root, 'size mismatch')
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'transform_dataset.py'), '--dataroot', root,
+                           '--out', str(tmp_path / 'out')], capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
+    assert len(lines) == 1 and 'austin6.tif' in lines[0] and 'Traceback' not in proc.stderr

@@ -1,0 +1,284 @@
+"""Pre-transform a paired dataset once into small uint8 .npy arrays, so training never decodes TIFFs.
+
+    python transform_dataset.py --dataroot AerialImageDataset/train --out data/inria286 --size 286 --split 2
+    python transform_dataset.py --dataroot facades --out data/facades286 --format aligned --direction BtoA
+    python transform_dataset.py --make_synthetic data/synthetic_inria      # small Inria-layout TIFFs for the demo
+
+Inria layout: <dataroot>/images/<name>.tif + <dataroot>/gt/<name>.tif (PNG/JPEG pairs also accepted).
+Aligned layout: one image holding A|B side by side, in <dataroot>/{train,val|test}/ or flat in <dataroot>.
+Output: <out>/{train,val}/masks/<tile>.npy (H×W, or H×W×3 for colour label maps), <out>/{train,val}/images/<tile>.npy
+(H×W×3), <out>/{train,val}/manifest.json, <out>/transform.json. Re-running skips finished sources.
+"""
+import argparse
+import multiprocessing
+import os
+import re
+
+import numpy as np
+from tqdm import tqdm
+
+from utils import (IMAGE_SUFFIXES, UserError, building_fraction, check_binary_mask, check_rgb_image,
+                   make_synthetic_inria, read_image_file, read_image_header, read_json, remove_stale_temp_files,
+                   resize_image, resize_mask, run_cli, save_npy_atomic, write_json_atomic)
+
+INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
+SPLITS = ('train', 'val')
+# Options that change the arrays: an output folder made with other values must not be mixed with new ones.
+OUTPUT_DEFINING_OPTIONS = ('format', 'direction', 'size', 'split', 'val_pattern', 'min_building', 'mask_tolerance')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataroot', help='input folder (Inria layout: images/ and gt/; or aligned A|B images)')
+    p.add_argument('--out', help='output folder for the arrays (must not be inside --dataroot)')
+    p.add_argument('--format', choices=('inria', 'aligned'), default='inria',
+                   help='inria: images/ + gt/ pairs by file name; aligned: A|B side by side in one file')
+    p.add_argument('--direction', choices=('AtoB', 'BtoA'), default='BtoA',
+                   help='aligned only: which half is the input mask. Facades are photo|labels, so BtoA')
+    p.add_argument('--size', type=int, default=286, help='side of the output arrays (train crops 256 from 286)')
+    p.add_argument('--split', type=int, default=1,
+                   help='cut every source into N×N tiles before resizing (1, 2, 5: more detail, N² more data)')
+    p.add_argument('--val_pattern', default=INRIA_VAL_PATTERN,
+                   help='regex on the source file stem selecting validation sources (default: images 1-5 of each '
+                        'Inria city). For aligned data with train/ and val|test/ folders the folders decide')
+    p.add_argument('--min_building', type=float, default=0.0,
+                   help='drop tiles whose building fraction is below this (the seed used 0.25); 0 keeps all')
+    p.add_argument('--mask_tolerance', type=float, default=0.01,
+                   help='fraction of mask pixels allowed to be neither 0 nor 255 (compression noise)')
+    p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                   help='processes decoding sources in parallel (each holds ~3× one source in RAM)')
+    p.add_argument('--make_synthetic', metavar='DIR',
+                   help='instead of transforming: write a synthetic Inria-layout dataset of TIFFs to DIR')
+    p.add_argument('--n_tiles', type=int, default=20, help='--make_synthetic: number of tiles')
+    p.add_argument('--tile_size', type=int, default=1000, help='--make_synthetic: side of each tile (real: 5000)')
+    p.add_argument('--seed', type=int, default=0, help='--make_synthetic: random seed')
+    return p.parse_args(argv)
+
+
+def check_options(opt):
+    if opt.make_synthetic:
+        if opt.n_tiles < 1 or opt.tile_size < 16:
+            raise UserError('--make_synthetic needs --n_tiles >= 1 and --tile_size >= 16')
+        return
+    if not opt.dataroot or not opt.out:
+        raise UserError('--dataroot and --out are required (or use --make_synthetic DIR)')
+    if not os.path.isdir(opt.dataroot):
+        raise UserError(f'{opt.dataroot}: input folder not found')
+    if opt.size < 16:
+        raise UserError(f'--size {opt.size} is too small (need >= 16)')
+    if opt.split < 1 or opt.split > 64:
+        raise UserError(f'--split {opt.split}: must be between 1 and 64 (N×N tiles per source)')
+    if not 0.0 <= opt.min_building <= 1.0:
+        raise UserError(f'--min_building {opt.min_building}: must be a fraction between 0 and 1')
+    try:
+        re.compile(opt.val_pattern)
+    except re.error as err:
+        raise UserError(f'--val_pattern {opt.val_pattern!r} is not a valid regex ({err})') from None
+    dataroot, out = os.path.realpath(opt.dataroot), os.path.realpath(opt.out)
+    if out == dataroot or out.startswith(dataroot + os.sep):
+        raise UserError(f'{opt.out}: output folder is inside the input folder {opt.dataroot}; choose another --out')
+
+
+# ---------------------------------------------------------------- finding sources
+
+def list_images(folder):
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
+
+
+def stems(names):
+    return {os.path.splitext(n)[0]: n for n in names}
+
+
+def find_inria_sources(opt):
+    """Pairs (stem, image path, mask path, split), matched by file stem; any unmatched file is an error."""
+    image_dir, mask_dir = os.path.join(opt.dataroot, 'images'), os.path.join(opt.dataroot, 'gt')
+    for folder in (image_dir, mask_dir):
+        if not os.path.isdir(folder):
+            raise UserError(f'{folder}: folder not found (Inria layout needs images/ and gt/ in --dataroot)')
+    images, masks = stems(list_images(image_dir)), stems(list_images(mask_dir))
+    if not images and not masks:
+        raise UserError(f'{opt.dataroot}: no images found in images/ or gt/ (.tif, .png, .jpg)')
+    for stem in sorted(images.keys() - masks.keys()):
+        raise UserError(f'{os.path.join(image_dir, images[stem])}: image has no mask in {mask_dir}')
+    for stem in sorted(masks.keys() - images.keys()):
+        raise UserError(f'{os.path.join(mask_dir, masks[stem])}: mask has no image in {image_dir}')
+    pattern = re.compile(opt.val_pattern)
+    return [(stem, os.path.join(image_dir, images[stem]), os.path.join(mask_dir, masks[stem]),
+             'val' if pattern.search(stem) else 'train') for stem in sorted(images)]
+
+
+def find_aligned_sources(opt):
+    """(stem, path, path, split): split from train/ and val/ (or test/) folders, else from --val_pattern."""
+    folders = {split: os.path.join(opt.dataroot, name) for split, name in
+               (('train', 'train'), ('val', 'val'), ('val', 'test')) if os.path.isdir(os.path.join(opt.dataroot, name))}
+    if 'train' in folders:
+        sources = [(f'{stem}', os.path.join(folder, name), os.path.join(folder, name), split)
+                   for split, folder in folders.items() for stem, name in stems(list_images(folder)).items()]
+    else:
+        pattern = re.compile(opt.val_pattern)
+        sources = [(stem, os.path.join(opt.dataroot, name), os.path.join(opt.dataroot, name),
+                    'val' if pattern.search(stem) else 'train') for stem, name in stems(list_images(opt.dataroot)).items()]
+    if not sources:
+        raise UserError(f'{opt.dataroot}: no images found (.tif, .png, .jpg), nor train/ and val/ folders holding them')
+    return sorted(sources, key=lambda s: (s[3], s[0]))
+
+
+def check_headers(sources, opt):
+    """Validate sizes, channels and dtypes from file headers before any output is written."""
+    for stem, image_path, mask_path, split in tqdm(sources, desc='checking headers', leave=False, disable=len(sources) < 50):
+        height, width, channels, dtype = read_image_header(image_path)
+        if opt.format == 'aligned':
+            if width % 2:
+                raise UserError(f'{image_path}: aligned A|B image must have an even width, got {width}')
+            width //= 2
+        else:
+            if channels != 3 or dtype != np.uint8:
+                check_rgb_image(np.zeros((1, 1, channels) if channels > 1 else (1, 1), dtype), image_path)
+            mask_h, mask_w, _, _ = read_image_header(mask_path)
+            if (mask_h, mask_w) != (height, width):
+                raise UserError(f'{mask_path}: mask is {mask_w}×{mask_h} but its image {image_path} is {width}×{height}')
+        if min(height, width) // opt.split < 8:
+            raise UserError(f'{image_path}: {width}×{height} cannot be cut into {opt.split}×{opt.split} tiles '
+                            f'(tiles would be under 8 px); use a smaller --split')
+
+
+# ---------------------------------------------------------------- one source -> tiles
+
+def load_pair(source, opt):
+    """Decode one source once: (mask H×W or H×W×3, image H×W×3), both uint8, validated."""
+    stem, image_path, mask_path, _ = source
+    if opt.format == 'aligned':
+        both = check_rgb_image(read_image_file(image_path), image_path)
+        half = both.shape[1] // 2
+        left, right = both[:, :half], both[:, half:]
+        return (left, right) if opt.direction == 'AtoB' else (right, left)
+    image = check_rgb_image(read_image_file(image_path), image_path)
+    mask = check_binary_mask(read_image_file(mask_path), mask_path, opt.mask_tolerance)
+    if mask.shape != image.shape[:2]:
+        raise UserError(f'{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is '
+                        f'{image.shape[1]}×{image.shape[0]}')
+    return mask, image
+
+
+def tile_bounds(length, n):
+    """Edges of n nearly equal pieces of `length` (5000/3 does not divide: the remainder is spread)."""
+    return [round(i * length / n) for i in range(n + 1)]
+
+
+def tile_name(stem, row, col, split):
+    return stem if split == 1 else f'{stem}_r{row}c{col}'
+
+
+def record_path(out, split, stem):
+    return os.path.join(out, split, 'sources', stem + '.json')
+
+
+def transform_source(source, opt):
+    """Cut, resize and save one source; the per-source record is written last and marks it done."""
+    stem, image_path, mask_path, split = source
+    mask, image = load_pair(source, opt)
+    ys, xs = tile_bounds(mask.shape[0], opt.split), tile_bounds(mask.shape[1], opt.split)
+    tiles = []
+    for row in range(opt.split):
+        for col in range(opt.split):
+            tile_mask = resize_mask(mask[ys[row]:ys[row + 1], xs[col]:xs[col + 1]], opt.size)
+            fraction = building_fraction(tile_mask)
+            if fraction is not None and fraction < opt.min_building:
+                continue
+            name = tile_name(stem, row, col, opt.split)
+            tile_image = resize_image(image[ys[row]:ys[row + 1], xs[col]:xs[col + 1]], opt.size)
+            save_npy_atomic(os.path.join(opt.out, split, 'images', name + '.npy'), tile_image)
+            save_npy_atomic(os.path.join(opt.out, split, 'masks', name + '.npy'), tile_mask)
+            tiles.append({'name': name, 'source': os.path.basename(image_path), 'mask_source': os.path.basename(mask_path),
+                          'tile': [row, col], 'building_fraction': fraction})
+    write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'tiles': tiles})
+    return stem
+
+
+def is_done(source, opt):
+    """A source is finished when its record exists and every tile it lists is on disk."""
+    stem, _, _, split = source
+    path = record_path(opt.out, split, stem)
+    if not os.path.exists(path):
+        return False
+    tiles = read_json(path, 'source record')['tiles']
+    return all(os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
+               for t in tiles for kind in ('images', 'masks'))
+
+
+def _worker(args):
+    source, opt = args
+    try:
+        return transform_source(source, opt), None
+    except UserError as err:
+        return source[0], str(err)
+
+
+# ---------------------------------------------------------------- whole dataset
+
+def prepare_output(opt):
+    """Create the output folders; refuse to mix outputs made with different options."""
+    settings = {k: getattr(opt, k) for k in OUTPUT_DEFINING_OPTIONS}
+    config_path = os.path.join(opt.out, 'transform.json')
+    if os.path.exists(config_path):
+        previous = read_json(config_path, 'transform config')
+        changed = [k for k in OUTPUT_DEFINING_OPTIONS if previous.get(k) != settings[k]]
+        if changed:
+            raise UserError(f'{opt.out}: already holds a dataset made with other options '
+                            f'({", ".join(f"--{k} {previous.get(k)}" for k in changed)}); use a new --out')
+    for split in SPLITS:
+        for sub in ('images', 'masks', 'sources'):
+            os.makedirs(os.path.join(opt.out, split, sub), exist_ok=True)
+            remove_stale_temp_files(os.path.join(opt.out, split, sub))
+    write_json_atomic(config_path, dict(settings, dataroot=os.path.abspath(opt.dataroot)))
+
+
+def write_manifests(sources, opt):
+    for split in SPLITS:
+        tiles = [t for s in sources if s[3] == split for t in read_json(record_path(opt.out, split, s[0]))['tiles']]
+        write_json_atomic(os.path.join(opt.out, split, 'manifest.json'),
+                          {'split': split, 'size': opt.size, 'tiles': tiles})
+        print(f'{split}: {len(tiles)} tiles from {sum(s[3] == split for s in sources)} sources')
+
+
+def transform(opt):
+    sources = find_inria_sources(opt) if opt.format == 'inria' else find_aligned_sources(opt)
+    check_headers(sources, opt)
+    if opt.min_building > 0 and opt.format == 'aligned':
+        raise UserError('--min_building needs binary building masks; aligned colour label maps have none')
+    prepare_output(opt)
+    todo = [s for s in sources if not is_done(s, opt)]
+    if len(todo) < len(sources):
+        print(f'resuming: {len(sources) - len(todo)} of {len(sources)} sources already done')
+    jobs = [(s, opt) for s in todo]
+    bar = tqdm(total=len(todo), desc='transforming', unit='source')
+    if opt.workers > 1 and len(todo) > 1:
+        # spawn: a fork of a process that already imported torch/threads can deadlock
+        with multiprocessing.get_context('spawn').Pool(min(opt.workers, len(todo))) as pool:
+            for stem, error in pool.imap_unordered(_worker, jobs):
+                if error:
+                    raise UserError(error)
+                bar.update()
+    else:
+        for job in jobs:
+            stem, error = _worker(job)
+            if error:
+                raise UserError(error)
+            bar.update()
+    bar.close()
+    write_manifests(sources, opt)
+
+
+def main(argv=None):
+    opt = parse_args(argv)
+    check_options(opt)
+    if opt.make_synthetic:
+        names = make_synthetic_inria(opt.make_synthetic, opt.n_tiles, opt.tile_size, opt.seed)
+        print(f'wrote {len(names)} synthetic tiles to {opt.make_synthetic}/images and {opt.make_synthetic}/gt')
+        return
+    transform(opt)
+    print(f'done: {opt.out}')
+
+
+if __name__ == '__main__':
+    run_cli(main)
