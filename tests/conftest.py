@@ -8,6 +8,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, 'tests', 'data')
 sys.path.insert(0, REPO)
 
+import transform_dataset  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -15,14 +16,13 @@ import utils  # noqa: E402
 def synthetic_root(tmp_path_factory):
     """A small Inria-layout dataset of TIFFs (LZW masks), made once per test session."""
     root = tmp_path_factory.mktemp('synthetic_inria')
-    utils.make_synthetic_inria(str(root), n_tiles=10, size=240, seed=1, progress=False)
+    transform_dataset.make_synthetic_inria(str(root), n_tiles=10, size=240, seed=1, progress=False)
     return str(root)
 
 
 @pytest.fixture(scope='session')
 def transformed_root(synthetic_root, tmp_path_factory):
     """The synthetic dataset transformed to 72² arrays (train crops 64²)."""
-    import transform_dataset
     out = tmp_path_factory.mktemp('transformed')
     transform_dataset.main(['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--workers', '1'])
     return str(out)
