@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, augmented_batch, center_crop, load_split, to_unit_range
-from utils import (CHECKPOINT_FORMAT, UserError, image_metrics, load_checkpoint, read_json, run_cli, save_checkpoint,
-                   write_json_atomic)
+from utils import (CHECKPOINT_FORMAT, UserError, image_metrics, load_checkpoint, read_json, remove_stale_temp_files,
+                   run_cli, save_checkpoint, write_json_atomic)
 
 # Options that define the networks or the data they see: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -338,6 +338,19 @@ def image_grid(trainer, val_masks, val_images, n):
     return ((rows + 1) / 2).clamp(0, 1).cpu()
 
 
+def open_run_dir(run_dir, opt, iteration):
+    """Create the run folder, write config.json, open TensorBoard; unwritable -> one clear error."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        remove_stale_temp_files(run_dir)  # checkpoint writes cut short by a kill
+        write_json_atomic(os.path.join(run_dir, 'config.json'), vars(opt))
+    except OSError as err:
+        raise UserError(f'{run_dir}: cannot write the run folder ({err.strerror or err})') from None
+    from torch.utils.tensorboard import SummaryWriter
+    # purge_step hides the events a killed run logged after its last checkpoint, which are redone now
+    return SummaryWriter(run_dir, purge_step=iteration if opt.resume else None)
+
+
 class StopRequest:
     """SIGTERM (schedulers' preemption notice) or Ctrl-C: finish the step, save latest, exit."""
 
@@ -408,10 +421,7 @@ def train(opt):
         torch.manual_seed(opt.seed + 1 + rank)  # dropout noise; weights were drawn from opt.seed
     writer = None
     if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        write_json_atomic(os.path.join(run_dir, 'config.json'), vars(opt))
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(run_dir)
+        writer = open_run_dir(run_dir, opt, trainer.iteration)
     train_masks, train_images = place_training_data(train_masks, train_images, opt, device)
     stop = StopRequest()
     total_epochs = opt.n_epochs + opt.n_epochs_decay
@@ -488,11 +498,12 @@ def train(opt):
         if rank == 0:
             print(summary)
             state = trainer.state()
-            save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
             if trainer.epoch % opt.save_epoch_freq == 0:
                 save_checkpoint(os.path.join(run_dir, f'epoch_{trainer.epoch}.pt'), state)
             if is_best:
                 save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
+            # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
+            save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
         if stop.signal is not None:
             return 0 if stop.signal == signal.SIGTERM else 130
     if writer:

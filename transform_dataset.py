@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument('--direction', choices=('AtoB', 'BtoA'), default='BtoA',
                    help='aligned only: which half is the input mask. Facades are photo|labels, so BtoA')
     p.add_argument('--size', type=int, default=286, help='side of the output arrays (train crops 256 from 286)')
+    p.add_argument('--crop_size', type=int, default=256,
+                   help='the crop train.py will take (its --crop_size): --size must be at least this')
     p.add_argument('--split', type=int, default=1,
                    help='cut every source into N×N tiles before resizing (1, 2, 5: more detail, N² more data)')
     p.add_argument('--val_pattern', default=INRIA_VAL_PATTERN,
@@ -67,6 +69,9 @@ def check_options(opt):
         raise UserError(f'{opt.dataroot}: input folder not found')
     if opt.size < 16:
         raise UserError(f'--size {opt.size} is too small (need >= 16)')
+    if opt.size < opt.crop_size:
+        raise UserError(f'--size {opt.size} is smaller than --crop_size {opt.crop_size}: training could not crop '
+                        f'these arrays (use --size >= {opt.crop_size}, e.g. 286 for 256 crops)')
     if opt.split < 1 or opt.split > 64:
         raise UserError(f'--split {opt.split}: must be between 1 and 64 (N×N tiles per source)')
     if not 0.0 <= opt.min_building <= 1.0:

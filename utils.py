@@ -204,9 +204,14 @@ CHECKPOINT_FORMAT = 'pix2pix-inria-checkpoint-v1'
 
 
 def save_checkpoint(path, state):
+    """Atomic torch.save: a full disk or a kill mid-write leaves the previous file as it was."""
     import torch
-    with atomic_open(path) as f:
-        torch.save(state, f)
+    try:
+        with atomic_open(path) as f:
+            torch.save(state, f)
+    except OSError as err:
+        raise UserError(f'{path}: could not save checkpoint ({err.strerror or err}); '
+                        f'the previous version of this file is intact') from None
 
 
 def load_checkpoint(path):
@@ -246,4 +251,27 @@ def to_uint8_hwc(x):
     """A C×H×W tensor in [-1, 1] -> H×W×C (or H×W for one channel) uint8 numpy array, for saving."""
     array = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
     return array[..., 0] if array.shape[2] == 1 else array
+
+
+def building_scores(prob, mask, threshold=0.5):
+    """Per-image IoU and F1 of the building class: a segmenter's probabilities against the true mask.
+
+    prob: N×1×H×W building probabilities in [0, 1] (for our segmenters p = (G(image) + 1) / 2); a pixel is
+    predicted building where prob > threshold. mask: N×1×H×W, building where mask > 0, so the repo's [-1, 1]
+    masks, {0, 1} and uint8 {0, 255} masks all read the same. An image with no building in the mask and none
+    predicted scores IoU = F1 = 1 (nothing to find, nothing wrongly found); buildings in only one of the two
+    score 0. Returns {'IoU': N floats, 'F1': N floats}; average them over a split for the FCN-score.
+    """
+    import torch
+    if prob.shape != mask.shape:
+        raise ValueError(f'building_scores: prob {tuple(prob.shape)} and mask {tuple(mask.shape)} differ in shape')
+    if prob.numel() and prob.min() < 0:  # the likeliest slip: passing the tanh output in [-1, 1] itself
+        raise ValueError('building_scores: prob must be in [0, 1]; pass (G(image) + 1) / 2, not G(image)')
+    pred, true = prob > threshold, mask > 0
+    dims = tuple(range(1, pred.dim()))
+    tp = (pred & true).sum(dims).double()
+    wrong = (pred ^ true).sum(dims).double()  # false positives + false negatives
+    iou = torch.where(tp + wrong > 0, tp / (tp + wrong).clamp(min=1), 1.0)
+    f1 = torch.where(tp + wrong > 0, 2 * tp / (2 * tp + wrong).clamp(min=1), 1.0)
+    return {'IoU': iou.float(), 'F1': f1.float()}
 

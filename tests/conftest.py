@@ -1,8 +1,12 @@
 import os
 import sys
 
-import numpy as np
-import pytest
+# The test models are tiny: one thread each is fastest, and it avoids OpenMP spin-wait storms when the test's
+# subprocesses (inheriting this) share the CI machine's 2 cores. Set before anything imports torch.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, 'tests', 'data')
@@ -24,8 +28,24 @@ def synthetic_root(tmp_path_factory):
 def transformed_root(synthetic_root, tmp_path_factory):
     """The synthetic dataset transformed to 72² arrays (train crops 64²)."""
     out = tmp_path_factory.mktemp('transformed')
-    transform_dataset.main(['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--workers', '1'])
+    transform_dataset.main(['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--crop_size', '64',
+                            '--workers', '1'])
     return str(out)
+
+
+@pytest.fixture(scope='session')
+def many_tiles_root(synthetic_root, tmp_path_factory):
+    """45 training tiles (3×3 split of 5 sources) so one epoch has a few dozen iterations."""
+    out = tmp_path_factory.mktemp('tiles3')
+    transform_dataset.main(['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--split', '3',
+                            '--crop_size', '64', '--workers', '1'])
+    return str(out)
+
+
+def tiny(root, runs, name, *extra):
+    """train.py arguments for a small, fast CPU configuration: ResNet G at 64² crops, 8 filters."""
+    return ['--dataroot', str(root), '--runs_dir', str(runs), '--name', name, '--netG', 'resnet_6blocks',
+            '--ngf', '8', '--ndf', '8', '--crop_size', '64', '--log_freq', '1', *extra]
 
 
 def write_array_dataset(root, split, masks, images):

@@ -7,15 +7,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import train
-import transform_dataset
-from conftest import write_array_dataset
+from conftest import tiny, write_array_dataset
 from utils import UserError
-
-
-def tiny(root, runs, name, *extra):
-    """A small, fast CPU configuration: ResNet G at 64² crops, 8 filters."""
-    return ['--dataroot', str(root), '--runs_dir', str(runs), '--name', name, '--netG', 'resnet_6blocks',
-            '--ngf', '8', '--ndf', '8', '--crop_size', '64', '--log_freq', '1', *extra]
 
 
 def events(run_dir):
@@ -26,15 +19,6 @@ def events(run_dir):
 
 def generator_weights(run_dir, checkpoint='latest.pt'):
     return torch.load(os.path.join(run_dir, checkpoint), map_location='cpu', weights_only=True)['G']
-
-
-@pytest.fixture(scope='module')
-def many_tiles_root(synthetic_root, tmp_path_factory):
-    """45 training tiles (3×3 split of 5 sources) so one epoch has a few dozen iterations."""
-    out = tmp_path_factory.mktemp('tiles3')
-    transform_dataset.main(['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--split', '3',
-                            '--workers', '1'])
-    return str(out)
 
 
 def test_one_epoch_reduces_l1_and_logs_everything(many_tiles_root, tmp_path):

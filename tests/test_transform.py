@@ -29,7 +29,8 @@ def make_inria_dir(root, names=('austin1', 'austin6', 'chicago7'), size=64, seed
 
 
 def run(dataroot, out, *extra):
-    transform_dataset.main(['--dataroot', str(dataroot), '--out', str(out), '--workers', '1', *extra])
+    transform_dataset.main(['--dataroot', str(dataroot), '--out', str(out), '--workers', '1', '--crop_size', '16',
+                            *extra])
 
 
 def npy_files(out):
@@ -155,7 +156,8 @@ def test_rerun_with_other_options_is_refused(tmp_path):
 def test_multiple_workers_give_the_same_arrays(tmp_path):
     root = make_inria_dir(tmp_path / 'in', names=('austin1', 'austin6', 'chicago7', 'vienna9'))
     run(root, tmp_path / 'one', '--size', '32')
-    transform_dataset.main(['--dataroot', root, '--out', str(tmp_path / 'two'), '--size', '32', '--workers', '2'])
+    transform_dataset.main(['--dataroot', root, '--out', str(tmp_path / 'two'), '--size', '32', '--workers', '2',
+                            '--crop_size', '16'])
     for a, b in zip(npy_files(tmp_path / 'one'), npy_files(tmp_path / 'two')):
         np.testing.assert_array_equal(np.load(a), np.load(b))
 
@@ -240,12 +242,13 @@ def test_mask_noise_within_tolerance_is_accepted():
     (['--split', '0'], '--split 0'),
     (['--split', '20'], 'smaller --split'),
     (['--size', '8'], '--size 8'),
+    (['--size', '64', '--crop_size', '128'], '--size 64 is smaller than --crop_size 128'),
     (['--min_building', '2'], '--min_building'),
     (['--val_pattern', '(['], 'not a valid regex'),
 ])
 def test_bad_options(tmp_path, options, message):
     root = make_inria_dir(tmp_path / 'in')
-    args = ['--dataroot', root, '--out', str(tmp_path / 'out'), '--workers', '1'] + options
+    args = ['--dataroot', root, '--out', str(tmp_path / 'out'), '--workers', '1', '--crop_size', '8'] + options
     with pytest.raises(UserError, match=message.replace('(', r'\(').replace('[', r'\[')):
         transform_dataset.main(args)
 
@@ -268,7 +271,7 @@ def test_cli_error_is_one_line_and_nonzero(tmp_path):
     root = make_inria_dir(tmp_path / 'in')
     break_input(root, 'size mismatch')
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'transform_dataset.py'), '--dataroot', root,
-                           '--out', str(tmp_path / 'out')], capture_output=True, text=True)
+                           '--out', str(tmp_path / 'out'), '--crop_size', '16'], capture_output=True, text=True)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert len(lines) == 1 and 'austin6.tif' in lines[0] and 'Traceback' not in proc.stderr

@@ -1,0 +1,212 @@
+"""Crash safety with real processes: kill -9 at random moments, SIGTERM, full disk, hostile checkpoints."""
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import train
+import transform_dataset
+from conftest import REPO, tiny
+from utils import CHECKPOINT_FORMAT, UserError, atomic_open, load_checkpoint
+
+TRAIN = [sys.executable, os.path.join(REPO, 'train.py')]
+TRANSFORM = [sys.executable, os.path.join(REPO, 'transform_dataset.py')]
+
+
+def start(cmd):
+    # own session: the kill reaches the whole process group, as a scheduler's would
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def kill_9(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def wait_for(predicate, timeout, step=0.0005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def temp_file_in(folder):
+    return lambda: os.path.isdir(folder) and any(n.endswith('.tmp') for n in os.listdir(folder))
+
+
+def assert_checkpoints_readable(run_dir):
+    for path in glob.glob(os.path.join(run_dir, '*.pt')):
+        state = torch.load(path, map_location='cpu', weights_only=True)
+        assert state['format'] == CHECKPOINT_FORMAT, path
+
+
+def final_generator(run_dir):
+    return torch.load(os.path.join(run_dir, 'latest.pt'), map_location='cpu', weights_only=True)['G']
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_train_killed_at_random_moments_resumes_bit_identically(transformed_root, tmp_path):
+    schedule = ['--n_epochs', '4', '--n_epochs_decay', '4', '--save_epoch_freq', '2']
+    subprocess.run(TRAIN + tiny(transformed_root, tmp_path, 'reference', *schedule), check=True, capture_output=True)
+    run_dir = str(tmp_path / 'killed')
+    rng = random.Random(0)
+    kills_during_write = 0
+    resume = lambda: ['--resume'] if os.path.exists(os.path.join(run_dir, 'latest.pt')) else []
+    for attempt in range(10):
+        events_before = len(glob.glob(os.path.join(run_dir, 'events.out.*')))
+        proc = start(TRAIN + tiny(transformed_root, tmp_path, 'killed', *schedule, *resume()))
+        if attempt % 2:  # aim at a checkpoint write: kill as soon as a temp file shows up
+            kills_during_write += wait_for(temp_file_in(run_dir), timeout=60)
+        else:  # a random moment once training has started (its event file appears)
+            wait_for(lambda: len(glob.glob(os.path.join(run_dir, 'events.out.*'))) > events_before, 60, 0.01)
+            time.sleep(rng.uniform(0.0, 2.0))
+        kill_9(proc)
+        assert_checkpoints_readable(run_dir)  # never an unreadable checkpoint on disk
+    proc = subprocess.run(TRAIN + tiny(transformed_root, tmp_path, 'killed', *schedule, *resume()),
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not glob.glob(os.path.join(run_dir, '*.tmp'))
+    assert_same_weights(final_generator(tmp_path / 'reference'), final_generator(run_dir))
+    print(f'{kills_during_write} of 5 targeted kills landed during a checkpoint write')
+
+
+def test_sigterm_saves_latest_mid_epoch_and_exits_0(many_tiles_root, tmp_path):
+    schedule = ['--n_epochs', '2', '--n_epochs_decay', '0']
+    subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'reference', *schedule), check=True, capture_output=True)
+    run_dir = str(tmp_path / 'preempted')
+    proc = start(TRAIN + tiny(many_tiles_root, tmp_path, 'preempted', *schedule))
+    assert wait_for(lambda: glob.glob(os.path.join(run_dir, 'events.out.*')), timeout=60, step=0.05)
+    time.sleep(0.3)  # a few iterations into the first epoch (45 iterations take seconds)
+    sent = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert time.monotonic() - sent < 10
+    state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
+    assert state['epoch'] == 0 and 0 < state['next_batch'] < 45  # saved mid-epoch
+    proc = subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'preempted', '--resume'), capture_output=True)
+    assert proc.returncode == 0
+    assert_same_weights(final_generator(tmp_path / 'reference'), final_generator(run_dir))
+
+
+def test_transform_killed_and_rerun_equals_one_clean_run(tmp_path):
+    source = tmp_path / 'inria'
+    transform_dataset.make_synthetic_inria(str(source), n_tiles=8, size=800, seed=3, progress=False)
+    options = ['--dataroot', str(source), '--size', '64', '--crop_size', '64', '--split', '2', '--workers', '1']
+    subprocess.run(TRANSFORM + options + ['--out', str(tmp_path / 'clean')], check=True, capture_output=True)
+    out = tmp_path / 'killed'
+    rng = random.Random(1)
+    for attempt in range(6):
+        proc = start(TRANSFORM + options + ['--out', str(out)])
+        if attempt % 2:
+            wait_for(temp_file_in(str(out / 'train' / 'images')), timeout=20)
+        else:
+            time.sleep(rng.uniform(0.3, 1.5))
+        kill_9(proc)
+    subprocess.run(TRANSFORM + options + ['--out', str(out)], check=True, capture_output=True)
+    clean_files = sorted(os.path.relpath(p, tmp_path / 'clean') for p in glob.glob(str(tmp_path / 'clean' / '**' / '*'),
+                                                                                   recursive=True))
+    killed_files = sorted(os.path.relpath(p, out) for p in glob.glob(str(out / '**' / '*'), recursive=True))
+    assert killed_files == clean_files  # no partial .npy, no leftover temp file
+    for rel in clean_files:
+        if rel.endswith('.npy'):
+            np.testing.assert_array_equal(np.load(out / rel), np.load(tmp_path / 'clean' / rel))
+    for split in ('train', 'val'):
+        assert json.load(open(out / split / 'manifest.json')) == json.load(open(tmp_path / 'clean' / split / 'manifest.json'))
+
+
+def test_atomic_write_killed_mid_write_leaves_old_file(tmp_path):
+    target = tmp_path / 'latest.pt'
+    target.write_bytes(b'old and complete')
+    writer = (f'import sys, time; sys.path.insert(0, {REPO!r}); from utils import atomic_open\n'
+              f'with atomic_open({str(target)!r}) as f:\n'
+              f'    f.write(b"new but partial"); f.flush(); print("writing", flush=True); time.sleep(60)\n')
+    proc = subprocess.Popen([sys.executable, '-c', writer], stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout.readline().strip() == b'writing'
+    kill_9(proc)
+    assert target.read_bytes() == b'old and complete'
+    assert len(glob.glob(str(tmp_path / '.latest.pt.*.tmp'))) == 1  # cleaned by the next run (remove_stale_temp_files)
+
+
+def test_disk_full_while_saving_keeps_previous_latest(transformed_root, tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def save_until_disk_full(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # epoch 1 writes best.pt and latest.pt; epoch 2 finds the disk full
+            raise OSError(28, 'No space left on device')
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'save', save_until_disk_full)
+    with pytest.raises(UserError, match='No space left on device.*previous version of this file is intact'):
+        train.main(tiny(transformed_root, tmp_path, 'full', '--n_epochs', '3', '--n_epochs_decay', '0'))
+    monkeypatch.setattr(torch, 'save', real_save)
+    assert load_checkpoint(str(tmp_path / 'full' / 'latest.pt'))['epoch'] == 1
+    assert not glob.glob(str(tmp_path / 'full' / '.*.tmp'))
+
+
+def test_unwritable_runs_dir_is_a_clear_error(transformed_root, tmp_path):
+    blocker = tmp_path / 'not_a_folder'
+    blocker.write_text('a file where the runs folder should be')
+    with pytest.raises(UserError, match='cannot write the run folder'):
+        train.main(tiny(transformed_root, blocker, 'x', '--n_epochs', '1', '--n_epochs_decay', '0'))
+
+
+class RunsCode:
+    """A pickle payload that would run a shell command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+def test_checkpoint_that_would_run_code_is_refused(transformed_root, tmp_path):
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pt'
+    torch.save({'format': CHECKPOINT_FORMAT, 'G': RunsCode(marker)}, evil)
+    with pytest.raises(UserError, match='not a loadable checkpoint'):
+        load_checkpoint(str(evil))
+    # the same file as a run's latest.pt, reached through train.py --resume
+    train.main(tiny(transformed_root, tmp_path, 'victim', '--n_epochs', '1', '--n_epochs_decay', '1',
+                    '--stop_epoch', '1'))
+    os.replace(evil, tmp_path / 'victim' / 'latest.pt')
+    with pytest.raises(UserError, match='latest.pt: not a loadable checkpoint'):
+        train.main(tiny(transformed_root, tmp_path, 'victim', '--resume'))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize('content, message', [
+    (b'', 'not a loadable checkpoint'),
+    (b'\x00garbage' * 100, 'not a loadable checkpoint'),
+])
+def test_corrupt_checkpoint(tmp_path, content, message):
+    path = tmp_path / 'bad.pt'
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(str(path))
+
+
+def test_checkpoint_of_another_project_is_refused(tmp_path):
+    torch.save({'state_dict': {'w': torch.zeros(2)}}, tmp_path / 'other.pt')
+    with pytest.raises(UserError, match='not a checkpoint of this project'):
+        load_checkpoint(str(tmp_path / 'other.pt'))
