@@ -184,7 +184,10 @@ def build_models(opt, device, world_size):
     D = networks.define_D(opt.netD, opt.input_nc + opt.output_nc, opt.ndf, opt.n_layers_D, opt.norm,
                           opt.init_type, opt.init_gain)
     if world_size > 1 and opt.norm == 'batch':
-        G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
+        if device.type == 'cuda':  # batch statistics over the global batch, as in one process
+            G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
+        else:
+            print('note: SyncBatchNorm needs CUDA; on CPU each process normalises over its own share of the batch')
     memory_format = torch.channels_last if opt.channels_last else torch.contiguous_format
     return G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
 
@@ -449,6 +452,9 @@ def train(opt):
             images += opt.batch_size
             if trainer.iteration % opt.log_freq == 0:
                 means = running / running_n  # the one host sync per log interval
+                if world_size > 1:  # log the global batch's losses, not rank 0's shard
+                    dist.all_reduce(means)
+                    means /= world_size
                 raise_if_not_finite(means, trainer)
                 if writer:
                     for name, value in zip(LOSS_NAMES, means.tolist()):

@@ -1,0 +1,205 @@
+"""Benchmarks: training throughput per optimisation, sliding-window generation, pre-transform. Reports, never asserts.
+
+    python bench.py                                  # everything, on the GPU if there is one
+    python bench.py --only train --batches 1 4       # CPU: the batch sizes the CPU target names
+    python bench.py --only generate --mask_size 5000
+
+Training rows add one optimisation at a time to the plain fp32 eager NCHW loop (train.py's own Trainer, so the
+numbers are the real loop's): channels_last, bf16 autocast, torch.compile. Data time is the share of the step spent
+making the augmented batch (the uint8 split lives on the training device). MFU = achieved FLOP/s ÷ the device's
+bf16 peak (--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
+"""
+import argparse
+import os
+import resource
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import test as generation
+import train
+import transform_dataset
+from dataset import EpochPlan, augmented_batch
+from utils import read_image_file, run_cli
+
+# Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figures this project plans with.
+BF16_PEAK_TFLOPS = {'H100': 790.0, 'H200': 790.0}
+STEPS = (('eager fp32 NCHW', {}), ('+ channels_last', {'channels_last': True}), ('+ bf16 autocast', {'amp': 'on'}),
+         ('+ torch.compile', {'compile': True}))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--only', choices=('train', 'generate', 'transform'), help='run one part only')
+    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
+    p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')
+    p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 4 CPU)')
+    p.add_argument('--warmup', type=int, default=None, help='untimed iterations first (default 10 GPU, 2 CPU)')
+    p.add_argument('--steps', type=int, default=len(STEPS), help='how many optimisation rows (1 = eager only)')
+    p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
+    p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
+    p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
+    p.add_argument('--gen_batch', type=int, default=16, help='windows per batch in sliding generation')
+    return p.parse_args(argv)
+
+
+def peak_memory_mb(device):
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS so far
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def make_trainer(device, overrides):
+    argv = ['--dataroot', '.', '--netG', 'unet_256', '--netD', 'basic', '--amp', 'off',
+            '--device', device.type]
+    opt = train.build_parser().parse_args(argv)
+    for key, value in overrides.items():
+        setattr(opt, key, value)
+    opt.input_nc = 1
+    return train.Trainer(opt, device, rank=0, world_size=1)
+
+
+def flops_per_image(trainer, masks, images, plan, crop):
+    """FLOPs of one full training step (G forward, D steps, G step, backward passes) per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+    mask, real = augmented_batch(masks, images, plan, torch.arange(1), crop)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.train_step(mask, real)
+    return counter.get_total_flops()
+
+
+def bench_train_row(device, overrides, batch, iters, warmup, data):
+    masks, images = data
+    trainer = make_trainer(device, overrides)
+    memory_format = torch.channels_last if overrides.get('channels_last') else torch.contiguous_format
+    plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0)
+    n_batches = len(masks) // batch
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    data_seconds = step_seconds = 0.0
+    for i in range(warmup + iters):
+        sync(device)
+        t0 = time.perf_counter()
+        mask, real = augmented_batch(masks, images, plan, plan.batch(i % n_batches, batch), 256)
+        mask, real = mask.contiguous(memory_format=memory_format), real.contiguous(memory_format=memory_format)
+        sync(device)  # only the benchmark syncs here, to split data time from step time
+        t1 = time.perf_counter()
+        trainer.train_step(mask, real)
+        sync(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            data_seconds += t1 - t0
+            step_seconds += t2 - t1
+    total = data_seconds + step_seconds
+    return {'ms_per_iter': 1000 * total / iters, 'images_per_s': batch * iters / total,
+            'data_share': data_seconds / total, 'peak_mb': peak_memory_mb(device)}
+
+
+def bench_train(opt, device):
+    gpu = device.type == 'cuda'
+    batches = opt.batches or ([1, 16, 64] if gpu else [1, 4])
+    iters, warmup = opt.iters or (30 if gpu else 4), opt.warmup or (10 if gpu else 2)
+    n = max(max(batches) * 2, 64)
+    gen = torch.Generator().manual_seed(0)
+    masks = (torch.rand(n, 1, 286, 286, generator=gen) > 0.7).to(torch.uint8).mul_(255).to(device)
+    images = torch.randint(0, 256, (n, 3, 286, 286), dtype=torch.uint8, generator=gen).to(device)
+    name = torch.cuda.get_device_name(device) if gpu else 'CPU'
+    peak = opt.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    flops = flops_per_image(make_trainer(device, {}), masks, images, EpochPlan(n, 286, 256, 0, 0), 256)
+    print(f'\n## Training, unet_256 + basic PatchGAN, 256² crops, {name}, torch {torch.__version__}, '
+          f'{torch.get_num_threads()} CPU threads')
+    print(f'one training step = {flops / 1e9:.1f} GFLOP per image (FlopCounterMode)\n')
+    print('| batch | configuration | ms/iter | images/s | speed-up | data share | peak MB | TFLOP/s | MFU |')
+    print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    for batch in batches:
+        overrides, baseline = {}, None
+        for label, change in STEPS[:opt.steps]:
+            overrides = {**overrides, **change}
+            if overrides.get('amp') == 'on' and not gpu and not torch.backends.mkldnn.is_available():
+                continue
+            row = bench_train_row(device, overrides, batch, iters, warmup, (masks, images))
+            baseline = baseline or row['images_per_s']
+            tflops = flops * row['images_per_s'] / 1e12
+            mfu = f'{100 * tflops / peak:.1f} %' if peak else 'n/a'
+            print(f"| {batch} | {label} | {row['ms_per_iter']:.1f} | {row['images_per_s']:.2f} | "
+                  f"{row['images_per_s'] / baseline:.2f}× | {100 * row['data_share']:.1f} % | {row['peak_mb']:.0f} | "
+                  f'{tflops:.3f} | {mfu} |', flush=True)
+
+
+def bench_generate(opt, device):
+    """Sliding-window generation of one opt.mask_size² mask with an untrained unet_256 (speed is weight-independent)."""
+    from transform_dataset import synthetic_pair
+    G = make_trainer(device, {}).G.eval()
+    mask, _ = synthetic_pair(opt.mask_size, seed=0)
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    out = generation.generate_sliding(G, mask, 256, 0.5, opt.gen_batch, device)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    assert out.shape[:2] == mask.shape
+    print(f'\n## Sliding-window generation, {opt.mask_size}×{opt.mask_size} mask, 256² windows, overlap 0.5, '
+          f'batch {opt.gen_batch}, {device}')
+    print(f'{seconds:.1f} s, {opt.mask_size ** 2 / seconds / 1e6:.2f} megapixels/s, peak memory '
+          f'{peak_memory_mb(device):.0f} MB ({"GPU allocated" if device.type == "cuda" else "process RSS"})')
+
+
+def seed_project_transform(image, mask, size, split):
+    """The seed project's per-tile path: PIL bicubic resize, then ToTensor + Normalize to float32."""
+    from PIL import Image
+    from torchvision import transforms
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    step = image.shape[0] // split
+    for row in range(split):
+        for col in range(split):
+            window = (slice(row * step, (row + 1) * step), slice(col * step, (col + 1) * step))
+            tile = Image.fromarray(image[window]).resize((size, size), Image.BICUBIC)
+            tile_mask = Image.fromarray(np.stack([mask[window]] * 3, -1)).resize((size, size), Image.BICUBIC)
+            to_tensor(tile), to_tensor(tile_mask)
+
+
+def bench_transform(opt):
+    """Seconds per 5000² Inria-format tile (RGB TIFF + LZW mask): decode, cut, resize, save."""
+    print('\n## Pre-transform of one 5000×5000 tile (uncompressed RGB TIFF + LZW mask), 1 process')
+    print('| split | ours: decode + resize + save uint8 .npy | seed path: decode + PIL bicubic + ToTensor/Normalize |')
+    print('| ---: | ---: | ---: |')
+    with tempfile.TemporaryDirectory() as tmp:
+        transform_dataset.make_synthetic_inria(os.path.join(tmp, 'in'), n_tiles=1, size=5000, progress=False)
+        for split in (1, 5):
+            args = transform_dataset.parse_args(['--dataroot', os.path.join(tmp, 'in'), '--out',
+                                                 os.path.join(tmp, f'out{split}'), '--split', str(split)])
+            source = transform_dataset.find_inria_sources(args)[0]
+            transform_dataset.prepare_output(args)
+            t0 = time.perf_counter()
+            transform_dataset.transform_source(source, args)
+            ours = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            image, mask = read_image_file(source[1]), read_image_file(source[2])
+            seed_project_transform(image, mask, 286, split)
+            seed = time.perf_counter() - t0
+            print(f'| {split}×{split} | {ours:.2f} s | {seed:.2f} s |', flush=True)
+
+
+def main(argv=None):
+    opt = parse_args(argv)
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    device = train.pick_device(argparse.Namespace(device=opt.device), rank=0)
+    if opt.only in (None, 'train'):
+        bench_train(opt, device)
+    if opt.only in (None, 'generate'):
+        bench_generate(opt, device)
+    if opt.only in (None, 'transform'):
+        bench_transform(opt)
+
+
+if __name__ == '__main__':
+    run_cli(main)
