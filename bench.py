@@ -192,7 +192,7 @@ def main(argv=None):
     opt = parse_args(argv)
     if opt.threads:
         torch.set_num_threads(opt.threads)
-    device = train.pick_device(argparse.Namespace(device=opt.device), rank=0)
+    device = train.setup_device(opt)
     if opt.only in (None, 'train'):
         bench_train(opt, device)
     if opt.only in (None, 'generate'):

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, augmented_batch, center_crop, load_split, to_unit_range
-from utils import (CHECKPOINT_FORMAT, UserError, image_metrics, load_checkpoint, read_json, remove_stale_temp_files,
-                   run_cli, save_checkpoint, write_json_atomic)
+from utils import (CHECKPOINT_FORMAT, UserError, image_metrics, load_checkpoint, pick_device, read_json,
+                   remove_stale_temp_files, run_cli, save_checkpoint, write_json_atomic)
 
 # Options that define the networks or the data they see: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -155,16 +155,15 @@ def setup_distributed():
     return dist.get_rank(), world_size
 
 
-def pick_device(opt, rank):
-    if opt.device == 'cuda' or (opt.device == 'auto' and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError('--device cuda: no CUDA device is available')
-        local = int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()
-        torch.cuda.set_device(local)
-        torch.backends.cudnn.benchmark = True
+def setup_device(opt):
+    """The training device: under torchrun, each process takes its own GPU (LOCAL_RANK)."""
+    if opt.device != 'cpu' and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
+    device = pick_device(opt.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        return torch.device('cuda', local)
-    return torch.device('cpu')
+    return device
 
 
 def place_training_data(masks, images, opt, device):
@@ -401,7 +400,7 @@ def raise_if_not_finite(losses, trainer):
 
 def train(opt):
     rank, world_size = setup_distributed()
-    device = pick_device(opt, rank)
+    device = setup_device(opt)
     train_masks, train_images, _ = load_split(opt.dataroot, 'train')
     val_masks, val_images, _ = load_split(opt.dataroot, 'val')
     opt.input_nc = opt.input_nc or train_masks.shape[1]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from utils import (IMAGE_SUFFIXES, UserError, atomic_open, building_fraction, check_binary_mask, check_rgb_image,
                    read_image_file, read_image_header, read_json, remove_stale_temp_files, resize_image, resize_mask,
-                   run_cli, save_npy_atomic, write_json_atomic)
+                   run_cli, save_npy_atomic, tile_bounds, write_json_atomic)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
@@ -164,11 +164,6 @@ def load_pair(source, opt):
         raise UserError(f'{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is '
                         f'{image.shape[1]}×{image.shape[0]}')
     return mask, image
-
-
-def tile_bounds(length, n):
-    """Edges of n nearly equal pieces of `length` (5000/3 does not divide: the remainder is spread)."""
-    return [round(i * length / n) for i in range(n + 1)]
 
 
 def tile_name(stem, row, col, split):

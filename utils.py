@@ -5,10 +5,10 @@ functions that need it, so transform_dataset.py (and its worker processes) start
 """
 import contextlib
 import json
-import math
 import os
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import tifffile
@@ -175,27 +175,59 @@ def check_binary_mask(array, path, tolerance=0.01):
 
 # ---------------------------------------------------------------- resizing (uint8 in, uint8 out)
 
+def _pil_size(size):
+    """PIL wants (width, height); we take a side or (height, width)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return width, height
+
+
 def resize_image(array, size):
-    """Antialiased downscale of an H×W×3 uint8 image to size×size.
+    """Antialiased resize of an H×W×3 uint8 image to size×size (or size = (height, width)).
 
     PIL's bilinear filter widens its support with the scale factor (a proper antialias), and
     reducing_gap first box-reduces by an integer factor, which is what makes 5000→286 fast.
     """
+    if array.shape[:2] == _pil_size(size)[::-1]:
+        return array
     return np.asarray(Image.fromarray(np.ascontiguousarray(array)).resize(
-        (size, size), Image.BILINEAR, reducing_gap=3.0))
+        _pil_size(size), Image.BILINEAR, reducing_gap=3.0))
 
 
 def resize_mask(array, size):
     """Resize a mask without grey edges: binary masks by area average + threshold, label maps by nearest."""
+    if array.shape[:2] == _pil_size(size)[::-1]:
+        return array
     image = Image.fromarray(np.ascontiguousarray(array))
     if array.ndim == 2:
-        area = np.asarray(image.resize((size, size), Image.BOX))
+        area = np.asarray(image.resize(_pil_size(size), Image.BOX))
         return np.where(area >= 128, np.uint8(255), np.uint8(0))
-    return np.asarray(image.resize((size, size), Image.NEAREST))
+    return np.asarray(image.resize(_pil_size(size), Image.NEAREST))
+
+
+def tile_bounds(length, n):
+    """Edges of n nearly equal pieces of `length` (5000/3 does not divide: the remainder is spread)."""
+    return [round(i * length / n) for i in range(n + 1)]
+
+
+def save_png(path, array):
+    with atomic_open(path) as f:
+        Image.fromarray(np.ascontiguousarray(array)).save(f, format='PNG')
 
 
 def building_fraction(mask):
     return float(np.count_nonzero(mask)) / mask.size if mask.ndim == 2 else None
+
+
+# ---------------------------------------------------------------- devices
+
+def pick_device(choice):
+    """'auto' | 'cpu' | 'cuda' -> torch.device; CUDA asked for but absent is a clear error."""
+    import torch
+    if choice == 'cuda' or (choice == 'auto' and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError('--device cuda: no CUDA device is available')
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -237,7 +269,6 @@ def image_metrics(fake, real):
     Computed on [0, 1] images with data range 1 (the seed used [-1, 1] with peak 1: 6 dB off).
     SSIM is torchmetrics' Gaussian-window implementation, not a hand-rolled one.
     """
-    import torch
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
     fake01 = ((fake.float() + 1) / 2).clamp(0, 1)
     real01 = ((real.float() + 1) / 2).clamp(0, 1)
@@ -275,3 +306,73 @@ def building_scores(prob, mask, threshold=0.5):
     f1 = torch.where(tp + wrong > 0, 2 * tp / (2 * tp + wrong).clamp(min=1), 1.0)
     return {'IoU': iou.float(), 'F1': f1.float()}
 
+
+SEAM_REACH = 8  # seam_score compares each grid line with this many parallel lines either side
+FID_RELIABLE_SAMPLES = 50
+
+
+def seam_score(image, n, reach=SEAM_REACH):
+    """Mean |difference| of neighbouring pixels across the inner lines of an n×n grid (tile_bounds) ÷ the same
+    on the `reach` parallel lines either side. ≈1: the grid lines are invisible; > 1: seams. The reference is
+    local so that texture varying across the image (dense city vs fields) does not read as a seam. Rows are
+    read in chunks: a 5000² image needs no full-size copy."""
+    height, width = image.shape[:2]
+    if n < 2 or n > min(height, width) - 1:
+        return None
+    img = image.reshape(height, width, -1)
+    row_diff = np.zeros(height)  # row_diff[y] = mean |img[y] - img[y - 1]|
+    col_diff = np.zeros(width)  # col_diff[x] = mean |img[:, x] - img[:, x - 1]|
+    for start in range(0, height, 256):
+        chunk = img[max(start - 1, 0):start + 256].astype(np.int16)
+        row_diff[max(start, 1):start + 256] = np.abs(np.diff(chunk, axis=0)).mean(axis=(1, 2))
+        own_rows = chunk[1:] if start else chunk  # the chunk's first row belongs to the previous chunk
+        col_diff[1:] += np.abs(np.diff(own_rows, axis=1)).sum(axis=(0, 2))
+    col_diff /= height * img.shape[2]
+    totals = np.zeros(4)  # pixel-weighted: seam sum, seam pixels, reference sum, reference pixels
+    for diff, length, line_length in ((row_diff, height, width), (col_diff, width, height)):
+        lines = set(tile_bounds(length, n)[1:-1])
+        near = [i for i in {b + d for b in lines for d in range(-reach, reach + 1)} - lines if 1 <= i < length]
+        totals += line_length * np.array([diff[sorted(lines)].sum(), len(lines), diff[near].sum(), len(near)])
+    seam, reference = totals[0] / totals[1], totals[2] / max(totals[3], 1)
+    if seam == 0 and reference == 0:
+        return 1.0  # a flat image has no seams
+    return float(seam / max(reference, 1e-3))
+
+
+def make_fid_kid(path, device):
+    """(FID, KID) torchmetrics objects sharing one InceptionV3 from `path`, or None with a one-line notice."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        print(f'FID/KID skipped: {path} not found (--inception_weights; nothing is downloaded)')
+        return None
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+        fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=path)
+        with warnings.catch_warnings():  # KID warns that it keeps features in memory: 8 KB per image here
+            warnings.simplefilter('ignore')
+            kid = KernelInceptionDistance(feature=fid.inception, subsets=100, subset_size=1000)
+    except ModuleNotFoundError:
+        print('FID/KID skipped: torchmetrics needs the torch-fidelity package for its InceptionV3 '
+              '(pip install torch-fidelity)')
+        return None
+    except Exception as err:  # a wrong or truncated weights file: torch-fidelity raises many types
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f'FID/KID skipped: cannot load {path} ({reason[:200]})')
+        return None
+    return fid.to(device), kid.to(device)
+
+
+def compute_fid_kid(fid_kid, count):
+    if fid_kid is None:
+        return {}
+    if count < 2:
+        print(f'FID/KID skipped: {count} image(s) with ground truth; needs at least 2')
+        return {}
+    if count < FID_RELIABLE_SAMPLES:
+        print(f'note: FID/KID on {count} images is unreliable (the seed saw noise on 5-20); use hundreds')
+    fid, kid = fid_kid
+    kid.subset_size = min(kid.subset_size, count)
+    kid_mean, kid_std = kid.compute()
+    return {'FID': float(fid.compute()), 'KID': float(kid_mean), 'KID_std': float(kid_std)}

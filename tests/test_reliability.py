@@ -15,7 +15,7 @@ import torch
 import train
 import transform_dataset
 from conftest import REPO, tiny
-from utils import CHECKPOINT_FORMAT, UserError, atomic_open, load_checkpoint
+from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint
 
 TRAIN = [sys.executable, os.path.join(REPO, 'train.py')]
 TRANSFORM = [sys.executable, os.path.join(REPO, 'transform_dataset.py')]

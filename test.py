@@ -1,0 +1,574 @@
+"""Generate aerial images from building masks with a trained run, and score them.
+
+    python test.py --run runs/inria_unet                                   # val split, each mask -> model size
+    python test.py --run runs/inria_unet --mode tiles --tiles 2            # the seed's "2x2": shows seams
+    python test.py --run runs/inria_unet --mode sliding --masks my_masks/  # full resolution, no seams
+    python test.py --run runs/inria_unet --mode sliding --scale 0.0572 --masks AerialImageDataset/test/gt/x.tif
+
+Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles = N×N tiles generated apart and
+stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly, output exactly the input size (TIFF
+in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-, OriginalResized-
+(with ground truth) and Grid- (mask | generated | real) <name>.png, index.html, metrics.csv, metrics.json (last).
+Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see seam_score),
+FID/KID only with --inception_weights.
+"""
+import argparse
+import contextlib
+import csv
+import html
+import io
+import math
+import os
+import sys
+import tempfile
+import urllib.parse
+
+import numpy as np
+import tifffile
+import torch
+from tqdm import tqdm
+
+import networks
+from dataset import load_split, to_unit_range
+from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, UserError, atomic_open, building_scores, check_binary_mask,
+                   compute_fid_kid, image_metrics, load_checkpoint, make_fid_kid, pick_device, read_image_file,
+                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, seam_score, tile_bounds,
+                   to_uint8_hwc, write_json_atomic, write_text_atomic)
+
+MODES = ('full', 'tiles', 'sliding')
+# Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
+# ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams, GDAL_METADATA, GDAL_NODATA.
+GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
+WINDOW_FLOOR = 0.01  # minimum blending weight, so every pixel has a non-zero weight sum
+GRID_MAX_SIDE = 512  # panels of Grid-<name>.png are downscaled to this (a 5000² grid would be 75 MB of PNG)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a('--run', required=True, help='run folder made by train.py (holds latest.pt, best.pt, epoch_<N>.pt)')
+    a('--epoch', default='latest', help='which checkpoint: latest, best or N (epoch_<N>.pt)')
+    a('--mode', default='full', choices=MODES, help='full, tiles or sliding (see above)')
+    a('--tiles', type=int, default=2, help='N: tiles mode cuts N×N tiles; every mode scores seams on this grid')
+    a('--overlap', type=float, default=0.5, help='sliding: overlap of neighbouring windows, fraction in [0, 1)')
+    a('--scale', type=float, default=1.0,
+      help='sliding: resample the mask by this first (a model trained on 5000->286 tiles: 286/5000); '
+           'the result is resized back to the input size')
+    a('--load_size', type=int, default=None, help="model input / window side (default: the run's --crop_size)")
+    a('--batch_size', type=int, default=8, help='windows or tiles per forward pass')
+    a('--max_memory_gb', type=float, default=None,
+      help='memory budget for the up-front check (default: free GPU memory / available RAM)')
+    a('--dataroot', default=None, help="transformed dataset with ground truth (default: the run's --dataroot)")
+    a('--split', default='val', help='split of --dataroot to generate')
+    a('--masks', nargs='+', metavar='PATH', help='raw mask files or folders (TIFF/PNG/JPEG) instead of a split')
+    a('--mask_tolerance', type=float, default=0.01, help='fraction of mask pixels allowed to be neither 0 nor 255')
+    a('--num_test', type=int, default=None, help='only the first N inputs')
+    a('--results_dir', default=None, help='output folder (default: results/<run>/<mode>_<epoch>)')
+    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available (bf16 there)')
+    a('--inception_weights', default=None,
+      help="FID/KID: torch-fidelity's pt_inception-2015-12-05 weights file (never downloaded)")
+    a('--segmenter', default=None,
+      help='segmenter from train_segmenter.py: adds mask fidelity (IoU/F1 of the buildings it finds in the '
+           'generated image against the input mask; on real images too, the upper bound)')
+    return p
+
+
+def check_options(opt):
+    for key in ('tiles', 'batch_size'):
+        if getattr(opt, key) < 1:
+            raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
+    if not 0 <= opt.overlap < 1:
+        raise UserError(f'--overlap {opt.overlap}: must be a fraction in [0, 1)')
+    if not (math.isfinite(opt.scale) and opt.scale > 0):
+        raise UserError(f'--scale {opt.scale}: must be a positive number')
+    if opt.scale != 1 and opt.mode != 'sliding':
+        raise UserError('--scale only applies to --mode sliding (full and tiles resize to the model size anyway)')
+    if opt.num_test is not None and opt.num_test < 1:
+        raise UserError(f'--num_test must be >= 1, got {opt.num_test}')
+    if opt.max_memory_gb is not None and not opt.max_memory_gb > 0:
+        raise UserError(f'--max_memory_gb must be positive, got {opt.max_memory_gb}')
+    if opt.masks and opt.dataroot:
+        raise UserError('give either --masks (raw masks) or --dataroot (a transformed split), not both')
+
+
+# ---------------------------------------------------------------- model
+
+def checkpoint_path(run_dir, epoch):
+    if not os.path.isdir(run_dir):
+        raise UserError(f'{run_dir}: run folder not found (--run)')
+    if epoch in ('latest', 'best'):
+        name = f'{epoch}.pt'
+    elif epoch.isdigit():
+        name = f'epoch_{int(epoch)}.pt'
+    else:
+        raise UserError(f'--epoch {epoch!r}: use latest, best or an epoch number')
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        available = sorted(n for n in os.listdir(run_dir) if n.endswith('.pt'))
+        raise UserError(f'{path}: checkpoint not found; {run_dir} holds {", ".join(available) or "no checkpoints"}')
+    return path
+
+
+def load_generator(path, device, role='generator'):
+    """(network in eval mode on device, its training config, the checkpoint) from train.py's checkpoints, or
+    train_segmenter.py's (role 'segmenter': the same generator architectures, run image -> mask)."""
+    state = load_checkpoint(path)
+    if state.get('role', 'generator') != role:
+        raise UserError(f'{path}: a {state.get("role", "generator")} checkpoint, not a {role}')
+    cfg, weights = state.get('config'), state.get('G')
+    if not isinstance(cfg, dict) or not isinstance(weights, dict):
+        raise UserError(f'{path}: checkpoint holds no generator config and weights')
+    try:
+        G = networks.define_G(cfg['netG'], cfg['input_nc'], cfg['output_nc'], cfg['ngf'], cfg['norm'],
+                              not cfg['no_dropout'], cfg['init_type'], cfg['init_gain'], cfg['upsample'])
+    except KeyError as err:
+        raise UserError(f'{path}: checkpoint config lacks {err}') from None
+    except (ValueError, TypeError) as err:
+        raise UserError(f'{path}: checkpoint config does not describe a generator ({err})') from None
+    # Compare keys and shapes first: load_state_dict's error is a screenful of parameter names.
+    expected = G.state_dict()
+    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+    reshaped = [k for k in expected.keys() & weights.keys()
+                if tuple(getattr(weights[k], 'shape', ())) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        example = sorted(missing or unexpected or reshaped)[0]
+        raise UserError(f'{path}: checkpoint does not match --netG {cfg["netG"]} --ngf {cfg["ngf"]} --norm '
+                        f'{cfg["norm"]} --upsample {cfg["upsample"]} of its config ({len(missing)} missing, '
+                        f'{len(unexpected)} unexpected, {len(reshaped)} reshaped tensors, e.g. {example})')
+    G.load_state_dict(weights)
+    return G.to(device).eval(), cfg, state
+
+
+def check_model_size(cfg, size):
+    if not size:
+        raise UserError('the checkpoint config has no crop_size; give the model size with --load_size')
+    need = networks.unet_min_size(cfg['netG'])
+    if size % need or size < max(need, 8):
+        raise UserError(f'--load_size {size}: --netG {cfg["netG"]} needs a multiple of {need} (and >= 8)')
+
+
+def load_segmenter(path, cfg, device):
+    """(segmenter, its window side, device) for mask fidelity; it judges binary building masks only."""
+    if cfg['input_nc'] != 1:
+        raise UserError('--segmenter: mask fidelity needs a model of binary building masks (input_nc 1)')
+    model, seg_cfg, _ = load_generator(path, device, role='segmenter')
+    return model, seg_cfg['crop_size'], device
+
+
+def mask_fidelity(segmenter, image, mask, batch_size):
+    """IoU / F1 of the buildings the segmenter finds in `image` against `mask` (the pix2pix paper's FCN-score
+    idea): high when the generated image shows the buildings the mask asked for. Any image size: the segmenter
+    runs as a sliding window like the generator."""
+    model, window, device = segmenter
+    prob = generate_sliding(model, image, window, 0.5, batch_size, device, output_nc=1)
+    scores = building_scores(torch.from_numpy(prob).float().div_(255)[None, None],
+                             torch.from_numpy(np.ascontiguousarray(mask))[None, None])
+    return {key: float(value[0]) for key, value in scores.items()}
+
+
+# ---------------------------------------------------------------- inputs
+
+def read_mask(path, input_nc, tolerance):
+    """A raw mask file -> H×W {0,255} uint8 (1-channel models) or H×W×3 uint8 label map, else UserError."""
+    array = read_image_file(path)
+    if input_nc == 1:
+        return check_binary_mask(array, path, tolerance)
+    if array.dtype != np.uint8:
+        raise UserError(f'{path}: label map must be 8-bit (uint8), got {array.dtype}')
+    if array.ndim == 3 and array.shape[2] == 4:
+        array = array[..., :3]  # PNG alpha carries no labels
+    if array.ndim != 3 or array.shape[2] != input_nc:
+        raise UserError(f'{path}: this model takes {input_nc}-channel label maps, got shape {array.shape}')
+    return array
+
+
+def list_mask_files(paths):
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(path, n) for n in os.listdir(path)
+                           if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
+            if not found:
+                raise UserError(f'{path}: no mask images (.tif, .png, .jpg) in this folder')
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise UserError(f'{path}: mask file or folder not found (--masks)')
+    return files
+
+
+def collect_inputs(opt, cfg):
+    """[(name, source path, mask array or None, real image or None, (H, W))]; every mask checked up front,
+    so a bad file stops the run before anything is written. File masks are re-read when generated."""
+    input_nc = cfg['input_nc']
+    if opt.masks:
+        inputs, seen = [], {}
+        for path in list_mask_files(opt.masks)[:opt.num_test]:
+            name = os.path.splitext(os.path.basename(path))[0]
+            if name in seen:
+                raise UserError(f'{path}: same name as {seen[name]}; outputs would overwrite each other')
+            seen[name] = path
+            shape = read_mask(path, input_nc, opt.mask_tolerance).shape[:2]
+            inputs.append((name, path, None, None, shape))
+        return inputs
+    dataroot = opt.dataroot or cfg.get('dataroot')
+    if not dataroot or not os.path.isdir(dataroot):
+        raise UserError(f'{dataroot}: dataset not found (the run\'s --dataroot); pass --dataroot or --masks')
+    masks, images, names = load_split(dataroot, opt.split)
+    if masks.shape[1] != input_nc:
+        raise UserError(f'{dataroot}/{opt.split}: masks have {masks.shape[1]} channels, the model takes {input_nc}')
+    inputs = []
+    for mask, image, name in list(zip(masks, images, names))[:opt.num_test]:
+        mask = mask.permute(1, 2, 0).numpy()
+        inputs.append((name, os.path.join(dataroot, opt.split, 'masks', name + '.npy'),
+                       mask[..., 0] if input_nc == 1 else mask, image.permute(1, 2, 0).numpy(), mask.shape[:2]))
+    return inputs
+
+
+# ---------------------------------------------------------------- memory check
+
+def peak_window_bytes(G, input_nc, size, device):
+    """Peak bytes of activations for one window inside G, measured on one window.
+
+    At every layer, the tensors alive are the inputs still held by all enclosing modules (U-Net skips, residual
+    inputs: PyTorch keeps a module's arguments until it returns) plus the layer's output; storages are counted
+    once, so in-place ReLUs are free. Tensors made outside modules (torch.cat) are covered by a 1.5× margin."""
+    stack, peak = [], [0]
+
+    def pre(module, args):
+        stack.append([a for a in args if torch.is_tensor(a)])
+
+    def post(module, args, output):
+        tensors = [t for group in stack for t in group] + ([output] if torch.is_tensor(output) else [])
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        peak[0] = max(peak[0], sum(storages.values()))
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(pre) for m in G.modules()]
+    handles += [m.register_forward_hook(post) for m in G.modules()]
+    try:
+        with torch.no_grad():
+            G(torch.zeros(1, input_nc, size, size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()  # or the probe's cached blocks would count as used by available_bytes()
+    return int(peak[0] * 1.5)
+
+
+def available_bytes(device):
+    if device.type == 'cuda':
+        return torch.cuda.mem_get_info(device)[0]
+    with contextlib.suppress(OSError, ValueError):
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+
+
+def check_memory(opt, G, cfg, size, inputs, device):
+    """Refuse before generating when the largest input would not fit with this --batch_size (or --tiles)."""
+    smallest = min((shape for *_, shape in inputs), key=min)
+    if opt.mode == 'tiles' and opt.tiles > min(smallest):
+        raise UserError(f'--tiles {opt.tiles}: a mask is only {smallest[1]}×{smallest[0]} pixels')
+    per_window = peak_window_bytes(G, cfg['input_nc'], size, device)
+    height, width = max((shape for *_, shape in inputs), key=lambda s: s[0] * s[1])
+    if opt.mode == 'sliding':
+        h, w = max(1, round(height * opt.scale)), max(1, round(width * opt.scale))
+        stride = max(1, round(size * (1 - opt.overlap)))
+        padded = [sliding_plan(n, size, stride) for n in (h, w)]
+        hp, wp = (a + b + n for (a, b, _), n in zip(padded, (h, w)))
+        windows = len(padded[0][2]) * len(padded[1][2])
+        band = 4 * cfg['output_nc'] * size * wp  # float accumulator of one band of rows
+        host = hp * wp * cfg['input_nc'] + 3 * (h * w + height * width)  # padded mask, output(s), uint8
+    else:
+        windows = opt.tiles ** 2 if opt.mode == 'tiles' else 1
+        band, host = 0, 3 * height * width * 2
+    batch = min(opt.batch_size, windows)
+    fixed = band + (host if device.type == 'cpu' else 0)  # what the device holds besides the window batch
+    limit = opt.max_memory_gb * 2 ** 30 if opt.max_memory_gb else available_bytes(device)
+    if batch * per_window + fixed > limit:
+        fits = int((limit - fixed) // per_window)
+        advice = (f'lower --batch_size (about {fits} fits)' if fits >= 1
+                  else 'even one window does not fit: lower --scale or --load_size, or free memory')
+        raise UserError(f'{width}×{height} mask, {batch} windows of {size}² at once: needs '
+                        f'~{(batch * per_window + fixed) / 2 ** 30:.2f} GB of {device.type} memory but '
+                        f'{limit / 2 ** 30:.2f} GB is available; {advice}')
+
+
+# ---------------------------------------------------------------- generation
+
+@torch.no_grad()
+def run_generator(G, masks, device):
+    """uint8 B×H×W(×C) masks -> float B×C×H×W generator output in [-1, 1] on device (bf16 autocast on CUDA)."""
+    x = torch.from_numpy(np.ascontiguousarray(masks))
+    x = to_unit_range((x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)).to(device))
+    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else contextlib.nullcontext()
+    with autocast:
+        return G(x).float()
+
+
+def generate_tiles(G, mask, n, size, batch_size, device):
+    """The seed's N×N mode: every tile resized to the model size alone, so neighbours disagree at the seams."""
+    height, width = mask.shape[:2]
+    ys, xs = tile_bounds(height, n), tile_bounds(width, n)
+    boxes = [(ys[r], ys[r + 1], xs[c], xs[c + 1]) for r in range(n) for c in range(n)]
+    out = None
+    for start in range(0, len(boxes), batch_size):
+        chunk = boxes[start:start + batch_size]
+        fake = run_generator(G, np.stack([resize_mask(mask[t:b, l:r], size) for t, b, l, r in chunk]), device)
+        for (t, b, l, r), tile in zip(chunk, fake):
+            tile = to_uint8_hwc(tile)
+            if out is None:
+                out = np.empty((height, width) + tile.shape[2:], np.uint8)
+            out[t:b, l:r] = resize_image(tile, (b - t, r - l))
+    return out
+
+
+def window_weights(size):
+    """1-D Hann taper sampled at pixel centres, lifted by a floor: smooth blending, never a zero weight."""
+    hann = 0.5 - 0.5 * torch.cos(2 * math.pi * (torch.arange(size, dtype=torch.float32) + 0.5) / size)
+    return WINDOW_FLOOR + (1 - WINDOW_FLOOR) * hann
+
+
+def sliding_plan(length, window, stride):
+    """(pad before, pad after, window starts) along one axis. The padding is one overlap wide on both sides, so
+    the image's own border pixels are blended from several windows like interior ones, not just a window edge."""
+    before = window - stride
+    count = max(1, math.ceil((2 * before + length - window) / stride) + 1)
+    total = (count - 1) * stride + window
+    return before, total - before - length, [i * stride for i in range(count)]
+
+
+@torch.no_grad()
+def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
+    """Full-resolution output, exactly mask's size, from overlapping windows blended by window_weights.
+
+    Windows run row by row in batches. Only a band of `window` rows is kept in float: once the windows reach
+    row y, padded rows above y get no more contributions, so they are normalised, cropped and written into the
+    uint8 output. The weights form a full separable grid, so the weight sum is row_sum[y] · col_sum[x]."""
+    height, width = mask.shape[:2]
+    stride = max(1, round(window * (1 - overlap)))
+    top, bottom, ys = sliding_plan(height, window, stride)
+    left, right, xs = sliding_plan(width, window, stride)
+    # reflect: the generator sees plausible context (mirrored buildings) instead of an empty margin
+    padded = np.pad(mask, ((top, bottom), (left, right)) + ((0, 0),) * (mask.ndim - 2), mode='reflect')
+    taper = window_weights(window).to(device)
+    row_sum = torch.zeros(padded.shape[0], device=device)
+    col_sum = torch.zeros(padded.shape[1], device=device)
+    for y in ys:
+        row_sum[y:y + window] += taper
+    for x in xs:
+        col_sum[x:x + window] += taper
+    weight = taper[:, None] * taper[None, :]
+    out = np.empty((height, width, output_nc) if output_nc > 1 else (height, width), np.uint8)
+    band = torch.zeros(output_nc, window, padded.shape[1], device=device)
+    band_top = 0
+
+    def flush(rows):  # padded rows [band_top, band_top + rows) are final
+        lo, hi = max(band_top, top), min(band_top + rows, top + height)
+        if hi > lo:
+            block = band[:, lo - band_top:hi - band_top, left:left + width]
+            block = block / (row_sum[lo:hi, None] * col_sum[None, left:left + width])
+            out[lo - top:hi - top] = to_uint8_hwc(block)
+
+    positions = [(y, x) for y in ys for x in xs]
+    bar = tqdm(total=len(positions), desc='windows', unit='window', leave=False, disable=len(positions) < 64)
+    for start in range(0, len(positions), batch_size):
+        chunk = positions[start:start + batch_size]
+        fake = run_generator(G, np.stack([padded[y:y + window, x:x + window] for y, x in chunk]), device)
+        for (y, x), tile in zip(chunk, fake * weight):
+            if y > band_top:  # a new row of windows (stride <= window, so at most the whole band is done)
+                done = y - band_top
+                flush(done)
+                band = torch.cat([band[:, done:], band.new_zeros(output_nc, done, band.shape[2])], 1)
+                band_top = y
+            band[:, :, x:x + window] += tile
+        bar.update(len(chunk))
+    bar.close()
+    flush(window)
+    return out
+
+
+def generate(opt, G, cfg, mask, size, device):
+    """(generated uint8 image, the mask at the output's size) for one input in --mode."""
+    if opt.mode == 'full':
+        small = resize_mask(mask, size)
+        return to_uint8_hwc(run_generator(G, small[None], device)[0]), small
+    if opt.mode == 'tiles':
+        return generate_tiles(G, mask, opt.tiles, size, opt.batch_size, device), mask
+    height, width = mask.shape[:2]
+    scaled = resize_mask(mask, (max(1, round(height * opt.scale)), max(1, round(width * opt.scale))))
+    fake = generate_sliding(G, scaled, size, opt.overlap, opt.batch_size, device, cfg['output_nc'])
+    return resize_image(fake, (height, width)), mask  # back on the input's pixel grid (and its geo-referencing)
+
+
+# ---------------------------------------------------------------- metrics
+
+def as_tensor(hwc):
+    return torch.from_numpy(np.array(hwc)).permute(2, 0, 1)[None]  # a copy: PIL's arrays are read-only
+
+
+def image_scores(generated, real, mask, opt, segmenter=None):
+    """Per-image metrics, a flat name -> number dict: a new metric is one more key."""
+    scores = {'seam_score': seam_score(generated, opt.tiles)}
+    if real is not None:
+        metrics = image_metrics(to_unit_range(as_tensor(generated)), to_unit_range(as_tensor(real)))
+        # PSNR of a perfect copy is inf, which strict JSON cannot hold: stored as null
+        scores.update({key: float(value[0]) if torch.isfinite(value[0]) else None for key, value in metrics.items()})
+    if segmenter is not None:
+        for key, value in mask_fidelity(segmenter, generated, mask, opt.batch_size).items():
+            scores[f'fidelity_{key}'] = value
+        if real is not None:  # the same segmenter on the real image: the score generated images aim for
+            for key, value in mask_fidelity(segmenter, real, mask, opt.batch_size).items():
+                scores[f'fidelity_{key}_real'] = value
+    return scores
+
+
+# ---------------------------------------------------------------- outputs
+
+def prepare_results_dir(path):
+    """Create the folder and prove it is writable before any generation starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', suffix='.tmp', dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f'{path}: cannot write results there ({err.strerror or err}); '
+                        f'choose another --results_dir') from None
+    remove_stale_temp_files(path)
+
+
+def save_geotiff(path, array, source):
+    """A TIFF carrying the GEO_TAGS of `source`'s first page (tifffile extratags: code, dtype, count, value,
+    writeonce); metadata=None: no tifffile JSON description."""
+    with tifffile.TiffFile(source) as tif:
+        tags = tif.pages[0].tags
+        extratags = [(code, tags[code].dtype, tags[code].count, tags[code].value, True) for code in GEO_TAGS
+                     if code in tags]
+    with atomic_open(path) as f:
+        tifffile.imwrite(f, array, photometric='rgb' if array.ndim == 3 else 'minisblack', compression='zlib',
+                         metadata=None, extratags=extratags)
+
+
+def grid_image(panels):
+    """Panels side by side, each downscaled so its longer side is at most GRID_MAX_SIDE."""
+    height, width = panels[0].shape[:2]
+    factor = min(1.0, GRID_MAX_SIDE / max(height, width))
+    h, w = max(1, round(height * factor)), max(1, round(width * factor))
+    rgb = [np.repeat(p[..., None], 3, 2) if p.ndim == 2 else p[..., :3] for p in panels]
+    return np.concatenate([resize_image(p, (h, w)) for p in rgb], axis=1)
+
+
+def fmt(value):
+    return '' if value is None else f'{value:.4g}' if isinstance(value, float) else str(value)
+
+
+def write_index_html(path, title, rows, mean):
+    """One table row per input: mask | generated | real | metrics; images by relative links."""
+    def img(name):
+        if name is None:
+            return '<td>—</td>'
+        link = urllib.parse.quote(name)
+        if name.lower().endswith(TIFF_SUFFIXES):  # browsers do not show TIFF: link it, show the grid instead
+            return f'<td><a href="{link}">{html.escape(name)}</a></td>'
+        return f'<td><a href="{link}"><img src="{link}" alt="{html.escape(name)}"></a></td>'
+    lines = ['<!DOCTYPE html>', '<html><head><meta charset="utf-8">', f'<title>{html.escape(title)}</title>',
+             '<style>body{font-family:sans-serif} td,th{border:1px solid #ccc;padding:4px;vertical-align:top}'
+             ' img{height:256px;image-rendering:pixelated} table{border-collapse:collapse}</style></head><body>',
+             f'<h1>{html.escape(title)}</h1>',
+             '<p>' + html.escape(', '.join(f'{k} {fmt(v)}' for k, v in mean.items())) + '</p>',
+             '<table><tr><th>name</th><th>mask</th><th>generated</th><th>real</th><th>grid</th><th>metrics</th></tr>']
+    for row in rows:
+        files = row['files']
+        metrics = '<br>'.join(html.escape(f'{k}: {fmt(v)}') for k, v in row['metrics'].items())
+        lines.append(f'<tr><td>{html.escape(row["name"])}</td>{img(files["mask"])}{img(files["generated"])}'
+                     f'{img(files.get("real"))}{img(files["grid"])}<td>{metrics}</td></tr>')
+    lines.append('</table></body></html>\n')
+    write_text_atomic(path, '\n'.join(lines))
+
+
+def write_metrics_csv(path, rows, mean):
+    keys = sorted({k for row in rows for k in row['metrics']})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(['name', 'height', 'width'] + keys)
+    for row in rows:
+        writer.writerow([row['name'], *row['size']] + [fmt(row['metrics'].get(k)) for k in keys])
+    writer.writerow(['mean', '', ''] + [fmt(mean.get(k)) for k in keys])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def mean_scores(rows):
+    keys = sorted({k for row in rows for k in row['metrics']})
+    values = {k: [row['metrics'][k] for row in rows if row['metrics'].get(k) is not None] for k in keys}
+    return {k: float(np.mean(v)) for k, v in values.items() if v}
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None):
+    opt = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    check_options(opt)
+    device = pick_device(opt.device)
+    ckpt = checkpoint_path(opt.run, opt.epoch)
+    G, cfg, state = load_generator(ckpt, device)
+    trained_epochs = state.get('epoch')
+    segmenter = load_segmenter(opt.segmenter, cfg, device) if opt.segmenter else None
+    size = opt.load_size or cfg.get('crop_size')
+    check_model_size(cfg, size)
+    inputs = collect_inputs(opt, cfg)
+    check_memory(opt, G, cfg, size, inputs, device)
+    run_name = os.path.basename(os.path.normpath(opt.run))
+    results_dir = opt.results_dir or os.path.join('results', run_name, f'{opt.mode}_{opt.epoch}')
+    prepare_results_dir(results_dir)
+    fid_kid = make_fid_kid(opt.inception_weights, device) if inputs[0][3] is not None else None
+    if opt.inception_weights and inputs[0][3] is None:
+        print('FID/KID skipped: raw --masks have no ground-truth images')
+
+    rows = []
+    for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):
+        if mask is None:
+            mask = read_mask(source, cfg['input_nc'], opt.mask_tolerance)
+        generated, mask_out = generate(opt, G, cfg, mask, size, device)
+        if real is not None and real.shape[:2] != generated.shape[:2]:
+            real = resize_image(real, generated.shape[:2])
+        files = {'generated': f'Generated-{name}.png', 'mask': f'MaskResized-{name}.png', 'grid': f'Grid-{name}.png'}
+        if opt.mode == 'sliding' and source.lower().endswith(TIFF_SUFFIXES):
+            files['generated'] = f'Generated-{name}.tif'
+            save_geotiff(os.path.join(results_dir, files['generated']), generated, source)
+        else:
+            save_png(os.path.join(results_dir, files['generated']), generated)
+        save_png(os.path.join(results_dir, files['mask']), mask_out)
+        if real is not None:
+            files['real'] = f'OriginalResized-{name}.png'
+            save_png(os.path.join(results_dir, files['real']), real)
+            if fid_kid:
+                for metric in fid_kid:
+                    metric.update(as_tensor(generated).to(device), real=False)
+                    metric.update(as_tensor(real).to(device), real=True)
+        panels = [mask_out, generated] + ([real] if real is not None else [])
+        save_png(os.path.join(results_dir, files['grid']), grid_image(panels))
+        rows.append({'name': name, 'source': source, 'size': list(generated.shape[:2]), 'files': files,
+                     'metrics': image_scores(generated, real, mask_out, opt, segmenter)})
+
+    mean = mean_scores(rows)
+    set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
+    title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained)'
+    write_index_html(os.path.join(results_dir, 'index.html'), title, rows, {**mean, **set_metrics})
+    write_metrics_csv(os.path.join(results_dir, 'metrics.csv'), rows, mean)
+    write_json_atomic(os.path.join(results_dir, 'metrics.json'), {
+        'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs, 'mode': opt.mode,
+        'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
+        'mean': mean, **set_metrics, 'images': rows})
+    summary = ', '.join(f'{k} {fmt(v)}' for k, v in {**mean, **set_metrics}.items())
+    print(f'{len(rows)} results in {results_dir} ({summary})')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))

@@ -1,0 +1,346 @@
+"""Tests for test.py: the three modes and their files, exact sliding-window blending, seam scores, GeoTIFF
+tags, and one-line errors for bad input. One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) is trained once
+for the module; CPU only.
+"""
+import html.parser
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.parse
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+import train
+from conftest import REPO
+from utils import UserError, seam_score
+
+# Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
+_spec = importlib.util.spec_from_file_location('test_script', os.path.join(REPO, 'test.py'))
+ts = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ts)
+
+WINDOW = 64  # the run's --crop_size: full mode outputs this size, and it is the sliding window
+VAL_SIZE = 72  # transformed_root's array size: tiles and sliding keep it
+
+
+@pytest.fixture(scope='module')
+def run_dir(transformed_root, tmp_path_factory):
+    runs = tmp_path_factory.mktemp('runs')
+    train.main(['--dataroot', transformed_root, '--name', 'tiny', '--runs_dir', str(runs), '--netG', 'resnet_6blocks',
+                '--ngf', '8', '--ndf', '8', '--crop_size', str(WINDOW), '--n_epochs', '1', '--n_epochs_decay', '0',
+                '--batch_size', '2', '--log_freq', '1', '--save_epoch_freq', '1'])
+    return str(runs / 'tiny')
+
+
+def generate(run, out, *extra):
+    ts.main(['--run', run, '--results_dir', str(out), *extra])
+    return json.load(open(os.path.join(out, 'metrics.json')))
+
+
+def ramp_mask(height, width, seed, count=150):
+    """Buildings ever denser towards the bottom-right: the tiles of a grid differ in density, so tiles mode
+    normalises each differently (instance norm) and its borders show, though the density changes gradually."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(count):
+        y, x = rng.integers(0, height - 6), rng.integers(0, width - 6)
+        if rng.random() < ((y / height + x / width) / 2) ** 3:
+            mask[y:y + rng.integers(4, 10), x:x + rng.integers(4, 10)] = 255
+    return mask
+
+
+def save_mask(path, array):
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+class Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.rows = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag in ('img', 'a'):
+            self.refs.append(urllib.parse.unquote(attrs['src' if tag == 'img' else 'href']))
+        self.rows += tag == 'tr'
+
+
+# ---------------------------------------------------------------- the three modes on the val split
+
+@pytest.mark.parametrize('mode', ts.MODES)
+def test_mode_writes_images_html_and_metrics(run_dir, transformed_root, tmp_path, monkeypatch, mode):
+    monkeypatch.chdir(tmp_path)  # default --results_dir is relative: results/<run>/<mode>_<epoch>
+    ts.main(['--run', run_dir, '--mode', mode])
+    out = tmp_path / 'results' / 'tiny' / f'{mode}_latest'
+    names = [t['name'] for t in json.load(open(os.path.join(transformed_root, 'val', 'manifest.json')))['tiles']]
+    side = WINDOW if mode == 'full' else VAL_SIZE
+    for name in names:
+        generated = np.asarray(Image.open(out / f'Generated-{name}.png'))
+        assert generated.shape == (side, side, 3)
+        assert np.asarray(Image.open(out / f'OriginalResized-{name}.png')).shape == (side, side, 3)
+        mask = np.asarray(Image.open(out / f'MaskResized-{name}.png'))
+        assert mask.shape == (side, side) and set(np.unique(mask)) <= {0, 255}
+        assert np.asarray(Image.open(out / f'Grid-{name}.png')).shape == (side, 3 * side, 3)  # mask|fake|real
+
+    metrics = json.load(open(out / 'metrics.json'))
+    assert metrics['mode'] == mode and metrics['epoch'] == 'latest' and metrics['trained_epochs'] == 1
+    assert metrics['samples'] == len(names) == len(metrics['images'])
+    for row in metrics['images']:
+        assert set(row['metrics']) >= {'PSNR', 'SSIM', 'L1', 'seam_score'}
+        assert all(np.isfinite(v) for v in row['metrics'].values())
+    assert metrics['mean']['PSNR'] == pytest.approx(np.mean([r['metrics']['PSNR'] for r in metrics['images']]))
+
+    lines = open(out / 'metrics.csv').read().splitlines()
+    header = lines[0].split(',')
+    assert header[:3] == ['name', 'height', 'width'] and 'PSNR' in header and 'seam_score' in header
+    assert [line.split(',')[0] for line in lines[1:]] == names + ['mean']
+
+    page = Links()
+    page.feed(open(out / 'index.html').read())
+    assert page.rows == len(names) + 1  # header + one row per image
+    assert set(page.refs) >= {f'Generated-{n}.png' for n in names} | {f'OriginalResized-{n}.png' for n in names}
+    assert all((out / ref).is_file() for ref in page.refs)
+    assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+
+
+def test_epoch_choice_and_num_test(run_dir, tmp_path):
+    metrics = generate(run_dir, tmp_path / 'a', '--epoch', '1', '--num_test', '2')
+    assert metrics['samples'] == 2 and metrics['checkpoint'].endswith('epoch_1.pt')
+    assert generate(run_dir, tmp_path / 'b', '--epoch', 'best', '--num_test', '1')['checkpoint'].endswith('best.pt')
+
+
+# ---------------------------------------------------------------- sliding windows
+
+def test_sliding_output_is_exactly_the_input_size(run_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    masks = [save_mask(tmp_path / 'odd.png', ramp_mask(157, 203, 1)),  # larger than the 64² window
+             save_mask(tmp_path / 'small.png', (rng.random((37, 50)) < 0.3).astype(np.uint8) * 255)]  # smaller
+    for extra in ([], ['--scale', '0.6', '--overlap', '0.25', '--batch_size', '3']):
+        out = tmp_path / f'out{len(extra)}'
+        generate(run_dir, out, '--mode', 'sliding', '--masks', *masks, *extra)
+        assert np.asarray(Image.open(out / 'Generated-odd.png')).shape == (157, 203, 3)
+        assert np.asarray(Image.open(out / 'Generated-small.png')).shape == (37, 50, 3)
+        assert np.asarray(Image.open(out / 'MaskResized-odd.png')).shape == (157, 203)
+        assert not os.path.exists(out / 'OriginalResized-odd.png')  # raw masks have no ground truth
+
+
+class Copy(torch.nn.Module):
+    """A 'generator' whose output at a pixel depends on that pixel only: blending must give it back exactly."""
+
+    def forward(self, x):
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+@pytest.mark.parametrize('height,width', [(157, 203), (37, 50), (64, 64), (65, 129)])
+@pytest.mark.parametrize('overlap,batch_size', [(0.5, 1), (0.5, 7), (0.75, 100), (0.0, 3)])
+def test_sliding_blend_puts_every_window_in_place(height, width, overlap, batch_size):
+    rng = np.random.default_rng(height * width)
+    mask = (rng.random((height, width)) < 0.5).astype(np.uint8) * 255
+    out = ts.generate_sliding(Copy(), mask, WINDOW, overlap, batch_size, torch.device('cpu'))
+    assert out.shape == (height, width, 3)
+    np.testing.assert_array_equal(out, np.repeat(mask[..., None], 3, 2))
+    label_map = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # 3-channel input models
+    np.testing.assert_array_equal(ts.generate_sliding(Copy(), label_map, 16, overlap, batch_size,
+                                                      torch.device('cpu')), label_map)
+
+
+def test_sliding_scores_far_fewer_seams_than_tiles(run_dir, tmp_path):
+    masks = [save_mask(tmp_path / f'ramp{seed}.png', ramp_mask(128, 160, seed)) for seed in range(4)]
+    scores = {}
+    for mode in ('tiles', 'sliding'):
+        metrics = generate(run_dir, tmp_path / mode, '--mode', mode, '--tiles', '2', '--masks', *masks)
+        scores[mode] = [row['metrics']['seam_score'] for row in metrics['images']]
+    # measured: tiles 1.3-1.9, sliding 1.03-1.11 (a 1-epoch model's output is mostly texture)
+    assert np.mean(scores['tiles']) > 1.25, scores  # the tile borders show
+    assert np.mean(scores['sliding']) < 1.12, scores  # blending hides the same lines
+    assert all(s < t for s, t in zip(scores['sliding'], scores['tiles'])), scores
+
+
+class SmoothNorm(torch.nn.Module):
+    """A smooth stand-in for an instance-norm generator: a window's output level depends on its own building
+    density, as in a trained model, without a 1-epoch model's noise hiding the seams."""
+
+    def forward(self, x):
+        x = torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False)
+        return torch.tanh(0.5 * torch.nn.functional.instance_norm(x)).expand(-1, 3, -1, -1)
+
+
+def test_blending_hides_window_edges_that_tiles_show():
+    cpu = torch.device('cpu')
+    for seed in range(3):
+        # 128²: the 2×2 grid lines (row/column 64) are window edges in sliding mode too (stride 32)
+        mask = ramp_mask(128, 128, seed)
+        tiles = seam_score(ts.generate_tiles(SmoothNorm(), mask, 2, WINDOW, 4, cpu), 2)
+        unblended = seam_score(ts.generate_sliding(SmoothNorm(), mask, WINDOW, 0.0, 4, cpu), 2)
+        sliding = seam_score(ts.generate_sliding(SmoothNorm(), mask, WINDOW, 0.5, 4, cpu), 2)
+        assert tiles > 5 and unblended > 5 and sliding < 2, (tiles, unblended, sliding)  # measured ≥ 9.5 / ≤ 1.6
+
+
+def test_seam_score():
+    rng = np.random.default_rng(0)
+    noise = rng.integers(60, 116, (64, 80, 3), dtype=np.uint8)
+    assert seam_score(noise, 2) == pytest.approx(1.0, abs=0.1)
+    seamed = noise.copy()
+    seamed[32:] += 50  # brightness steps exactly on the 2×2 grid's lines
+    seamed[:, 40:] += 50
+    assert seam_score(seamed, 2) > 2
+    assert seam_score(seamed, 3) == pytest.approx(1.0, abs=0.15)  # not on the 3×3 grid's lines
+    ramp = np.tile(np.arange(80, dtype=np.uint8), (64, 1))  # a smooth gradient has no seam
+    assert seam_score(ramp, 2) == pytest.approx(1.0)
+    assert seam_score(np.zeros((10, 10), np.uint8), 2) == 1.0 and seam_score(noise, 1) is None
+
+
+def test_geotiff_tags_are_copied(run_dir, tmp_path):
+    dt = tifffile.DATATYPE
+    tags = [(33550, dt.DOUBLE, 3, (0.3, 0.3, 0.0), True),
+            (33922, dt.DOUBLE, 6, (0.0, 0.0, 0.0, 620000.0, 3350000.0, 0.0), True),
+            (34735, dt.SHORT, 8, (1, 1, 0, 1, 3072, 0, 1, 26914), True),
+            (34737, dt.ASCII, 0, 'NAD83 / UTM zone 14N|', True)]
+    mask = ramp_mask(90, 110, 2)
+    tifffile.imwrite(tmp_path / 'geo.tif', mask, compression='lzw', extratags=tags, metadata=None)
+    generate(run_dir, tmp_path / 'out', '--mode', 'sliding', '--masks', str(tmp_path / 'geo.tif'))
+    with tifffile.TiffFile(tmp_path / 'out' / 'Generated-geo.tif') as tif:
+        page = tif.pages[0]
+        assert page.shape == (90, 110, 3)
+        for code, _, _, value, _ in tags:
+            assert page.tags[code].value == value
+    page = Links()
+    page.feed(open(tmp_path / 'out' / 'index.html').read())
+    assert 'Generated-geo.tif' in page.refs and all((tmp_path / 'out' / ref).is_file() for ref in page.refs)
+
+
+def test_inception_weights_missing_or_unusable_is_a_notice(run_dir, tmp_path, capsys):
+    generate(run_dir, tmp_path / 'a', '--num_test', '2', '--inception_weights', str(tmp_path / 'none.pth'))
+    assert 'FID/KID skipped' in capsys.readouterr().out
+    (tmp_path / 'junk.pth').write_bytes(b'not weights')  # no torch-fidelity here, or a file it cannot load
+    metrics = generate(run_dir, tmp_path / 'b', '--num_test', '2', '--inception_weights', str(tmp_path / 'junk.pth'))
+    assert 'FID/KID skipped' in capsys.readouterr().out and 'FID' not in metrics
+
+
+class PoolFeatures(torch.nn.Module):
+    """Stands in for torch-fidelity's InceptionV3 (not installed here, and its weights are never downloaded)."""
+    num_features = 12
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x.float(), 2).flatten(1)
+
+
+@pytest.mark.filterwarnings('ignore:Metric `Kernel Inception Distance` will save')
+def test_fid_and_kid_reach_metrics_json(run_dir, tmp_path, monkeypatch, capsys):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    def fake_fid_kid(path, device):
+        fid = FrechetInceptionDistance(feature=PoolFeatures())
+        return fid, KernelInceptionDistance(feature=fid.inception, subset_size=1000)
+    monkeypatch.setattr(ts, 'make_fid_kid', fake_fid_kid)
+    metrics = generate(run_dir, tmp_path / 'out', '--inception_weights', 'unused.pth')
+    assert np.isfinite(metrics['FID']) and np.isfinite(metrics['KID']) and 'KID_std' in metrics
+    assert 'FID/KID on 5 images is unreliable' in capsys.readouterr().out
+
+
+def test_label_map_models_take_rgb_masks(tmp_path):
+    label_map = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(label_map).save(tmp_path / 'labels.png')
+    np.testing.assert_array_equal(ts.read_mask(str(tmp_path / 'labels.png'), 3, 0.01), label_map)
+    Image.fromarray(label_map[..., 0]).save(tmp_path / 'grey.png')
+    with pytest.raises(UserError, match='grey.png: this model takes 3-channel label maps'):
+        ts.read_mask(str(tmp_path / 'grey.png'), 3, 0.01)
+
+
+# ---------------------------------------------------------------- bad input: one clear error, nothing written
+
+def broken_run(tmp_path, payload):
+    run = tmp_path / 'broken'
+    run.mkdir()
+    (run / 'latest.pt').write_bytes(payload) if isinstance(payload, bytes) else torch.save(payload, run / 'latest.pt')
+    return str(run)
+
+
+def wrong_architecture(run_dir, tmp_path):
+    state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
+    state['config']['netG'] = 'resnet_9blocks'  # the weights are a resnet_6blocks
+    return broken_run(tmp_path, state)
+
+
+BLOCK = np.zeros((64, 64), np.uint8)
+BLOCK[10:30, 12:50] = 255  # one building
+
+
+def bad_mask(name, array):
+    """Arguments for a --masks file holding `array` (written when the case runs)."""
+    def make(run, tmp):
+        path = tmp / name
+        tifffile.imwrite(path, array) if name.endswith('.tif') else Image.fromarray(array).save(path)
+        return ['--run', run, '--masks', str(path)]
+    return make
+
+
+def options(*extra, run=None):
+    return lambda run_dir, tmp: ['--run', run(run_dir, tmp) if run else run_dir, *extra]
+
+
+BAD_INPUTS = {  # case: (argv maker, expected message)
+    'missing run': (lambda run, tmp: ['--run', str(tmp / 'nope')], 'run folder not found'),
+    'missing epoch': (options('--epoch', '7'), 'epoch_7.pt: checkpoint not found; '),
+    'corrupt checkpoint': (options(run=lambda run, tmp: broken_run(tmp, os.urandom(2000))),
+                           'not a loadable checkpoint'),
+    'other architecture': (options(run=wrong_architecture), 'does not match --netG resnet_9blocks'),
+    'RGB mask': (bad_mask('rgb.png', np.stack([BLOCK, 0 * BLOCK, BLOCK], 2)), 'rgb.png: mask must have 1 channel'),
+    '16-bit PNG mask': (bad_mask('deep.png', BLOCK.astype(np.uint16) * 257), 'deep.png: mask must be 8-bit'),
+    '16-bit TIFF mask': (bad_mask('deep.tif', BLOCK.astype(np.uint16)), 'deep.tif: mask must be 8-bit'),
+    'float TIFF mask': (bad_mask('float.tif', BLOCK.astype(np.float32)), 'float.tif: mask must be 8-bit'),
+    'grey mask': (bad_mask('grey.png', BLOCK // 2 + 1), 'grey.png: mask has 100.0% pixels that are neither'),
+    'missing mask': (lambda run, tmp: ['--run', run, '--masks', str(tmp / 'gone.png')], 'gone.png: mask file'),
+    'missing segmenter': (options('--segmenter', 'seg.pt'), 'seg.pt: checkpoint not found'),
+    'generator as segmenter': (lambda run, tmp: ['--run', run, '--segmenter', os.path.join(run, 'latest.pt')],
+                               'a generator checkpoint, not a segmenter'),
+    'memory: batch too big': (options('--mode', 'sliding', '--batch_size', '64', '--max_memory_gb', '0.004'),
+                              'lower --batch_size (about'),
+    'memory: not one window': (options('--mode', 'sliding', '--max_memory_gb', '1e-6'),
+                               'even one window does not fit'),
+    'tiles larger than mask': (options('--mode', 'tiles', '--tiles', '100'), '--tiles 100: a mask is only 72×72'),
+    'bad overlap': (options('--mode', 'sliding', '--overlap', '1'), '--overlap 1.0'),
+}
+
+
+@pytest.mark.parametrize('case', BAD_INPUTS)
+def test_bad_input_is_one_clear_error_and_writes_nothing(run_dir, tmp_path, case):
+    make_args, message = BAD_INPUTS[case]
+    out = tmp_path / 'out'
+    with pytest.raises(UserError, match=re.escape(message)):
+        ts.main(make_args(run_dir, tmp_path) + ['--results_dir', str(out)])
+    assert not out.exists()
+
+
+def test_unwritable_results_dir(run_dir, tmp_path):
+    (tmp_path / 'a_file').write_text('x')  # root ignores chmod; a folder under a regular file fails for everyone
+    with pytest.raises(UserError, match='cannot write results there'):
+        ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'a_file' / 'sub')])
+
+
+def test_cli_error_is_one_line_with_exit_status_2(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'test.py'), '--run', str(tmp_path / 'nope')],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f'error: {tmp_path / "nope"}: run folder not found (--run)']
+
+
+def test_mask_fidelity_with_a_segmenter(run_dir, transformed_root, tmp_path):
+    import train_segmenter
+    segmenter = tmp_path / 'segmenter.pt'
+    train_segmenter.main(['--dataroot', transformed_root, '--out', str(segmenter), '--ngf', '8', '--crop_size', '64',
+                          '--batch_size', '1', '--n_epochs', '2', '--lr', '1e-3'])
+    metrics = generate(run_dir, tmp_path / 'out', '--mode', 'sliding', '--segmenter', str(segmenter))
+    for image in metrics['images']:
+        for key in ('fidelity_IoU', 'fidelity_F1', 'fidelity_IoU_real', 'fidelity_F1_real'):
+            assert 0.0 <= image['metrics'][key] <= 1.0, key
+    assert 'fidelity_IoU' in metrics['mean'] and 'fidelity_IoU_real' in metrics['mean']
