@@ -4,8 +4,9 @@
     python bench.py --only train --batches 1 4       # CPU: the batch sizes the CPU target names
     python bench.py --only generate --mask_size 5000
 
-Training rows add one optimisation at a time to the plain fp32 eager NCHW loop (train.py's own Trainer, so the
-numbers are the real loop's): channels_last, bf16 autocast, torch.compile. Data time is the share of the step spent
+Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
+(train.py's own Trainer, so the numbers are the real loop's): fused Adam, bf16 autocast, torch.compile,
+channels_last. Data time is the share of the step spent
 making the augmented batch (the uint8 split lives on the training device). MFU = achieved FLOP/s ÷ the device's
 bf16 peak (--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
 """
@@ -26,8 +27,9 @@ from utils import read_image_file, run_cli
 
 # Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figures this project plans with.
 BF16_PEAK_TFLOPS = {'H100': 790.0, 'H200': 790.0}
-STEPS = (('eager fp32 NCHW', {}), ('+ channels_last', {'channels_last': True}), ('+ bf16 autocast', {'amp': 'on'}),
-         ('+ torch.compile', {'compile': True}))
+STEPS = (('plain: eager fp32 NCHW, default Adam', {'default_adam': True}), ('+ fused Adam', {'default_adam': False}),
+         ('+ bf16 autocast', {'amp': 'on'}), ('+ torch.compile', {'compile': True}),
+         ('+ channels_last', {'channels_last': True}))
 
 
 def parse_args(argv=None):
@@ -35,13 +37,15 @@ def parse_args(argv=None):
     p.add_argument('--only', choices=('train', 'generate', 'transform'), help='run one part only')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')
-    p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 4 CPU)')
-    p.add_argument('--warmup', type=int, default=None, help='untimed iterations first (default 10 GPU, 2 CPU)')
+    p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
+    p.add_argument('--warmup', type=int, default=None, help='untimed iterations first, compilation included (default 10 GPU, 3 CPU)')
     p.add_argument('--steps', type=int, default=len(STEPS), help='how many optimisation rows (1 = eager only)')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
     p.add_argument('--gen_batch', type=int, default=16, help='windows per batch in sliding generation')
+    p.add_argument('--gen_overlap', type=float, default=0.5, help='window overlap in sliding generation')
+    p.add_argument('--gen_amp', action='store_true', help='bf16 autocast for generation (test.py --amp on)')
     return p.parse_args(argv)
 
 
@@ -63,7 +67,11 @@ def make_trainer(device, overrides):
     for key, value in overrides.items():
         setattr(opt, key, value)
     opt.input_nc = 1
-    return train.Trainer(opt, device, rank=0, world_size=1)
+    trainer = train.Trainer(opt, device, rank=0, world_size=1)
+    if overrides.get('default_adam'):  # the official repo's optimiser: torch's default Adam implementation
+        trainer.opt_G = torch.optim.Adam(trainer.G.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
+        trainer.opt_D = torch.optim.Adam(trainer.D.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
+    return trainer
 
 
 def flops_per_image(trainer, masks, images, plan, crop):
@@ -106,7 +114,7 @@ def bench_train_row(device, overrides, batch, iters, warmup, data):
 def bench_train(opt, device):
     gpu = device.type == 'cuda'
     batches = opt.batches or ([1, 16, 64] if gpu else [1, 4])
-    iters, warmup = opt.iters or (30 if gpu else 4), opt.warmup or (10 if gpu else 2)
+    iters, warmup = opt.iters or (30 if gpu else 6), opt.warmup or (10 if gpu else 3)
     n = max(max(batches) * 2, 64)
     gen = torch.Generator().manual_seed(0)
     masks = (torch.rand(n, 1, 286, 286, generator=gen) > 0.7).to(torch.uint8).mul_(255).to(device)
@@ -142,12 +150,13 @@ def bench_generate(opt, device):
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    out = generation.generate_sliding(G, mask, 256, 0.5, opt.gen_batch, device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opt.gen_amp):
+        out = generation.generate_sliding(G, mask, 256, opt.gen_overlap, opt.gen_batch, device)
     sync(device)
     seconds = time.perf_counter() - t0
     assert out.shape[:2] == mask.shape
-    print(f'\n## Sliding-window generation, {opt.mask_size}×{opt.mask_size} mask, 256² windows, overlap 0.5, '
-          f'batch {opt.gen_batch}, {device}')
+    print(f'\n## Sliding-window generation, {opt.mask_size}×{opt.mask_size} mask, 256² windows, overlap '
+          f'{opt.gen_overlap}, batch {opt.gen_batch}, {"bf16" if opt.gen_amp else "fp32"}, {device}')
     print(f'{seconds:.1f} s, {opt.mask_size ** 2 / seconds / 1e6:.2f} megapixels/s, peak memory '
           f'{peak_memory_mb(device):.0f} MB ({"GPU allocated" if device.type == "cuda" else "process RSS"})')
 

@@ -19,7 +19,9 @@ def load_split(root, split):
     if not os.path.isdir(split_dir):
         raise UserError(f'{split_dir}: split folder not found; run transform_dataset.py to make {split}/')
     manifest = read_json(manifest_path, 'manifest')
-    names = [t['name'] for t in manifest.get('tiles', [])]
+    names = [t.get('name') for t in manifest.get('tiles', []) if isinstance(t, dict)]
+    if None in names or len(names) != len(manifest.get('tiles', [])):
+        raise UserError(f'{manifest_path}: malformed manifest (a tile entry without a name); re-run transform_dataset.py')
     if not names:
         raise UserError(f'{manifest_path}: the {split} split holds no samples')
     masks, images = [], []

@@ -64,7 +64,9 @@ def build_parser():
     a('--mask_tolerance', type=float, default=0.01, help='fraction of mask pixels allowed to be neither 0 nor 255')
     a('--num_test', type=int, default=None, help='only the first N inputs')
     a('--results_dir', default=None, help='output folder (default: results/<run>/<mode>_<epoch>)')
-    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available (bf16 there)')
+    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+    a('--amp', default='auto', choices=('auto', 'on', 'off'),
+      help='bf16 autocast for the generator; auto = on for CUDA (on a bf16-capable CPU, on is ~1.7× faster)')
     a('--inception_weights', default=None,
       help="FID/KID: torch-fidelity's pt_inception-2015-12-05 weights file (never downloaded)")
     a('--segmenter', default=None,
@@ -303,12 +305,10 @@ def check_memory(opt, G, cfg, size, inputs, device):
 
 @torch.no_grad()
 def run_generator(G, masks, device):
-    """uint8 B×H×W(×C) masks -> float B×C×H×W generator output in [-1, 1] on device (bf16 autocast on CUDA)."""
+    """uint8 B×H×W(×C) masks -> float B×C×H×W generator output in [-1, 1] on device (in the caller's autocast)."""
     x = torch.from_numpy(np.ascontiguousarray(masks))
     x = to_unit_range((x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)).to(device))
-    autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device.type == 'cuda' else contextlib.nullcontext()
-    with autocast:
-        return G(x).float()
+    return G(x).float()
 
 
 def generate_tiles(G, mask, n, size, batch_size, device):
@@ -518,6 +518,7 @@ def main(argv=None):
     ckpt = checkpoint_path(opt.run, opt.epoch)
     G, cfg, state = load_generator(ckpt, device)
     trained_epochs = state.get('epoch')
+    amp = opt.amp == 'on' or (opt.amp == 'auto' and device.type == 'cuda')
     segmenter = load_segmenter(opt.segmenter, cfg, device) if opt.segmenter else None
     size = opt.load_size or cfg.get('crop_size')
     check_model_size(cfg, size)
@@ -534,7 +535,8 @@ def main(argv=None):
     for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):
         if mask is None:
             mask = read_mask(source, cfg['input_nc'], opt.mask_tolerance)
-        generated, mask_out = generate(opt, G, cfg, mask, size, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
+            generated, mask_out = generate(opt, G, cfg, mask, size, device)
         if real is not None and real.shape[:2] != generated.shape[:2]:
             real = resize_image(real, generated.shape[:2])
         files = {'generated': f'Generated-{name}.png', 'mask': f'MaskResized-{name}.png', 'grid': f'Grid-{name}.png'}

@@ -12,20 +12,18 @@ import argparse
 import contextlib
 import math
 import os
-import random
 import signal
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, augmented_batch, center_crop, load_split, to_unit_range
-from utils import (CHECKPOINT_FORMAT, UserError, image_metrics, load_checkpoint, pick_device, read_json,
-                   remove_stale_temp_files, run_cli, save_checkpoint, write_json_atomic)
+from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, image_metrics, load_checkpoint, pick_device, read_json,
+                   remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
 
 # Options that define the networks or the data they see: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -105,6 +103,7 @@ def explicit_options(parser, argv):
 def resolve_options(parser, argv):
     """Parse argv; with --resume, start from the saved config and allow only non-architecture overrides."""
     opt = parser.parse_args(argv)
+    opt.dataroot = os.path.abspath(opt.dataroot)  # test.py reads it back from config.json, from anywhere
     run_dir = os.path.join(opt.runs_dir, opt.name)
     if not opt.resume:
         if os.path.exists(os.path.join(run_dir, 'latest.pt')):
@@ -204,29 +203,13 @@ def build_scheduler(opt, optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0)
 
 
-def adam(params, opt, device):
-    # fused Adam is one kernel for all parameters on CUDA; foreach is the fast path elsewhere
-    fused = {'fused': True} if device.type == 'cuda' else {'foreach': True}
-    return torch.optim.Adam(params, lr=opt.lr, betas=(opt.beta1, 0.999), **fused)
+def adam(params, opt):
+    # fused: one kernel over all parameters, on CUDA and CPU alike; on 2 CPU cores it makes unet_256's Adam step
+    # 5× faster than the default per-parameter loop (bench.py)
+    return torch.optim.Adam(params, lr=opt.lr, betas=(opt.beta1, 0.999), fused=True)
 
 
 # ---------------------------------------------------------------- checkpoints
-
-def rng_states():
-    np_state = np.random.get_state()
-    return {'python': random.getstate(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(states):
-    random.setstate(tuple(states['python'][:1]) + (tuple(states['python'][1]),) + tuple(states['python'][2:]))
-    name, keys, *rest = states['numpy']
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(states['torch'])
-    if states['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
-
 
 class Trainer:
     """Models, optimisers, schedules and the bookkeeping that a checkpoint must restore."""
@@ -234,7 +217,7 @@ class Trainer:
     def __init__(self, opt, device, rank, world_size):
         self.opt, self.device, self.rank, self.world_size = opt, device, rank, world_size
         self.G, self.D = build_models(opt, device, world_size)
-        self.opt_G, self.opt_D = adam(self.G.parameters(), opt, device), adam(self.D.parameters(), opt, device)
+        self.opt_G, self.opt_D = adam(self.G.parameters(), opt), adam(self.D.parameters(), opt)
         self.sched_G, self.sched_D = build_scheduler(opt, self.opt_G), build_scheduler(opt, self.opt_D)
         self.gan_loss = networks.GANLoss(opt.gan_mode).to(device)
         self.vgg_loss = networks.VGGLoss(opt.vgg_weights).to(device) if 'vgg' in opt.content_loss else None
@@ -351,21 +334,6 @@ def open_run_dir(run_dir, opt, iteration):
     from torch.utils.tensorboard import SummaryWriter
     # purge_step hides the events a killed run logged after its last checkpoint, which are redone now
     return SummaryWriter(run_dir, purge_step=iteration if opt.resume else None)
-
-
-class StopRequest:
-    """SIGTERM (schedulers' preemption notice) or Ctrl-C: finish the step, save latest, exit."""
-
-    def __init__(self):
-        self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.handle)
-
-    def handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C: the user insists
-            raise KeyboardInterrupt
-        self.signal = signum
-        print(f'\n{signal.Signals(signum).name}: saving latest.pt after this step…', file=sys.stderr, flush=True)
 
 
 def log_epoch(writer, trainer, metrics, seconds, images_per_s, data_share):

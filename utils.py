@@ -6,6 +6,8 @@ functions that need it, so transform_dataset.py (and its worker processes) start
 import contextlib
 import json
 import os
+import random
+import signal
 import sys
 import tempfile
 import warnings
@@ -259,6 +261,40 @@ def load_checkpoint(path):
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise UserError(f'{path}: not a checkpoint of this project (no {CHECKPOINT_FORMAT!r} format tag)')
     return state
+
+
+def rng_states():
+    """Python, numpy and torch (CPU and CUDA) RNG states as plain types that torch.load(weights_only=True) takes."""
+    import torch
+    np_state = np.random.get_state()
+    return {'python': random.getstate(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states):
+    import torch
+    random.setstate(tuple(states['python'][:1]) + (tuple(states['python'][1]),) + tuple(states['python'][2:]))
+    name, keys, *rest = states['numpy']
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(states['torch'])
+    if states['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
+class StopRequest:
+    """SIGTERM (schedulers' preemption notice) or Ctrl-C: finish the step, save latest, exit."""
+
+    def __init__(self):
+        self.signal = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C: the user insists
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f'\n{signal.Signals(signum).name}: saving latest.pt after this step…', file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- metrics
