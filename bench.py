@@ -88,7 +88,7 @@ def bench_train_row(device, overrides, batch, iters, warmup, data):
     masks, images = data
     trainer = make_trainer(device, overrides)
     memory_format = torch.channels_last if overrides.get('channels_last') else torch.contiguous_format
-    plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0)
+    plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0).to(device)
     n_batches = len(masks) // batch
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
@@ -121,7 +121,7 @@ def bench_train(opt, device):
     images = torch.randint(0, 256, (n, 3, 286, 286), dtype=torch.uint8, generator=gen).to(device)
     name = torch.cuda.get_device_name(device) if gpu else 'CPU'
     peak = opt.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-    flops = flops_per_image(make_trainer(device, {}), masks, images, EpochPlan(n, 286, 256, 0, 0), 256)
+    flops = flops_per_image(make_trainer(device, {}), masks, images, EpochPlan(n, 286, 256, 0, 0).to(device), 256)
     print(f'\n## Training, unet_256 + basic PatchGAN, 256² crops, {name}, torch {torch.__version__}, '
           f'{torch.get_num_threads()} CPU threads')
     print(f'one training step = {flops / 1e9:.1f} GFLOP per image (FlopCounterMode)\n')

@@ -65,39 +65,43 @@ class EpochPlan:
         # Aerial images have no "up": vertical flips and 90° turns are label-preserving augmentations.
         self.vflip = torch.rand(n, generator=g) < 0.5 if rotate else torch.zeros(n, dtype=torch.bool)
         self.quarter_turns = torch.randint(0, 4, (n,), generator=g) if rotate else torch.zeros(n, dtype=torch.long)
+        self.device = torch.device('cpu')
+
+    def to(self, device):
+        """Move the plan next to the data once per epoch: per-batch copies to a GPU would each wait for it."""
+        for name in ('order', 'top', 'left', 'hflip', 'vflip', 'quarter_turns'):
+            setattr(self, name, getattr(self, name).to(device))
+        self.device = torch.device(device)
+        return self
 
     def batch(self, index, batch_size, rank=0, world_size=1):
         """Sample positions (into `order`) of global batch `index`, this rank's share of it."""
-        positions = torch.arange(index * batch_size, (index + 1) * batch_size)
+        positions = torch.arange(index * batch_size, (index + 1) * batch_size, device=self.device)
         return positions[rank::world_size]
 
 
 def crop_and_flip(x, top, left, crop, hflip, vflip, quarter_turns):
-    """Per-sample crop/flip/rotate of a batch N×C×H×W on any device, by gather indexing (no Python loop
-    over pixels); the same parameters applied to mask and image keep them aligned."""
+    """Per-sample crop/flip/rotate of a batch N×C×H×W on x's device, by gather indexing (no Python loop over
+    pixels, and no host sync: the parameters live on the same device); the same parameters applied to mask and
+    image keep them aligned."""
     n = x.shape[0]
     steps = torch.arange(crop, device=x.device)
-    rows = (top.to(x.device)[:, None] + steps)  # N×crop
-    cols = (left.to(x.device)[:, None] + steps)
-    rows = torch.where(vflip.to(x.device)[:, None], rows.flip(1), rows)
-    cols = torch.where(hflip.to(x.device)[:, None], cols.flip(1), cols)
+    rows = top[:, None] + steps  # N×crop
+    cols = left[:, None] + steps
+    rows = torch.where(vflip[:, None], rows.flip(1), rows)
+    cols = torch.where(hflip[:, None], cols.flip(1), cols)
     batch_idx = torch.arange(n, device=x.device)[:, None, None]
     out = x.permute(0, 2, 3, 1)[batch_idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    for k in (1, 2, 3):
-        chosen = (quarter_turns == k).nonzero().squeeze(1)  # the plan lives on the CPU: no device sync
-        if len(chosen):
-            chosen = chosen.to(x.device)
-            out[chosen] = torch.rot90(out[chosen], k, dims=(2, 3))
+    for k in (1, 2, 3):  # a select rather than indexing by nonzero(), whose data-dependent size would sync
+        out = torch.where((quarter_turns == k)[:, None, None, None], torch.rot90(out, k, dims=(2, 3)), out)
     return out.contiguous()
 
 
 def augmented_batch(masks, images, plan, positions, crop):
-    """Float [-1, 1] (mask, image) batch for sample positions of an EpochPlan; uint8 source on any device."""
+    """Float [-1, 1] (mask, image) batch for sample positions of an EpochPlan on the data's device."""
     idx = plan.order[positions]
     params = (plan.top[idx], plan.left[idx], crop, plan.hflip[idx], plan.vflip[idx], plan.quarter_turns[idx])
-    device_idx = idx.to(masks.device)
-    return (to_unit_range(crop_and_flip(masks[device_idx], *params)),
-            to_unit_range(crop_and_flip(images[device_idx], *params)))
+    return to_unit_range(crop_and_flip(masks[idx], *params)), to_unit_range(crop_and_flip(images[idx], *params))
 
 
 def center_crop(x, crop):

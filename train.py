@@ -399,7 +399,8 @@ def train(opt):
     n_batches = len(train_masks) // opt.batch_size
     metrics = None
     while trainer.epoch < last_epoch:
-        plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip, opt.rotate)
+        plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip,
+                         opt.rotate).to(train_masks.device)
         running, running_n = torch.zeros(len(LOSS_NAMES), device=device), 0
         started, data_seconds, images = time.perf_counter(), 0.0, 0
         bar = tqdm(range(trainer.next_batch, n_batches), desc=f'epoch {trainer.epoch + 1}/{total_epochs}',

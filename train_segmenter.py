@@ -132,7 +132,8 @@ def train(opt):
     size, n_batches = train_masks.shape[-1], len(train_masks) // opt.batch_size
     for epoch in range(opt.n_epochs):
         # Aerial images have no "up": flips and 90° turns are free extra data.
-        plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, epoch, flip=True, rotate=True)
+        plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, epoch, flip=True,
+                         rotate=True).to(train_masks.device)
         loss_sum, started = torch.zeros((), device=device), time.perf_counter()
         for batch in tqdm(range(n_batches), desc=f'epoch {epoch + 1}/{opt.n_epochs}', leave=False):
             mask, image = augmented_batch(train_masks, train_images, plan, plan.batch(batch, opt.batch_size),

@@ -98,13 +98,23 @@ def read_json(path, what='file'):
 
 # ---------------------------------------------------------------- image reading and checks
 
-def read_image_file(path):
-    """Decode a TIFF/PNG/JPEG into a numpy array (H×W or H×W×C), or raise UserError naming the file."""
-    path = os.fspath(path)
+def check_nonempty_file(path):
     if not os.path.isfile(path):
         raise UserError(f'{path}: file not found')
     if os.path.getsize(path) == 0:
         raise UserError(f'{path}: file is empty (0 bytes)')
+
+
+def first_line(err):
+    """The first line of an exception's message (or its type), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def read_image_file(path):
+    """Decode a TIFF/PNG/JPEG into a numpy array (H×W or H×W×C), or raise UserError naming the file."""
+    path = os.fspath(path)
+    check_nonempty_file(path)
     try:
         if path.lower().endswith(TIFF_SUFFIXES):
             array = tifffile.imread(path)
@@ -115,18 +125,14 @@ def read_image_file(path):
     except UserError:
         raise
     except Exception as err:  # decoders raise many types for truncated or foreign files
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f'{path}: cannot decode image ({reason}); the file may be truncated or not an image') from None
+        raise UserError(f'{path}: cannot decode image ({first_line(err)}); the file may be truncated or not an image') from None
     return array
 
 
 def read_image_header(path):
     """(height, width, channels, dtype) without decoding pixels, to validate a whole dataset up front."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UserError(f'{path}: file not found')
-    if os.path.getsize(path) == 0:
-        raise UserError(f'{path}: file is empty (0 bytes)')
+    check_nonempty_file(path)
     try:
         if path.lower().endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tif:
@@ -256,8 +262,7 @@ def load_checkpoint(path):
     except FileNotFoundError:
         raise UserError(f'{path}: checkpoint not found') from None
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f'{path}: not a loadable checkpoint ({reason[:200]})') from None
+        raise UserError(f'{path}: not a loadable checkpoint ({first_line(err)})') from None
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise UserError(f'{path}: not a checkpoint of this project (no {CHECKPOINT_FORMAT!r} format tag)')
     return state
@@ -394,8 +399,7 @@ def make_fid_kid(path, device):
               '(pip install torch-fidelity)')
         return None
     except Exception as err:  # a wrong or truncated weights file: torch-fidelity raises many types
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f'FID/KID skipped: cannot load {path} ({reason[:200]})')
+        print(f'FID/KID skipped: cannot load {path} ({first_line(err)})')
         return None
     return fid.to(device), kid.to(device)
 

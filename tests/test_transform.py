@@ -275,3 +275,22 @@ def test_cli_error_is_one_line_and_nonzero(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert len(lines) == 1 and 'austin6.tif' in lines[0] and 'Traceback' not in proc.stderr
+
+
+def peak_rss_mb_of(command):
+    """Peak RSS (MB) of a command, measured by a fresh parent so no earlier test's children count."""
+    probe = ('import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); '
+             'print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)')
+    out = subprocess.run([sys.executable, '-c', probe, *command], check=True, capture_output=True, text=True)
+    return int(out.stdout) / 1024
+
+
+def test_a_5000px_tile_needs_less_than_4x_its_size_in_ram(tmp_path):
+    transform_dataset.make_synthetic_inria(str(tmp_path / 'in'), n_tiles=1, size=5000, progress=False)
+    tile_mb = (5000 * 5000 * 3 + 5000 * 5000) / 2**20  # decoded image + mask
+    baseline = peak_rss_mb_of([sys.executable, '-c', f'import sys; sys.path.insert(0, {REPO!r}); import transform_dataset'])
+    peak = peak_rss_mb_of([sys.executable, os.path.join(REPO, 'transform_dataset.py'), '--dataroot',
+                           str(tmp_path / 'in'), '--out', str(tmp_path / 'out'), '--workers', '1'])
+    print(f'peak {peak:.0f} MB, imports {baseline:.0f} MB, tile {tile_mb:.0f} MB')
+    assert peak - baseline < 4 * tile_mb, (peak, baseline)
+    assert os.path.exists(tmp_path / 'out' / 'val' / 'images' / 'austin1.npy')
