@@ -239,6 +239,12 @@ def define_G(netG, input_nc=1, output_nc=3, ngf=64, norm='instance', use_dropout
     return init_weights(net, init_type, init_gain)
 
 
+def define_G_from_config(cfg):
+    """define_G from a run's saved options (config.json / a checkpoint's 'config'), the way train.py built it."""
+    return define_G(cfg['netG'], cfg['input_nc'], cfg['output_nc'], cfg['ngf'], cfg['norm'], not cfg['no_dropout'],
+                    cfg['init_type'], cfg['init_gain'], cfg['upsample'])
+
+
 def unet_min_size(netG):
     """Input H and W must be multiples of this: 2**downsamplings.
 

@@ -121,8 +121,7 @@ def load_generator(path, device, role='generator'):
     if not isinstance(cfg, dict) or not isinstance(weights, dict):
         raise UserError(f'{path}: checkpoint holds no generator config and weights')
     try:
-        G = networks.define_G(cfg['netG'], cfg['input_nc'], cfg['output_nc'], cfg['ngf'], cfg['norm'],
-                              not cfg['no_dropout'], cfg['init_type'], cfg['init_gain'], cfg['upsample'])
+        G = networks.define_G_from_config(cfg)
     except KeyError as err:
         raise UserError(f'{path}: checkpoint config lacks {err}') from None
     except (ValueError, TypeError) as err:

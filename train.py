@@ -177,8 +177,7 @@ def place_training_data(masks, images, opt, device):
 
 def build_models(opt, device, world_size):
     torch.manual_seed(opt.seed)  # identical initial weights on every rank and every run
-    G = networks.define_G(opt.netG, opt.input_nc, opt.output_nc, opt.ngf, opt.norm, not opt.no_dropout,
-                          opt.init_type, opt.init_gain, opt.upsample)
+    G = networks.define_G_from_config(vars(opt))
     D = networks.define_D(opt.netD, opt.input_nc + opt.output_nc, opt.ndf, opt.n_layers_D, opt.norm,
                           opt.init_type, opt.init_gain)
     if world_size > 1 and opt.norm == 'batch':

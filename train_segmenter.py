@@ -81,11 +81,6 @@ def segmenter_config(opt):
             'batch_size': opt.batch_size, 'n_epochs': opt.n_epochs, 'lr': opt.lr, 'seed': opt.seed}
 
 
-def build_segmenter(config):
-    return networks.define_G(config['netG'], config['input_nc'], config['output_nc'], config['ngf'], config['norm'],
-                             not config['no_dropout'], config['init_type'], config['init_gain'], config['upsample'])
-
-
 def catch_tanh_input(model):
     """Record the input z of the model's final Tanh on every forward pass; returns the dict it lands in.
 
@@ -123,7 +118,7 @@ def train(opt):
     os.makedirs(os.path.dirname(opt.out) or '.', exist_ok=True)  # fail on an unwritable --out before training
     config = segmenter_config(opt)
     torch.manual_seed(opt.seed)  # the same initial weights every run
-    model = build_segmenter(config).to(device)
+    model = networks.define_G_from_config(config).to(device)
     caught = catch_tanh_input(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.n_epochs, eta_min=0)

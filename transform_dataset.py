@@ -18,9 +18,9 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from utils import (IMAGE_SUFFIXES, UserError, atomic_open, building_fraction, check_binary_mask, check_rgb_image,
-                   read_image_file, read_image_header, read_json, remove_stale_temp_files, resize_image, resize_mask,
-                   run_cli, save_npy_atomic, tile_bounds, write_json_atomic)
+from utils import (IMAGE_SUFFIXES, UserError, atomic_open, building_fraction, check_binary_mask, check_rgb_format,
+                   check_rgb_image, read_image_file, read_image_header, read_json, remove_stale_temp_files,
+                   resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds, write_json_atomic)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
@@ -118,7 +118,7 @@ def find_aligned_sources(opt):
     folders = {split: os.path.join(opt.dataroot, name) for split, name in
                (('train', 'train'), ('val', 'val'), ('val', 'test')) if os.path.isdir(os.path.join(opt.dataroot, name))}
     if 'train' in folders:
-        sources = [(f'{stem}', os.path.join(folder, name), os.path.join(folder, name), split)
+        sources = [(stem, os.path.join(folder, name), os.path.join(folder, name), split)
                    for split, folder in folders.items() for stem, name in stems(list_images(folder)).items()]
     else:
         pattern = re.compile(opt.val_pattern)
@@ -138,8 +138,7 @@ def check_headers(sources, opt):
                 raise UserError(f'{image_path}: aligned A|B image must have an even width, got {width}')
             width //= 2
         else:
-            if channels != 3 or dtype != np.uint8:
-                check_rgb_image(np.zeros((1, 1, channels) if channels > 1 else (1, 1), dtype), image_path)
+            check_rgb_format(channels, dtype, image_path)
             mask_h, mask_w, _, _ = read_image_header(mask_path)
             if (mask_h, mask_w) != (height, width):
                 raise UserError(f'{mask_path}: mask is {mask_w}×{mask_h} but its image {image_path} is {width}×{height}')

@@ -149,13 +149,16 @@ def read_image_header(path):
         raise UserError(f'{path}: cannot read image header ({err}); the file may be truncated or not an image') from None
 
 
-def check_rgb_image(array, path):
-    """An aerial image must be H×W×3 uint8."""
-    if array.dtype != np.uint8:
-        raise UserError(f'{path}: image must be 8-bit (uint8), got {array.dtype}')
-    if array.ndim != 3 or array.shape[2] != 3:
-        channels = 1 if array.ndim == 2 else array.shape[2]
+def check_rgb_format(channels, dtype, path):
+    """An aerial image must be 8-bit RGB: checked from a header or a decoded array alike."""
+    if np.dtype(dtype) != np.uint8:
+        raise UserError(f'{path}: image must be 8-bit (uint8), got {np.dtype(dtype)}')
+    if channels != 3:
         raise UserError(f'{path}: image must have 3 channels (RGB), got {channels}')
+
+
+def check_rgb_image(array, path):
+    check_rgb_format(array.shape[2] if array.ndim == 3 else 1, array.dtype, path)
     return array
 
 
