@@ -365,7 +365,7 @@ def raise_if_not_finite(losses, trainer):
 
 # ---------------------------------------------------------------- main loop
 
-def train(opt):
+def train(opt, stop):
     rank, world_size = setup_distributed()
     device = setup_device(opt)
     train_masks, train_images, _ = load_split(opt.dataroot, 'train')
@@ -392,7 +392,6 @@ def train(opt):
     if rank == 0:
         writer = open_run_dir(run_dir, opt, trainer.iteration)
     train_masks, train_images = place_training_data(train_masks, train_images, opt, device)
-    stop = StopRequest()
     total_epochs = opt.n_epochs + opt.n_epochs_decay
     last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
     n_batches = len(train_masks) // opt.batch_size
@@ -495,7 +494,8 @@ def main(argv=None):
     opt = resolve_options(parser, argv)
     check_options(opt)
     try:
-        return train(opt)
+        with StopRequest() as stop:
+            return train(opt, stop)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -291,12 +291,18 @@ def set_rng_states(states):
 
 
 class StopRequest:
-    """SIGTERM (schedulers' preemption notice) or Ctrl-C: finish the step, save latest, exit."""
+    """SIGTERM (schedulers' preemption notice) or Ctrl-C: finish the step, save latest, exit.
 
-    def __init__(self):
+    A context manager: the previous handlers come back on exit (train.main() may run inside another program)."""
+
+    def __enter__(self):
         self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame):
         if self.signal is not None:  # a second Ctrl-C: the user insists
