@@ -87,9 +87,9 @@ def flops_per_image(trainer, masks, images, plan, crop):
 def bench_train_row(device, overrides, batch, iters, warmup, data):
     masks, images = data
     trainer = make_trainer(device, overrides)
-    memory_format = torch.channels_last if overrides.get('channels_last') else torch.contiguous_format
     plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0).to(device)
     n_batches = len(masks) // batch
+    layout = train.memory_format(trainer.opt)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     data_seconds = step_seconds = 0.0
@@ -97,7 +97,7 @@ def bench_train_row(device, overrides, batch, iters, warmup, data):
         sync(device)
         t0 = time.perf_counter()
         mask, real = augmented_batch(masks, images, plan, plan.batch(i % n_batches, batch), 256)
-        mask, real = mask.contiguous(memory_format=memory_format), real.contiguous(memory_format=memory_format)
+        mask, real = mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
         sync(device)  # only the benchmark syncs here, to split data time from step time
         t1 = time.perf_counter()
         trainer.train_step(mask, real)

@@ -175,6 +175,10 @@ def place_training_data(masks, images, opt, device):
     return masks.pin_memory(), images.pin_memory()
 
 
+def memory_format(opt):
+    return torch.channels_last if opt.channels_last else torch.contiguous_format
+
+
 def build_models(opt, device, world_size):
     torch.manual_seed(opt.seed)  # identical initial weights on every rank and every run
     G = networks.define_G_from_config(vars(opt))
@@ -185,8 +189,7 @@ def build_models(opt, device, world_size):
             G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
         else:
             print('note: SyncBatchNorm needs CUDA; on CPU each process normalises over its own share of the batch')
-    memory_format = torch.channels_last if opt.channels_last else torch.contiguous_format
-    return G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
+    return G.to(device, memory_format=memory_format(opt)), D.to(device, memory_format=memory_format(opt))
 
 
 def build_scheduler(opt, optimizer):
@@ -281,8 +284,12 @@ class Trainer:
 
     @torch.no_grad()
     def generate(self, mask):
+        """G in eval mode (dropout off, batch-norm running statistics), then back to training."""
+        self.G.eval()
         with self.autocast():
-            return self.G(mask).float()
+            fake = self.G(mask).float()
+        self.G.train()
+        return fake
 
 
 LOSS_NAMES = ('G_GAN', 'G_L1', 'G_VGG', 'D_real', 'D_fake')
@@ -290,33 +297,33 @@ LOSS_NAMES = ('G_GAN', 'G_L1', 'G_VGG', 'D_real', 'D_fake')
 
 # ---------------------------------------------------------------- validation and logging
 
+def val_batch(trainer, val_masks, val_images, start, stop):
+    """Centre crops of val samples [start, stop) as float (mask, real) on the training device."""
+    crop, device = trainer.opt.crop_size, trainer.device
+    return (to_unit_range(center_crop(val_masks[start:stop], crop).to(device)),
+            to_unit_range(center_crop(val_images[start:stop], crop).to(device)))
+
+
 @torch.no_grad()
 def validate(trainer, val_masks, val_images, batch_size):
     """Mean PSNR / SSIM / L1 over the centre-cropped val split (sharded across ranks, then summed)."""
-    trainer.G.eval()
-    crop, device = trainer.opt.crop_size, trainer.device
+    device = trainer.device
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # PSNR, SSIM, L1 sums and count
     for start in range(trainer.rank * batch_size, len(val_masks), batch_size * trainer.world_size):
-        mask = to_unit_range(center_crop(val_masks[start:start + batch_size], crop).to(device))
-        real = to_unit_range(center_crop(val_images[start:start + batch_size], crop).to(device))
+        mask, real = val_batch(trainer, val_masks, val_images, start, start + batch_size)
         metrics = image_metrics(trainer.generate(mask), real)
         totals += torch.stack([metrics['PSNR'].sum(), metrics['SSIM'].sum(), metrics['L1'].sum(),
                                torch.tensor(float(len(mask)), device=device)]).double()
     if trainer.world_size > 1:
         dist.all_reduce(totals)
-    trainer.G.train()
     psnr, ssim, l1, count = totals.tolist()
     return {'PSNR': psnr / count, 'SSIM': ssim / count, 'L1': l1 / count}
 
 
 def image_grid(trainer, val_masks, val_images, n):
     """mask | generated | real rows for fixed val samples, as one 3×H×W image in [0, 1]."""
-    crop = trainer.opt.crop_size
-    mask = to_unit_range(center_crop(val_masks[:n], crop).to(trainer.device))
-    real = to_unit_range(center_crop(val_images[:n], crop).to(trainer.device))
-    trainer.G.eval()
+    mask, real = val_batch(trainer, val_masks, val_images, 0, n)
     fake = trainer.generate(mask)
-    trainer.G.train()
     mask3 = mask.expand(-1, 3, -1, -1) if mask.shape[1] == 1 else mask[:, :3]
     rows = torch.cat([torch.cat((m, f, r), 2) for m, f, r in zip(mask3, fake, real)], 1)
     return ((rows + 1) / 2).clamp(0, 1).cpu()
@@ -407,9 +414,8 @@ def train(opt, stop):
             data_start = time.perf_counter()
             mask, real = augmented_batch(train_masks, train_images, plan, plan.batch(batch, opt.batch_size, rank, world_size),
                                          opt.crop_size)
-            memory_format = torch.channels_last if opt.channels_last else torch.contiguous_format
-            mask = mask.to(device, non_blocking=True, memory_format=memory_format)
-            real = real.to(device, non_blocking=True, memory_format=memory_format)
+            mask = mask.to(device, non_blocking=True, memory_format=memory_format(opt))
+            real = real.to(device, non_blocking=True, memory_format=memory_format(opt))
             data_seconds += time.perf_counter() - data_start
             running += trainer.train_step(mask, real)
             running_n += 1
