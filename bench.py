@@ -7,7 +7,7 @@
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
 (train.py's own Trainer, so the numbers are the real loop's): fused Adam, bf16 autocast, torch.compile,
 channels_last. Data time is the share of the step spent
-making the augmented batch (the uint8 split lives on the training device). MFU = achieved FLOP/s ÷ the device's
+making the augmented batch (the uint8 split lives on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's
 bf16 peak (--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
 """
 import argparse
@@ -22,7 +22,7 @@ import torch
 import test as generation
 import train
 import transform_dataset
-from dataset import EpochPlan, augmented_batch
+from dataset import EpochPlan, augmented_batch, batch_on_device
 from utils import read_image_file, run_cli
 
 # Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figures this project plans with.
@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
     p.add_argument('--warmup', type=int, default=None, help='untimed iterations first, compilation included (default 10 GPU, 3 CPU)')
     p.add_argument('--steps', type=int, default=len(STEPS), help='how many optimisation rows (1 = eager only)')
+    p.add_argument('--data_in_ram', action='store_true',
+                   help='leave the uint8 split in RAM (batches copied through pinned memory), as train.py does '
+                        'when it does not fit on the GPU')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
@@ -96,7 +99,7 @@ def bench_train_row(device, overrides, batch, iters, warmup, data):
     for i in range(warmup + iters):
         sync(device)
         t0 = time.perf_counter()
-        mask, real = augmented_batch(masks, images, plan, plan.batch(i % n_batches, batch), 256)
+        mask, real = batch_on_device(masks, images, plan, i % n_batches, batch, 256)
         mask, real = mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
         sync(device)  # only the benchmark syncs here, to split data time from step time
         t1 = time.perf_counter()
@@ -117,13 +120,16 @@ def bench_train(opt, device):
     iters, warmup = opt.iters or (30 if gpu else 6), opt.warmup or (10 if gpu else 3)
     n = max(max(batches) * 2, 64)
     gen = torch.Generator().manual_seed(0)
-    masks = (torch.rand(n, 1, 286, 286, generator=gen) > 0.7).to(torch.uint8).mul_(255).to(device)
-    images = torch.randint(0, 256, (n, 3, 286, 286), dtype=torch.uint8, generator=gen).to(device)
+    masks = (torch.rand(n, 1, 286, 286, generator=gen) > 0.7).to(torch.uint8).mul_(255)
+    images = torch.randint(0, 256, (n, 3, 286, 286), dtype=torch.uint8, generator=gen)
+    if not opt.data_in_ram:
+        masks, images = masks.to(device), images.to(device)
     name = torch.cuda.get_device_name(device) if gpu else 'CPU'
     peak = opt.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
-    flops = flops_per_image(make_trainer(device, {}), masks, images, EpochPlan(n, 286, 256, 0, 0).to(device), 256)
+    flops = flops_per_image(make_trainer(device, {}), masks.to(device), images.to(device),
+                            EpochPlan(n, 286, 256, 0, 0).to(device), 256)
     print(f'\n## Training, unet_256 + basic PatchGAN, 256² crops, {name}, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} CPU threads')
+          f'{torch.get_num_threads()} CPU threads, uint8 split {"in RAM" if opt.data_in_ram else "on the device"}')
     print(f'one training step = {flops / 1e9:.1f} GFLOP per image (FlopCounterMode)\n')
     print('| batch | configuration | ms/iter | images/s | speed-up | data share | peak MB | TFLOP/s | MFU |')
     print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')

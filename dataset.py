@@ -65,6 +65,7 @@ class EpochPlan:
         # Aerial images have no "up": vertical flips and 90° turns are label-preserving augmentations.
         self.vflip = torch.rand(n, generator=g) < 0.5 if rotate else torch.zeros(n, dtype=torch.bool)
         self.quarter_turns = torch.randint(0, 4, (n,), generator=g) if rotate else torch.zeros(n, dtype=torch.long)
+        self.host_order = self.order  # stays in RAM: picks samples from a split kept there (batch_on_device)
         self.device = torch.device('cpu')
 
     def to(self, device):
@@ -100,8 +101,36 @@ def crop_and_flip(x, top, left, crop, hflip, vflip, quarter_turns):
 def augmented_batch(masks, images, plan, positions, crop):
     """Float [-1, 1] (mask, image) batch for sample positions of an EpochPlan on the data's device."""
     idx = plan.order[positions]
+    return augment_samples(masks[idx], images[idx], plan, idx, crop)
+
+
+def augment_samples(masks, images, plan, idx, crop):
+    """Crop/flip/rotate whole uint8 samples (already gathered, in the order of idx) with plan's draws for idx."""
     params = (plan.top[idx], plan.left[idx], crop, plan.hflip[idx], plan.vflip[idx], plan.quarter_turns[idx])
-    return to_unit_range(crop_and_flip(masks[idx], *params)), to_unit_range(crop_and_flip(images[idx], *params))
+    return to_unit_range(crop_and_flip(masks, *params)), to_unit_range(crop_and_flip(images, *params))
+
+
+def batch_on_device(masks, images, plan, index, batch_size, crop, rank=0, world_size=1):
+    """This rank's share of global batch `index`, augmented, on plan's device (the training device).
+
+    A split that lives there is gathered and augmented there. A split left in RAM (too big for the GPU) has
+    only this batch's whole uint8 samples gathered into pinned memory and copied without blocking the host;
+    cropping, flipping and the float conversion then run on the device, so the host moves 1 byte per pixel
+    and never waits for the GPU."""
+    positions = plan.batch(index, batch_size, rank, world_size)
+    if masks.device == plan.device:
+        return augmented_batch(masks, images, plan, positions, crop)
+    host_idx = plan.host_order[index * batch_size:(index + 1) * batch_size][rank::world_size]
+    return augment_samples(copy_rows(masks, host_idx, plan.device), copy_rows(images, host_idx, plan.device),
+                           plan, plan.order[positions], crop)
+
+
+def copy_rows(x, idx, device):
+    """x[idx] on device, staged in pinned memory so that the copy is asynchronous."""
+    staged = torch.empty((len(idx), *x.shape[1:]), dtype=x.dtype, pin_memory=device.type == 'cuda')
+    torch.index_select(x, 0, idx, out=staged)
+    # torch keeps a pinned block from reuse until the copy that reads it has finished
+    return staged.to(device, non_blocking=True)
 
 
 def center_crop(x, crop):

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import networks
-from dataset import EpochPlan, augmented_batch, center_crop, load_split, to_unit_range
+from dataset import EpochPlan, batch_on_device, center_crop, load_split, to_unit_range
 from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, image_metrics, load_checkpoint, pick_device, read_json,
                    remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
 
@@ -74,7 +74,8 @@ def build_parser():
     a('--channels_last', action='store_true', help='NHWC memory format (faster convs on GPU and some CPUs)')
     a('--compile', action='store_true', help='torch.compile G and D (slower start, faster steps)')
     a('--data_device', default='auto', choices=('auto', 'cpu', 'cuda'),
-      help='where the uint8 training split lives; auto = on the GPU when it takes < 1/4 of its free memory')
+      help='where the uint8 training split lives; auto = on the GPU when it takes < 1/4 of its free memory, '
+           'else in RAM with batches copied through pinned memory')
     a('--save_epoch_freq', type=int, default=5, help='keep epoch_<N>.pt every this many epochs')
     a('--val_freq', type=int, default=1, help='validate every this many epochs')
     a('--display_freq', type=int, default=1, help='TensorBoard image grid every this many validations')
@@ -166,13 +167,15 @@ def setup_device(opt):
 
 
 def place_training_data(masks, images, opt, device):
-    """Keep the uint8 split on the GPU when it fits (augmentation then runs there), else in pinned RAM."""
+    """Keep the uint8 split on the GPU when it fits; otherwise it stays in RAM and each batch's samples travel
+    through pinned memory (dataset.batch_on_device). Augmentation runs on the GPU either way."""
     if device.type != 'cuda' or opt.data_device == 'cpu':
         return masks, images
     nbytes = masks.numel() + images.numel()
     if opt.data_device == 'cuda' or nbytes < torch.cuda.mem_get_info(device)[0] / 4:
         return masks.to(device), images.to(device)
-    return masks.pin_memory(), images.pin_memory()
+    print(f'note: the {nbytes / 2**30:.1f} GiB training split stays in RAM; batches are copied through pinned memory')
+    return masks, images
 
 
 def memory_format(opt):
@@ -402,20 +405,20 @@ def train(opt, stop):
     total_epochs = opt.n_epochs + opt.n_epochs_decay
     last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
     n_batches = len(train_masks) // opt.batch_size
+    layout = memory_format(opt)
     metrics = None
     while trainer.epoch < last_epoch:
         plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip,
-                         opt.rotate).to(train_masks.device)
+                         opt.rotate).to(device)
         running, running_n = torch.zeros(len(LOSS_NAMES), device=device), 0
         started, data_seconds, images = time.perf_counter(), 0.0, 0
         bar = tqdm(range(trainer.next_batch, n_batches), desc=f'epoch {trainer.epoch + 1}/{total_epochs}',
                    disable=rank != 0, leave=False)
         for batch in bar:
             data_start = time.perf_counter()
-            mask, real = augmented_batch(train_masks, train_images, plan, plan.batch(batch, opt.batch_size, rank, world_size),
-                                         opt.crop_size)
-            mask = mask.to(device, non_blocking=True, memory_format=memory_format(opt))
-            real = real.to(device, non_blocking=True, memory_format=memory_format(opt))
+            mask, real = batch_on_device(train_masks, train_images, plan, batch, opt.batch_size, opt.crop_size,
+                                         rank, world_size)
+            mask, real = mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
             data_seconds += time.perf_counter() - data_start
             running += trainer.train_step(mask, real)
             running_n += 1

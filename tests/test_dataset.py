@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import write_array_dataset
-from dataset import EpochPlan, PairedDataset, augmented_batch, load_split
+from dataset import EpochPlan, PairedDataset, augmented_batch, batch_on_device, load_split
 from utils import UserError
 
 
@@ -84,6 +84,21 @@ def test_augmented_batch_matches_single_items(transformed_root):
     for i in range(4):
         m, im = ds[i]
         assert torch.equal(masks[i], m) and torch.equal(images[i], im)
+
+
+def test_split_in_ram_gives_the_same_batches_as_a_split_on_the_device(transformed_root):
+    ds = PairedDataset(transformed_root, 'train', crop=64, train=True, rotate=True, seed=3)
+    on_device = EpochPlan(len(ds), ds.size, 64, seed=3, epoch=2, rotate=True)
+    # As torch.device objects cpu:0 != cpu, so this plan sends the CPU-only test down the path a CUDA run takes
+    # for a split left in RAM: whole samples gathered and copied, then augmented next to the plan.
+    elsewhere = EpochPlan(len(ds), ds.size, 64, seed=3, epoch=2, rotate=True).to(torch.device('cpu', 0))
+    batch_size, world_size = 4, 2
+    for index in range(len(ds) // batch_size):
+        for rank in range(world_size):
+            expected = batch_on_device(ds.masks, ds.images, on_device, index, batch_size, 64, rank, world_size)
+            got = batch_on_device(ds.masks, ds.images, elsewhere, index, batch_size, 64, rank, world_size)
+            assert got[0].shape == (batch_size // world_size, 1, 64, 64)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_validation_is_deterministic_centre_crop_or_full_size(transformed_root):
