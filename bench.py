@@ -6,9 +6,9 @@
 
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
 (train.py's own Trainer, so the numbers are the real loop's): fused Adam, bf16 autocast, torch.compile,
-channels_last. Data time is the share of the step spent
-making the augmented batch (the uint8 split lives on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's
-bf16 peak (--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
+channels_last. Data time is the share of the step spent making the augmented batch (the uint8 split lives on the
+training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak (--peak_tflops;
+known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
 """
 import argparse
 import os
