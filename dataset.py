@@ -75,9 +75,10 @@ class EpochPlan:
         self.device = torch.device(device)
         return self
 
-    def batch(self, index, batch_size, rank=0, world_size=1):
-        """Sample positions (into `order`) of global batch `index`, this rank's share of it."""
-        positions = torch.arange(index * batch_size, (index + 1) * batch_size, device=self.device)
+    def batch(self, index, batch_size, rank=0, world_size=1, device=None):
+        """Sample positions (into `order`) of global batch `index`, this rank's share of it (on the plan's device
+        unless told otherwise)."""
+        positions = torch.arange(index * batch_size, (index + 1) * batch_size, device=device or self.device)
         return positions[rank::world_size]
 
 
@@ -120,7 +121,7 @@ def batch_on_device(masks, images, plan, index, batch_size, crop, rank=0, world_
     positions = plan.batch(index, batch_size, rank, world_size)
     if masks.device == plan.device:
         return augmented_batch(masks, images, plan, positions, crop)
-    host_idx = plan.host_order[index * batch_size:(index + 1) * batch_size][rank::world_size]
+    host_idx = plan.host_order[plan.batch(index, batch_size, rank, world_size, device='cpu')]
     return augment_samples(copy_rows(masks, host_idx, plan.device), copy_rows(images, host_idx, plan.device),
                            plan, plan.order[positions], crop)
 
@@ -136,6 +137,12 @@ def copy_rows(x, idx, device):
 def center_crop(x, crop):
     top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
     return x[..., top:top + crop, left:left + crop]
+
+
+def center_crop_batch(masks, images, start, stop, crop, device):
+    """Centre crops of samples [start, stop) as float [-1, 1] (mask, image) on device: validation batches."""
+    return (to_unit_range(center_crop(masks[start:stop], crop).to(device)),
+            to_unit_range(center_crop(images[start:stop], crop).to(device)))
 
 
 class PairedDataset(torch.utils.data.Dataset):

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 import networks
 from dataset import load_split, to_unit_range
-from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, UserError, atomic_open, building_scores, check_binary_mask,
+from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, UserError, amp_enabled, building_scores, check_binary_mask,
                    compute_fid_kid, image_metrics, load_checkpoint, make_fid_kid, pick_device, read_image_file,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, seam_score, tile_bounds,
-                   to_uint8_hwc, write_json_atomic, write_text_atomic)
+                   to_uint8_hwc, write_json_atomic, write_text_atomic, write_tiff_atomic)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -449,9 +449,8 @@ def save_geotiff(path, array, source):
         tags = tif.pages[0].tags
         extratags = [(code, tags[code].dtype, tags[code].count, tags[code].value, True) for code in GEO_TAGS
                      if code in tags]
-    with atomic_open(path) as f:
-        tifffile.imwrite(f, array, photometric='rgb' if array.ndim == 3 else 'minisblack', compression='zlib',
-                         metadata=None, extratags=extratags)
+    write_tiff_atomic(path, array, photometric='rgb' if array.ndim == 3 else 'minisblack', compression='zlib',
+                      extratags=extratags)
 
 
 def grid_image(panels):
@@ -517,7 +516,7 @@ def main(argv=None):
     ckpt = checkpoint_path(opt.run, opt.epoch)
     G, cfg, state = load_generator(ckpt, device)
     trained_epochs = state.get('epoch')
-    amp = opt.amp == 'on' or (opt.amp == 'auto' and device.type == 'cuda')
+    amp = amp_enabled(opt.amp, device)
     segmenter = load_segmenter(opt.segmenter, cfg, device) if opt.segmenter else None
     size = opt.load_size or cfg.get('crop_size')
     check_model_size(cfg, size)

@@ -21,8 +21,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import networks
-from dataset import EpochPlan, batch_on_device, center_crop, load_split, to_unit_range
-from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, image_metrics, load_checkpoint, pick_device, read_json,
+from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
+from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, image_metrics, load_checkpoint, pick_device, read_json,
                    remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
 
 # Options that define the networks or the data they see: a resumed run must keep them.
@@ -228,7 +228,7 @@ class Trainer:
         self.vgg_loss = networks.VGGLoss(opt.vgg_weights).to(device) if 'vgg' in opt.content_loss else None
         self.epoch, self.next_batch, self.iteration = 0, 0, 0
         self.best_psnr, self.best_epoch, self.history = -math.inf, -1, []
-        self.amp = opt.amp == 'on' or (opt.amp == 'auto' and device.type == 'cuda')
+        self.amp = amp_enabled(opt.amp, device)
         self.G_run, self.D_run = self.G, self.D  # what the step calls: maybe DDP-wrapped and/or compiled
         if world_size > 1:
             ids = [device.index] if device.type == 'cuda' else None
@@ -300,20 +300,13 @@ LOSS_NAMES = ('G_GAN', 'G_L1', 'G_VGG', 'D_real', 'D_fake')
 
 # ---------------------------------------------------------------- validation and logging
 
-def val_batch(trainer, val_masks, val_images, start, stop):
-    """Centre crops of val samples [start, stop) as float (mask, real) on the training device."""
-    crop, device = trainer.opt.crop_size, trainer.device
-    return (to_unit_range(center_crop(val_masks[start:stop], crop).to(device)),
-            to_unit_range(center_crop(val_images[start:stop], crop).to(device)))
-
-
 @torch.no_grad()
 def validate(trainer, val_masks, val_images, batch_size):
     """Mean PSNR / SSIM / L1 over the centre-cropped val split (sharded across ranks, then summed)."""
     device = trainer.device
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # PSNR, SSIM, L1 sums and count
     for start in range(trainer.rank * batch_size, len(val_masks), batch_size * trainer.world_size):
-        mask, real = val_batch(trainer, val_masks, val_images, start, start + batch_size)
+        mask, real = center_crop_batch(val_masks, val_images, start, start + batch_size, trainer.opt.crop_size, device)
         metrics = image_metrics(trainer.generate(mask), real)
         totals += torch.stack([metrics['PSNR'].sum(), metrics['SSIM'].sum(), metrics['L1'].sum(),
                                torch.tensor(float(len(mask)), device=device)]).double()
@@ -325,7 +318,7 @@ def validate(trainer, val_masks, val_images, batch_size):
 
 def image_grid(trainer, val_masks, val_images, n):
     """mask | generated | real rows for fixed val samples, as one 3×H×W image in [0, 1]."""
-    mask, real = val_batch(trainer, val_masks, val_images, 0, n)
+    mask, real = center_crop_batch(val_masks, val_images, 0, n, trainer.opt.crop_size, trainer.device)
     fake = trainer.generate(mask)
     mask3 = mask.expand(-1, 3, -1, -1) if mask.shape[1] == 1 else mask[:, :3]
     rows = torch.cat([torch.cat((m, f, r), 2) for m, f, r in zip(mask3, fake, real)], 1)

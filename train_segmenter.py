@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import networks
-from dataset import EpochPlan, augmented_batch, center_crop, load_split, to_unit_range
+from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
 from utils import CHECKPOINT_FORMAT, UserError, building_scores, pick_device, run_cli, save_checkpoint
 
 
@@ -99,8 +99,7 @@ def evaluate(model, masks, images, crop, device, batch_size=8):
     model.eval()
     scores, trivial = {'IoU': [], 'F1': []}, {'IoU': [], 'F1': []}
     for start in range(0, len(masks), batch_size):
-        mask = to_unit_range(center_crop(masks[start:start + batch_size], crop).to(device))
-        image = to_unit_range(center_crop(images[start:start + batch_size], crop).to(device))
+        mask, image = center_crop_batch(masks, images, start, start + batch_size, crop, device)
         prob = (model(image) + 1) / 2
         for key, value in building_scores(prob, mask).items():
             scores[key].append(value.cpu())
@@ -128,13 +127,12 @@ def train(opt):
     for epoch in range(opt.n_epochs):
         # Aerial images have no "up": flips and 90° turns are free extra data.
         plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, epoch, flip=True,
-                         rotate=True).to(train_masks.device)
+                         rotate=True).to(device)
         loss_sum, started = torch.zeros((), device=device), time.perf_counter()
         for batch in tqdm(range(n_batches), desc=f'epoch {epoch + 1}/{opt.n_epochs}', leave=False):
-            mask, image = augmented_batch(train_masks, train_images, plan, plan.batch(batch, opt.batch_size),
-                                          opt.crop_size)
-            model(image.to(device))
-            target = (mask.to(device) > 0).float()
+            mask, image = batch_on_device(train_masks, train_images, plan, batch, opt.batch_size, opt.crop_size)
+            model(image)
+            target = (mask > 0).float()
             loss = F.binary_cross_entropy_with_logits(2 * caught['z'], target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -18,9 +18,10 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from utils import (IMAGE_SUFFIXES, UserError, atomic_open, building_fraction, check_binary_mask, check_rgb_format,
+from utils import (IMAGE_SUFFIXES, UserError, building_fraction, check_binary_mask, check_rgb_format,
                    check_rgb_image, read_image_file, read_image_header, read_json, remove_stale_temp_files,
-                   resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds, write_json_atomic)
+                   resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds, write_json_atomic,
+                   write_tiff_atomic)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
@@ -460,11 +461,6 @@ def geotiff_tags(index, size):
     return [(33550, double, 3, (0.3, 0.3, 0.0), True),  # ModelPixelScaleTag
             (33922, double, 6, (0.0, 0.0, 0.0, x0, y0, 0.0), True),  # ModelTiepointTag
             (34735, short, len(geokeys), geokeys, True)]  # GeoKeyDirectoryTag
-
-
-def write_tiff_atomic(path, array, **kwargs):
-    with atomic_open(path) as f:  # a file handle: tifffile never sees the temp name's extension
-        tifffile.imwrite(f, array, metadata=None, **kwargs)  # no JSON ImageDescription, as real Inria
 
 
 def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):

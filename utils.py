@@ -225,6 +225,11 @@ def save_png(path, array):
         Image.fromarray(np.ascontiguousarray(array)).save(f, format='PNG')
 
 
+def write_tiff_atomic(path, array, **kwargs):
+    with atomic_open(path) as f:  # a file handle: tifffile never sees the temp name's extension
+        tifffile.imwrite(f, array, metadata=None, **kwargs)  # no JSON ImageDescription, as real Inria
+
+
 def building_fraction(mask):
     return float(np.count_nonzero(mask)) / mask.size if mask.ndim == 2 else None
 
@@ -239,6 +244,11 @@ def pick_device(choice):
             raise UserError('--device cuda: no CUDA device is available')
         return torch.device('cuda', torch.cuda.current_device())
     return torch.device('cpu')
+
+
+def amp_enabled(choice, device):
+    """--amp auto | on | off -> whether to run in bf16 autocast: auto means on for CUDA only."""
+    return choice == 'on' or (choice == 'auto' and device.type == 'cuda')
 
 
 # ---------------------------------------------------------------- checkpoints
