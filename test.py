@@ -33,7 +33,7 @@ from dataset import load_split, to_unit_range
 from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, UserError, amp_enabled, building_scores, check_binary_mask,
                    compute_fid_kid, image_metrics, load_checkpoint, make_fid_kid, pick_device, read_image_file,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, seam_score, tile_bounds,
-                   to_uint8_hwc, write_json_atomic, write_text_atomic, write_tiff_atomic)
+                   to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -68,7 +68,8 @@ def build_parser():
     a('--amp', default='auto', choices=('auto', 'on', 'off'),
       help='bf16 autocast for the generator; auto = on for CUDA (on a bf16-capable CPU, on is ~1.7× faster)')
     a('--inception_weights', default=None,
-      help="FID/KID: torch-fidelity's pt_inception-2015-12-05 weights file (never downloaded)")
+      help="FID/KID: torch-fidelity's pt_inception-2015-12-05 weights file (never downloaded; "
+           'missing or unloadable stops the run)')
     a('--segmenter', default=None,
       help='segmenter from train_segmenter.py: adds mask fidelity (IoU/F1 of the buildings it finds in the '
            'generated image against the input mask; on real images too, the upper bound)')
@@ -176,8 +177,8 @@ def read_mask(path, input_nc, tolerance):
         return check_binary_mask(array, path, tolerance)
     if array.dtype != np.uint8:
         raise UserError(f'{path}: label map must be 8-bit (uint8), got {array.dtype}')
-    if array.ndim == 3 and array.shape[2] == 4:
-        array = array[..., :3]  # PNG alpha carries no labels
+    if array.ndim == 3:
+        array = without_opaque_alpha(array, path)
     if array.ndim != 3 or array.shape[2] != input_nc:
         raise UserError(f'{path}: this model takes {input_nc}-channel label maps, got shape {array.shape}')
     return array
@@ -524,10 +525,10 @@ def main(argv=None):
     check_memory(opt, G, cfg, size, inputs, device)
     run_name = os.path.basename(os.path.normpath(opt.run))
     results_dir = opt.results_dir or os.path.join('results', run_name, f'{opt.mode}_{opt.epoch}')
-    prepare_results_dir(results_dir)
     fid_kid = make_fid_kid(opt.inception_weights, device) if inputs[0][3] is not None else None
     if opt.inception_weights and inputs[0][3] is None:
         print('FID/KID skipped: raw --masks have no ground-truth images')
+    prepare_results_dir(results_dir)
 
     rows = []
     for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):

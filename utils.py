@@ -165,15 +165,23 @@ def check_rgb_image(array, path):
 def check_binary_mask(array, path, tolerance=0.01):
     """Return an H×W uint8 mask in {0, 255}.
 
-    Accepts 1-channel masks and 3-channel masks whose channels agree (Inria samples as PNG).
+    Accepts 1-bit masks, 1-channel masks and 3-channel masks whose channels agree (Inria samples as PNG).
+    An alpha channel only when fully opaque: paint tools store arbitrary colour (often white) under
+    transparent pixels, which would silently become buildings.
     Up to `tolerance` of the pixels may be neither 0 nor 255 (JPEG/antialias noise); they are thresholded
     at 128. More than that means the file is not a building mask.
     """
+    if array.dtype == bool:  # a 1-bit (bilevel) PNG or TIFF
+        return np.where(array, np.uint8(255), np.uint8(0))
     if array.dtype != np.uint8:
         raise UserError(f'{path}: mask must be 8-bit (uint8) with values 0/255, got {array.dtype}')
     if array.ndim == 3:
-        if array.shape[2] not in (3, 4) or np.any(array[..., 0] != array[..., 1]) or np.any(array[..., 0] != array[..., 2]):
-            raise UserError(f'{path}: mask must have 1 channel (or 3 identical ones), got {array.shape[2]} differing channels')
+        array = without_opaque_alpha(array, path)
+        channels = array.shape[2]
+        if channels not in (1, 3):
+            raise UserError(f'{path}: mask must have 1 channel (or 3 identical ones), got {channels} channels')
+        if channels == 3 and (np.any(array[..., 0] != array[..., 1]) or np.any(array[..., 0] != array[..., 2])):
+            raise UserError(f'{path}: mask must have 1 channel (or 3 identical ones), got 3 differing channels')
         array = array[..., 0]
     elif array.ndim != 2:
         raise UserError(f'{path}: mask must be a 2-D image, got shape {array.shape}')
@@ -182,6 +190,16 @@ def check_binary_mask(array, path, tolerance=0.01):
         raise UserError(f'{path}: mask has {off_values / array.size:.1%} pixels that are neither 0 nor 255 '
                         f'(tolerance {tolerance:.1%}); is this really a binary building mask?')
     return np.where(array >= 128, np.uint8(255), np.uint8(0))
+
+
+def without_opaque_alpha(array, path):
+    """Drop the alpha channel of a grey+alpha or RGBA mask (PIL and tifffile put it last) if it is all opaque."""
+    if array.shape[2] not in (2, 4):
+        return array
+    if np.any(array[..., -1] != 255):
+        raise UserError(f'{path}: mask has transparent pixels (alpha channel); flatten it onto black and save it '
+                        'without alpha, so no colour under transparency is taken for buildings')
+    return array[..., :-1]
 
 
 # ---------------------------------------------------------------- resizing (uint8 in, uint8 out)
@@ -400,12 +418,16 @@ def seam_score(image, n, reach=SEAM_REACH):
 
 
 def make_fid_kid(path, device):
-    """(FID, KID) torchmetrics objects sharing one InceptionV3 from `path`, or None with a one-line notice."""
+    """(FID, KID) torchmetrics objects sharing one InceptionV3 from `path`; UserError when it cannot be built.
+
+    Stopping, not skipping: a run asked for FID/KID, and a missing metric found only after hours of generation
+    (or one computed on random weights) is worse than a clear error at the start.
+    """
     if path is None:
         return None
     if not os.path.isfile(path):
-        print(f'FID/KID skipped: {path} not found (--inception_weights; nothing is downloaded)')
-        return None
+        raise UserError(f'{path}: --inception_weights file not found (nothing is downloaded; pass the local '
+                        "pt_inception-2015-12-05 weights file of torch-fidelity)")
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
@@ -414,12 +436,10 @@ def make_fid_kid(path, device):
             warnings.simplefilter('ignore')
             kid = KernelInceptionDistance(feature=fid.inception, subsets=100, subset_size=1000)
     except ModuleNotFoundError:
-        print('FID/KID skipped: torchmetrics needs the torch-fidelity package for its InceptionV3 '
-              '(pip install torch-fidelity)')
-        return None
+        raise UserError(f'{path}: FID/KID need the torch-fidelity package for their InceptionV3 '
+                        '(pip install torch-fidelity)') from None
     except Exception as err:  # a wrong or truncated weights file: torch-fidelity raises many types
-        print(f'FID/KID skipped: cannot load {path} ({first_line(err)})')
-        return None
+        raise UserError(f'{path}: cannot load InceptionV3 weights for FID/KID ({first_line(err)})') from None
     return fid.to(device), kid.to(device)
 
 

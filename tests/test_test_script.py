@@ -19,7 +19,7 @@ from PIL import Image
 
 import train
 from conftest import REPO
-from utils import UserError, seam_score
+from utils import UserError, make_fid_kid, seam_score
 
 # Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
 _spec = importlib.util.spec_from_file_location('test_script', os.path.join(REPO, 'test.py'))
@@ -217,12 +217,19 @@ def test_geotiff_tags_are_copied(run_dir, tmp_path):
     assert 'Generated-geo.tif' in page.refs and all((tmp_path / 'out' / ref).is_file() for ref in page.refs)
 
 
-def test_inception_weights_missing_or_unusable_is_a_notice(run_dir, tmp_path, capsys):
-    generate(run_dir, tmp_path / 'a', '--num_test', '2', '--inception_weights', str(tmp_path / 'none.pth'))
-    assert 'FID/KID skipped' in capsys.readouterr().out
-    (tmp_path / 'junk.pth').write_bytes(b'not weights')  # no torch-fidelity here, or a file it cannot load
-    metrics = generate(run_dir, tmp_path / 'b', '--num_test', '2', '--inception_weights', str(tmp_path / 'junk.pth'))
-    assert 'FID/KID skipped' in capsys.readouterr().out and 'FID' not in metrics
+@pytest.mark.parametrize('failure, message', [
+    (ModuleNotFoundError('no torch_fidelity'), 'need the torch-fidelity package'),
+    (RuntimeError('invalid load key, x.\nmore'), 'cannot load InceptionV3 weights for FID/KID (invalid load key, x.)'),
+])
+def test_inception_that_cannot_be_built_stops_the_run(tmp_path, monkeypatch, failure, message):
+    import torchmetrics.image.fid
+
+    def fail(**kwargs):
+        raise failure
+    monkeypatch.setattr(torchmetrics.image.fid, 'FrechetInceptionDistance', fail)
+    (tmp_path / 'w.pth').write_bytes(b'x')
+    with pytest.raises(UserError, match=re.escape(f'{tmp_path / "w.pth"}: ') + '.*' + re.escape(message)):
+        make_fid_kid(str(tmp_path / 'w.pth'), torch.device('cpu'))
 
 
 class PoolFeatures(torch.nn.Module):
@@ -251,6 +258,11 @@ def test_label_map_models_take_rgb_masks(tmp_path):
     label_map = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     Image.fromarray(label_map).save(tmp_path / 'labels.png')
     np.testing.assert_array_equal(ts.read_mask(str(tmp_path / 'labels.png'), 3, 0.01), label_map)
+    Image.fromarray(label_map).convert('RGBA').save(tmp_path / 'opaque.png')
+    np.testing.assert_array_equal(ts.read_mask(str(tmp_path / 'opaque.png'), 3, 0.01), label_map)
+    Image.fromarray(np.dstack([label_map, label_map[..., :1]])).save(tmp_path / 'see-through.png')
+    with pytest.raises(UserError, match='see-through.png: mask has transparent pixels'):
+        ts.read_mask(str(tmp_path / 'see-through.png'), 3, 0.01)
     Image.fromarray(label_map[..., 0]).save(tmp_path / 'grey.png')
     with pytest.raises(UserError, match='grey.png: this model takes 3-channel label maps'):
         ts.read_mask(str(tmp_path / 'grey.png'), 3, 0.01)
@@ -284,6 +296,11 @@ def bad_mask(name, array):
     return make
 
 
+def junk_inception_weights(run, tmp):
+    (tmp / 'junk.pth').write_bytes(b'not weights')
+    return ['--run', run, '--inception_weights', str(tmp / 'junk.pth')]
+
+
 def options(*extra, run=None):
     return lambda run_dir, tmp: ['--run', run(run_dir, tmp) if run else run_dir, *extra]
 
@@ -309,6 +326,9 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
                                'even one window does not fit'),
     'tiles larger than mask': (options('--mode', 'tiles', '--tiles', '100'), '--tiles 100: a mask is only 72×72'),
     'bad overlap': (options('--mode', 'sliding', '--overlap', '1'), '--overlap 1.0'),
+    'missing inception weights': (options('--inception_weights', 'none.pth'),
+                                  'none.pth: --inception_weights file not found'),
+    'unusable inception weights': (junk_inception_weights, 'junk.pth: '),  # no torch-fidelity, or a bad file
 }
 
 

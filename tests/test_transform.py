@@ -11,7 +11,7 @@ from PIL import Image
 
 import transform_dataset
 from conftest import DATA, REPO
-from utils import UserError, check_binary_mask, resize_image, resize_mask
+from utils import UserError, check_binary_mask, read_image_file, resize_image, resize_mask
 
 
 def make_inria_dir(root, names=('austin1', 'austin6', 'chicago7'), size=64, seed=0):
@@ -235,6 +235,40 @@ def test_mask_noise_within_tolerance_is_accepted():
     mask[:50] = 255
     mask[0, :5] = 200  # 0.05 % JPEG-like noise
     assert set(np.unique(check_binary_mask(mask, 'm.png'))) == {0, 255}
+
+
+MASK = np.zeros((20, 30), np.uint8)
+MASK[5:12, 4:22] = 255
+OPAQUE = np.full_like(MASK, 255)
+
+
+def save_png(array, mode=None):
+    return lambda path: Image.fromarray(array).convert(mode or Image.fromarray(array).mode).save(path)
+
+
+MASK_FILES = {  # name: (writer, None if accepted as MASK, else the expected error)
+    '1-bit.png': (save_png(MASK, '1'), None),
+    '1-bit.tif': (lambda path: tifffile.imwrite(path, MASK > 0), None),
+    'grey-alpha.png': (save_png(np.stack([MASK, OPAQUE], 2)), None),
+    'rgba.png': (save_png(np.stack([MASK, MASK, MASK, OPAQUE], 2)), None),
+    # white under a transparent background would otherwise read as one big building
+    'transparent.png': (save_png(np.stack([MASK, MASK, MASK, np.where(MASK > 0, 255, 0).astype(np.uint8)], 2)),
+                        'transparent.png: mask has transparent pixels'),
+    'five-channel.tif': (lambda path: tifffile.imwrite(path, np.stack([MASK] * 5, 2), photometric='minisblack',
+                                                       planarconfig='contig'), 'got 5 channels'),
+}
+
+
+@pytest.mark.parametrize('name', MASK_FILES)
+def test_mask_file_formats(tmp_path, name):
+    write, error = MASK_FILES[name]
+    path = str(tmp_path / name)
+    write(path)
+    if error is None:
+        np.testing.assert_array_equal(check_binary_mask(read_image_file(path), path), MASK)
+    else:
+        with pytest.raises(UserError, match=error):
+            check_binary_mask(read_image_file(path), path)
 
 
 @pytest.mark.parametrize('options, message', [
