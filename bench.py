@@ -19,7 +19,7 @@ import time
 import numpy as np
 import torch
 
-import test as generation
+import generation
 import train
 import transform_dataset
 from dataset import EpochPlan, augmented_batch, batch_on_device

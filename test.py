@@ -13,7 +13,6 @@ Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 =
 FID/KID only with --inception_weights.
 """
 import argparse
-import contextlib
 import csv
 import html
 import io
@@ -30,16 +29,17 @@ from tqdm import tqdm
 
 import networks
 from dataset import load_split, to_unit_range
+from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
+                        run_generator, sliding_plan)
 from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, UserError, amp_enabled, building_scores, check_binary_mask,
-                   compute_fid_kid, image_metrics, load_checkpoint, make_fid_kid, pick_device, read_image_file,
-                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, seam_score, tile_bounds,
+                   compute_fid_kid, image_metrics, make_fid_kid, pick_device, read_image_file,
+                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, seam_score,
                    to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
 # ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams, GDAL_METADATA, GDAL_NODATA.
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
-WINDOW_FLOOR = 0.01  # minimum blending weight, so every pixel has a non-zero weight sum
 GRID_MAX_SIDE = 512  # panels of Grid-<name>.png are downscaled to this (a 5000² grid would be 75 MB of PNG)
 
 
@@ -110,35 +110,6 @@ def checkpoint_path(run_dir, epoch):
         available = sorted(n for n in os.listdir(run_dir) if n.endswith('.pt'))
         raise UserError(f'{path}: checkpoint not found; {run_dir} holds {", ".join(available) or "no checkpoints"}')
     return path
-
-
-def load_generator(path, device, role='generator'):
-    """(network in eval mode on device, its training config, the checkpoint) from train.py's checkpoints, or
-    train_segmenter.py's (role 'segmenter': the same generator architectures, run image -> mask)."""
-    state = load_checkpoint(path)
-    if state.get('role', 'generator') != role:
-        raise UserError(f'{path}: a {state.get("role", "generator")} checkpoint, not a {role}')
-    cfg, weights = state.get('config'), state.get('G')
-    if not isinstance(cfg, dict) or not isinstance(weights, dict):
-        raise UserError(f'{path}: checkpoint holds no generator config and weights')
-    try:
-        G = networks.define_G_from_config(cfg)
-    except KeyError as err:
-        raise UserError(f'{path}: checkpoint config lacks {err}') from None
-    except (ValueError, TypeError) as err:
-        raise UserError(f'{path}: checkpoint config does not describe a generator ({err})') from None
-    # Compare keys and shapes first: load_state_dict's error is a screenful of parameter names.
-    expected = G.state_dict()
-    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
-    reshaped = [k for k in expected.keys() & weights.keys()
-                if tuple(getattr(weights[k], 'shape', ())) != tuple(expected[k].shape)]
-    if missing or unexpected or reshaped:
-        example = sorted(missing or unexpected or reshaped)[0]
-        raise UserError(f'{path}: checkpoint does not match --netG {cfg["netG"]} --ngf {cfg["ngf"]} --norm '
-                        f'{cfg["norm"]} --upsample {cfg["upsample"]} of its config ({len(missing)} missing, '
-                        f'{len(unexpected)} unexpected, {len(reshaped)} reshaped tensors, e.g. {example})')
-    G.load_state_dict(weights)
-    return G.to(device).eval(), cfg, state
 
 
 def check_model_size(cfg, size):
@@ -230,47 +201,6 @@ def collect_inputs(opt, cfg):
 
 # ---------------------------------------------------------------- memory check
 
-def peak_window_bytes(G, input_nc, size, device):
-    """Peak bytes of activations for one window inside G, measured on one window.
-
-    At every layer, the tensors alive are the inputs still held by all enclosing modules (U-Net skips, residual
-    inputs: PyTorch keeps a module's arguments until it returns) plus the layer's output; storages are counted
-    once, so in-place ReLUs are free. Tensors made outside modules (torch.cat) are covered by a 1.5× margin."""
-    stack, peak = [], [0]
-
-    def pre(module, args):
-        stack.append([a for a in args if torch.is_tensor(a)])
-
-    def post(module, args, output):
-        tensors = [t for group in stack for t in group] + ([output] if torch.is_tensor(output) else [])
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-        peak[0] = max(peak[0], sum(storages.values()))
-        stack.pop()
-
-    handles = [m.register_forward_pre_hook(pre) for m in G.modules()]
-    handles += [m.register_forward_hook(post) for m in G.modules()]
-    try:
-        with torch.no_grad():
-            G(torch.zeros(1, input_nc, size, size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if device.type == 'cuda':
-        torch.cuda.empty_cache()  # or the probe's cached blocks would count as used by available_bytes()
-    return int(peak[0] * 1.5)
-
-
-def available_bytes(device):
-    if device.type == 'cuda':
-        return torch.cuda.mem_get_info(device)[0]
-    with contextlib.suppress(OSError, ValueError):
-        with open('/proc/meminfo') as f:
-            for line in f:
-                if line.startswith('MemAvailable:'):
-                    return int(line.split()[1]) * 1024
-    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-
-
 def check_memory(opt, G, cfg, size, inputs, device):
     """Refuse before generating when the largest input would not fit with this --batch_size (or --tiles)."""
     smallest = min((shape for *_, shape in inputs), key=min)
@@ -302,96 +232,6 @@ def check_memory(opt, G, cfg, size, inputs, device):
 
 
 # ---------------------------------------------------------------- generation
-
-@torch.no_grad()
-def run_generator(G, masks, device):
-    """uint8 B×H×W(×C) masks -> float B×C×H×W generator output in [-1, 1] on device (in the caller's autocast)."""
-    x = torch.from_numpy(np.ascontiguousarray(masks))
-    x = to_unit_range((x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)).to(device))
-    return G(x).float()
-
-
-def generate_tiles(G, mask, n, size, batch_size, device):
-    """The seed's N×N mode: every tile resized to the model size alone, so neighbours disagree at the seams."""
-    height, width = mask.shape[:2]
-    ys, xs = tile_bounds(height, n), tile_bounds(width, n)
-    boxes = [(ys[r], ys[r + 1], xs[c], xs[c + 1]) for r in range(n) for c in range(n)]
-    out = None
-    for start in range(0, len(boxes), batch_size):
-        chunk = boxes[start:start + batch_size]
-        fake = run_generator(G, np.stack([resize_mask(mask[t:b, l:r], size) for t, b, l, r in chunk]), device)
-        for (t, b, l, r), tile in zip(chunk, fake):
-            tile = to_uint8_hwc(tile)
-            if out is None:
-                out = np.empty((height, width) + tile.shape[2:], np.uint8)
-            out[t:b, l:r] = resize_image(tile, (b - t, r - l))
-    return out
-
-
-def window_weights(size):
-    """1-D Hann taper sampled at pixel centres, lifted by a floor: smooth blending, never a zero weight."""
-    hann = 0.5 - 0.5 * torch.cos(2 * math.pi * (torch.arange(size, dtype=torch.float32) + 0.5) / size)
-    return WINDOW_FLOOR + (1 - WINDOW_FLOOR) * hann
-
-
-def sliding_plan(length, window, stride):
-    """(pad before, pad after, window starts) along one axis. The padding is one overlap wide on both sides, so
-    the image's own border pixels are blended from several windows like interior ones, not just a window edge."""
-    before = window - stride
-    count = max(1, math.ceil((2 * before + length - window) / stride) + 1)
-    total = (count - 1) * stride + window
-    return before, total - before - length, [i * stride for i in range(count)]
-
-
-@torch.no_grad()
-def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
-    """Full-resolution output, exactly mask's size, from overlapping windows blended by window_weights.
-
-    Windows run row by row in batches. Only a band of `window` rows is kept in float: once the windows reach
-    row y, padded rows above y get no more contributions, so they are normalised, cropped and written into the
-    uint8 output. The weights form a full separable grid, so the weight sum is row_sum[y] · col_sum[x]."""
-    height, width = mask.shape[:2]
-    stride = max(1, round(window * (1 - overlap)))
-    top, bottom, ys = sliding_plan(height, window, stride)
-    left, right, xs = sliding_plan(width, window, stride)
-    # reflect: the generator sees plausible context (mirrored buildings) instead of an empty margin
-    padded = np.pad(mask, ((top, bottom), (left, right)) + ((0, 0),) * (mask.ndim - 2), mode='reflect')
-    taper = window_weights(window).to(device)
-    row_sum = torch.zeros(padded.shape[0], device=device)
-    col_sum = torch.zeros(padded.shape[1], device=device)
-    for y in ys:
-        row_sum[y:y + window] += taper
-    for x in xs:
-        col_sum[x:x + window] += taper
-    weight = taper[:, None] * taper[None, :]
-    out = np.empty((height, width, output_nc) if output_nc > 1 else (height, width), np.uint8)
-    band = torch.zeros(output_nc, window, padded.shape[1], device=device)
-    band_top = 0
-
-    def flush(rows):  # padded rows [band_top, band_top + rows) are final
-        lo, hi = max(band_top, top), min(band_top + rows, top + height)
-        if hi > lo:
-            block = band[:, lo - band_top:hi - band_top, left:left + width]
-            block = block / (row_sum[lo:hi, None] * col_sum[None, left:left + width])
-            out[lo - top:hi - top] = to_uint8_hwc(block)
-
-    positions = [(y, x) for y in ys for x in xs]
-    bar = tqdm(total=len(positions), desc='windows', unit='window', leave=False, disable=len(positions) < 64)
-    for start in range(0, len(positions), batch_size):
-        chunk = positions[start:start + batch_size]
-        fake = run_generator(G, np.stack([padded[y:y + window, x:x + window] for y, x in chunk]), device)
-        for (y, x), tile in zip(chunk, fake * weight):
-            if y > band_top:  # a new row of windows (stride <= window, so at most the whole band is done)
-                done = y - band_top
-                flush(done)
-                band = torch.cat([band[:, done:], band.new_zeros(output_nc, done, band.shape[2])], 1)
-                band_top = y
-            band[:, :, x:x + window] += tile
-        bar.update(len(chunk))
-    bar.close()
-    flush(window)
-    return out
-
 
 def generate(opt, G, cfg, mask, size, device):
     """(generated uint8 image, the mask at the output's size) for one input in --mode."""

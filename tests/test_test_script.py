@@ -1,6 +1,6 @@
-"""Tests for test.py: the three modes and their files, exact sliding-window blending, seam scores, GeoTIFF
-tags, and one-line errors for bad input. One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) is trained once
-for the module; CPU only.
+"""Tests for test.py and generation.py: the three modes and their files, exact sliding-window blending, seam
+scores, GeoTIFF tags, and one-line errors for bad input. One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) is
+trained once for the module; CPU only.
 """
 import html.parser
 import importlib.util
@@ -19,6 +19,7 @@ from PIL import Image
 
 import train
 from conftest import REPO
+from generation import generate_sliding, generate_tiles
 from utils import UserError, make_fid_kid, seam_score
 
 # Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
@@ -144,11 +145,11 @@ class Copy(torch.nn.Module):
 def test_sliding_blend_puts_every_window_in_place(height, width, overlap, batch_size):
     rng = np.random.default_rng(height * width)
     mask = (rng.random((height, width)) < 0.5).astype(np.uint8) * 255
-    out = ts.generate_sliding(Copy(), mask, WINDOW, overlap, batch_size, torch.device('cpu'))
+    out = generate_sliding(Copy(), mask, WINDOW, overlap, batch_size, torch.device('cpu'))
     assert out.shape == (height, width, 3)
     np.testing.assert_array_equal(out, np.repeat(mask[..., None], 3, 2))
     label_map = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # 3-channel input models
-    np.testing.assert_array_equal(ts.generate_sliding(Copy(), label_map, 16, overlap, batch_size,
+    np.testing.assert_array_equal(generate_sliding(Copy(), label_map, 16, overlap, batch_size,
                                                       torch.device('cpu')), label_map)
 
 
@@ -178,9 +179,9 @@ def test_blending_hides_window_edges_that_tiles_show():
     for seed in range(3):
         # 128²: the 2×2 grid lines (row/column 64) are window edges in sliding mode too (stride 32)
         mask = ramp_mask(128, 128, seed)
-        tiles = seam_score(ts.generate_tiles(SmoothNorm(), mask, 2, WINDOW, 4, cpu), 2)
-        unblended = seam_score(ts.generate_sliding(SmoothNorm(), mask, WINDOW, 0.0, 4, cpu), 2)
-        sliding = seam_score(ts.generate_sliding(SmoothNorm(), mask, WINDOW, 0.5, 4, cpu), 2)
+        tiles = seam_score(generate_tiles(SmoothNorm(), mask, 2, WINDOW, 4, cpu), 2)
+        unblended = seam_score(generate_sliding(SmoothNorm(), mask, WINDOW, 0.0, 4, cpu), 2)
+        sliding = seam_score(generate_sliding(SmoothNorm(), mask, WINDOW, 0.5, 4, cpu), 2)
         assert tiles > 5 and unblended > 5 and sliding < 2, (tiles, unblended, sliding)  # measured ≥ 9.5 / ≤ 1.6
 
 
