@@ -23,6 +23,7 @@ import generation
 import train
 import transform_dataset
 from dataset import EpochPlan, augmented_batch, batch_on_device
+from train_options import build_parser
 from utils import read_image_file, run_cli
 
 # Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figures this project plans with.
@@ -66,7 +67,7 @@ def sync(device):
 def make_trainer(device, overrides):
     argv = ['--dataroot', '.', '--netG', 'unet_256', '--netD', 'basic', '--amp', 'off',
             '--device', device.type]
-    opt = train.build_parser().parse_args(argv)
+    opt = build_parser().parse_args(argv)
     for key, value in overrides.items():
         setattr(opt, key, value)
     opt.input_nc = 1

@@ -13,13 +13,13 @@ Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 =
 FID/KID only with --inception_weights.
 """
 import argparse
+import contextlib
 import csv
 import html
 import io
 import math
 import os
 import sys
-import tempfile
 import urllib.parse
 
 import numpy as np
@@ -32,14 +32,17 @@ from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan)
 from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, UserError, amp_enabled, building_scores, check_binary_mask,
-                   compute_fid_kid, image_metrics, make_fid_kid, pick_device, read_image_file,
-                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, seam_score,
-                   to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic)
+                   compute_fid_kid, free_space, image_metrics, make_fid_kid, make_writable_dir, pick_device,
+                   read_image_file, remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png,
+                   seam_score, to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic,
+                   write_tiff_atomic)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
 # ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams, GDAL_METADATA, GDAL_NODATA.
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
+REPORTS = ('index.html', 'metrics.csv', 'metrics.json')
+MAX_NAME_BYTES = 255 - len('.OriginalResized-.png.12345678.tmp')  # the longest output's temp file name
 GRID_MAX_SIDE = 512  # panels of Grid-<name>.png are downscaled to this (a 5000² grid would be 75 MB of PNG)
 
 
@@ -179,6 +182,9 @@ def collect_inputs(opt, cfg):
         inputs, seen = [], {}
         for path in list_mask_files(opt.masks)[:opt.num_test]:
             name = os.path.splitext(os.path.basename(path))[0]
+            if len(os.fsencode(name)) > MAX_NAME_BYTES:
+                raise UserError(f'{path}: file name too long for its outputs (OriginalResized-<name>.png and a temp '
+                                f'suffix must fit in 255 bytes); rename it')
             if name in seen:
                 raise UserError(f'{path}: same name as {seen[name]}; outputs would overwrite each other')
             seen[name] = path
@@ -203,11 +209,11 @@ def collect_inputs(opt, cfg):
 
 def check_memory(opt, G, cfg, size, inputs, device):
     """Refuse before generating when the largest input would not fit with this --batch_size (or --tiles)."""
-    smallest = min((shape for *_, shape in inputs), key=min)
-    if opt.mode == 'tiles' and opt.tiles > min(smallest):
-        raise UserError(f'--tiles {opt.tiles}: a mask is only {smallest[1]}×{smallest[0]} pixels')
+    _, smallest, *_, shape = min(inputs, key=lambda i: min(i[-1]))
+    if opt.mode == 'tiles' and opt.tiles > min(shape):
+        raise UserError(f'{smallest}: --tiles {opt.tiles}, but the mask is only {shape[1]}×{shape[0]} pixels')
     per_window = peak_window_bytes(G, cfg['input_nc'], size, device)
-    height, width = max((shape for *_, shape in inputs), key=lambda s: s[0] * s[1])
+    _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
     if opt.mode == 'sliding':
         h, w = max(1, round(height * opt.scale)), max(1, round(width * opt.scale))
         stride = max(1, round(size * (1 - opt.overlap)))
@@ -226,7 +232,7 @@ def check_memory(opt, G, cfg, size, inputs, device):
         fits = int((limit - fixed) // per_window)
         advice = (f'lower --batch_size (about {fits} fits)' if fits >= 1
                   else 'even one window does not fit: lower --scale or --load_size, or free memory')
-        raise UserError(f'{width}×{height} mask, {batch} windows of {size}² at once: needs '
+        raise UserError(f'{largest}: {width}×{height} mask, {batch} windows of {size}² at once: needs '
                         f'~{(batch * per_window + fixed) / 2 ** 30:.2f} GB of {device.type} memory but '
                         f'{limit / 2 ** 30:.2f} GB is available; {advice}')
 
@@ -271,16 +277,35 @@ def image_scores(generated, real, mask, opt, segmenter=None):
 # ---------------------------------------------------------------- outputs
 
 def prepare_results_dir(path):
-    """Create the folder and prove it is writable before any generation starts."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix='.write-test-', suffix='.tmp', dir=path)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        raise UserError(f'{path}: cannot write results there ({err.strerror or err}); '
-                        f'choose another --results_dir') from None
+    """A writable folder without the previous run's reports: the new images replace the old ones one by one, so
+    a run that stops early must not leave an index.html or metrics.* describing images that are gone."""
+    make_writable_dir(path, '--results_dir')
     remove_stale_temp_files(path)
+    for report in REPORTS:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(path, report))
+
+
+def save_outputs(results_dir, mode, name, source, generated, mask_out, real):
+    """Write one input's images; {kind: file name}. A failed write (a full disk) is one clear error."""
+    files = {'generated': f'Generated-{name}.png', 'mask': f'MaskResized-{name}.png', 'grid': f'Grid-{name}.png'}
+    if real is not None:
+        files['real'] = f'OriginalResized-{name}.png'
+    try:
+        if mode == 'sliding' and source.lower().endswith(TIFF_SUFFIXES):
+            files['generated'] = f'Generated-{name}.tif'
+            save_geotiff(os.path.join(results_dir, files['generated']), generated, source)
+        else:
+            save_png(os.path.join(results_dir, files['generated']), generated)
+        save_png(os.path.join(results_dir, files['mask']), mask_out)
+        if real is not None:
+            save_png(os.path.join(results_dir, files['real']), real)
+        panels = [mask_out, generated] + ([real] if real is not None else [])
+        save_png(os.path.join(results_dir, files['grid']), grid_image(panels))
+    except OSError as err:
+        raise UserError(f'{results_dir}: cannot write the outputs of {source} ({err.strerror or err}; '
+                        f'{free_space(results_dir)})') from None
+    return files
 
 
 def save_geotiff(path, array, source):
@@ -378,22 +403,11 @@ def main(argv=None):
             generated, mask_out = generate(opt, G, cfg, mask, size, device)
         if real is not None and real.shape[:2] != generated.shape[:2]:
             real = resize_image(real, generated.shape[:2])
-        files = {'generated': f'Generated-{name}.png', 'mask': f'MaskResized-{name}.png', 'grid': f'Grid-{name}.png'}
-        if opt.mode == 'sliding' and source.lower().endswith(TIFF_SUFFIXES):
-            files['generated'] = f'Generated-{name}.tif'
-            save_geotiff(os.path.join(results_dir, files['generated']), generated, source)
-        else:
-            save_png(os.path.join(results_dir, files['generated']), generated)
-        save_png(os.path.join(results_dir, files['mask']), mask_out)
-        if real is not None:
-            files['real'] = f'OriginalResized-{name}.png'
-            save_png(os.path.join(results_dir, files['real']), real)
-            if fid_kid:
-                for metric in fid_kid:
-                    metric.update(as_tensor(generated).to(device), real=False)
-                    metric.update(as_tensor(real).to(device), real=True)
-        panels = [mask_out, generated] + ([real] if real is not None else [])
-        save_png(os.path.join(results_dir, files['grid']), grid_image(panels))
+        files = save_outputs(results_dir, opt.mode, name, source, generated, mask_out, real)
+        if real is not None and fid_kid:
+            for metric in fid_kid:
+                metric.update(as_tensor(generated).to(device), real=False)
+                metric.update(as_tensor(real).to(device), real=True)
         rows.append({'name': name, 'source': source, 'size': list(generated.shape[:2]), 'files': files,
                      'metrics': image_scores(generated, real, mask_out, opt, segmenter)})
 

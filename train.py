@@ -8,10 +8,10 @@
 Run folder runs/<name>/: config.json (every option), TensorBoard events, latest.pt (every epoch, atomic),
 epoch_<N>.pt (every --save_epoch_freq epochs), best.pt (best validation PSNR).
 """
-import argparse
 import contextlib
 import math
 import os
+import pickle
 import signal
 import sys
 import time
@@ -22,126 +22,10 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
-from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, image_metrics, load_checkpoint, pick_device, read_json,
-                   remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
-
-# Options that define the networks or the data they see: a resumed run must keep them.
-ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
-                        'output_nc', 'gan_mode', 'crop_size', 'init_type', 'init_gain', 'content_loss')
-# Options that steer this invocation only: never taken from a saved config.
-RUN_CONTROL_OPTIONS = ('resume', 'stop_epoch')
-
-
-def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = p.add_argument
-    a('--dataroot', required=True, help='folder made by transform_dataset.py (holds train/ and val/)')
-    a('--name', default='experiment', help='run name: outputs go to <runs_dir>/<name>/')
-    a('--runs_dir', default='runs', help='parent folder of all runs (point TensorBoard here)')
-    a('--netG', default='unet_256', choices=networks.GENERATORS, help='generator architecture')
-    a('--netD', default='basic', choices=networks.DISCRIMINATORS, help='basic = 70×70 PatchGAN')
-    a('--n_layers_D', type=int, default=3, help='conv layers of the n_layers discriminator')
-    a('--ngf', type=int, default=64, help='generator filters in the first conv layer')
-    a('--ndf', type=int, default=64, help='discriminator filters in the first conv layer')
-    a('--norm', default='instance', choices=networks.NORMS,
-      help='instance (default: it fixed the seed project\'s colour saturation), batch or none')
-    a('--init_type', default='normal', choices=networks.INIT_TYPES, help='weight initialisation')
-    a('--init_gain', type=float, default=0.02, help='scale of the initial weights')
-    a('--no_dropout', action='store_true', help='no dropout in the U-Net decoder / ResNet blocks')
-    a('--upsample', default='transpose', choices=networks.UPSAMPLES,
-      help='transpose = official; resize = nearest upsample + conv, against checkerboard artefacts')
-    a('--input_nc', type=int, default=None, help='mask channels (default: from the data, 1 for binary masks)')
-    a('--output_nc', type=int, default=3, help='image channels')
-    a('--gan_mode', default='vanilla', choices=networks.GAN_MODES, help='adversarial loss')
-    a('--content_loss', default='l1', choices=('l1', 'vgg', 'l1+vgg'), help='reconstruction loss(es) for G')
-    a('--lambda_L1', type=float, default=100.0, help='weight of L1 (100 beat 10 in the seed project)')
-    a('--lambda_VGG', type=float, default=0.0, help='weight of the VGG perceptual loss (e.g. 10)')
-    a('--vgg_weights', default=None, help='torchvision vgg19 state_dict file for the VGG loss (never downloaded)')
-    a('--lr', type=float, default=2e-4, help='Adam learning rate (2e-3 collapsed to blank images in the seed)')
-    a('--beta1', type=float, default=0.5, help='Adam beta1')
-    a('--n_epochs', type=int, default=100, help='epochs at the initial learning rate')
-    a('--n_epochs_decay', type=int, default=100, help='epochs of decay after that (linear/cosine)')
-    a('--lr_policy', default='linear', choices=('linear', 'step', 'plateau', 'cosine'),
-      help='plateau steps on validation PSNR')
-    a('--lr_decay_iters', type=int, default=50, help='step policy: multiply lr by 0.1 every this many epochs')
-    a('--batch_size', type=int, default=1, help='global batch size (split across processes under torchrun)')
-    a('--crop_size', type=int, default=256, help='random crop side for training, centre crop for validation')
-    a('--no_flip', action='store_true', help='no random horizontal flips')
-    a('--rotate', action='store_true', help='also vertical flips and 90° turns (aerial images have no "up")')
-    a('--seed', type=int, default=0, help='seed for weights, data order, augmentation and dropout')
-    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
-    a('--amp', default='auto', choices=('auto', 'on', 'off'), help='bf16 autocast; auto = on for CUDA')
-    a('--channels_last', action='store_true', help='NHWC memory format (faster convs on GPU and some CPUs)')
-    a('--compile', action='store_true', help='torch.compile G and D (slower start, faster steps)')
-    a('--data_device', default='auto', choices=('auto', 'cpu', 'cuda'),
-      help='where the uint8 training split lives; auto = on the GPU when it takes < 1/4 of its free memory, '
-           'else in RAM with batches copied through pinned memory')
-    a('--save_epoch_freq', type=int, default=5, help='keep epoch_<N>.pt every this many epochs')
-    a('--val_freq', type=int, default=1, help='validate every this many epochs')
-    a('--display_freq', type=int, default=1, help='TensorBoard image grid every this many validations')
-    a('--n_display', type=int, default=4, help='validation samples in the image grid')
-    a('--log_freq', type=int, default=50, help='iterations between loss logs (and NaN checks)')
-    a('--psnr_drop_warn', type=float, default=3.0,
-      help='warn when val PSNR falls this many dB below its best (the seed\'s collapse canary)')
-    a('--resume', action='store_true', help='continue from <runs_dir>/<name>/latest.pt with the saved options')
-    a('--stop_epoch', type=int, default=None,
-      help='stop after this epoch (the lr schedule still plans all epochs); resume later with --resume')
-    return p
-
-
-# ---------------------------------------------------------------- options
-
-def explicit_options(parser, argv):
-    """Names of the options given on the command line (so --resume can tell them from defaults)."""
-    given = set()
-    for token in argv:
-        action = parser._option_string_actions.get(token.split('=', 1)[0]) if token.startswith('--') else None
-        if action is not None:
-            given.add(action.dest)
-    return given
-
-
-def resolve_options(parser, argv):
-    """Parse argv; with --resume, start from the saved config and allow only non-architecture overrides."""
-    opt = parser.parse_args(argv)
-    opt.dataroot = os.path.abspath(opt.dataroot)  # test.py reads it back from config.json, from anywhere
-    run_dir = os.path.join(opt.runs_dir, opt.name)
-    if not opt.resume:
-        if os.path.exists(os.path.join(run_dir, 'latest.pt')):
-            raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
-        return opt
-    saved = read_json(os.path.join(run_dir, 'config.json'), 'run config (nothing to --resume)')
-    if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
-        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from')
-    for key in explicit_options(parser, argv) - set(RUN_CONTROL_OPTIONS):
-        if key in ARCHITECTURE_OPTIONS and getattr(opt, key) != saved.get(key):
-            raise UserError(f'--resume: {run_dir} was trained with --{key} {saved.get(key)}, not '
-                            f'{getattr(opt, key)}; start a new --name instead')
-        saved[key] = getattr(opt, key)
-    saved.update({key: getattr(opt, key) for key in RUN_CONTROL_OPTIONS})
-    return argparse.Namespace(**{**vars(opt), **saved})
-
-
-def check_options(opt):
-    for key in ('batch_size', 'n_epochs', 'save_epoch_freq', 'val_freq', 'display_freq', 'log_freq', 'crop_size'):
-        if getattr(opt, key) < 1:
-            raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
-    if opt.n_epochs_decay < 0:
-        raise UserError(f'--n_epochs_decay must be >= 0, got {opt.n_epochs_decay}')
-    if not math.isfinite(opt.lr) or opt.lr <= 0:
-        raise UserError(f'--lr must be a positive number, got {opt.lr}')
-    need = networks.unet_min_size(opt.netG)
-    if opt.crop_size % need:
-        raise UserError(f'--netG {opt.netG} needs --crop_size a multiple of {need}, got {opt.crop_size}'
-                        + (' (use --netG unet_128 or a resnet for smaller crops)' if need > 4 else ''))
-    if 'vgg' in opt.content_loss and opt.lambda_VGG <= 0:
-        raise UserError(f'--content_loss {opt.content_loss} needs --lambda_VGG > 0 (e.g. 10)')
-    if not os.path.isdir(opt.dataroot):
-        raise UserError(f'{opt.dataroot}: --dataroot not found')
-    for split in ('train', 'val'):
-        if not os.path.isdir(os.path.join(opt.dataroot, split)):
-            raise UserError(f'{opt.dataroot}: no {split}/ folder; make the dataset with transform_dataset.py')
-
+from train_options import parse_options
+from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, image_metrics, load_checkpoint,
+                   pick_device, remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states,
+                   write_json_atomic)
 
 # ---------------------------------------------------------------- setup
 
@@ -208,6 +92,26 @@ def build_scheduler(opt, optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0)
 
 
+def apply_linear_rule(sched):
+    """The current epoch's rate from the rule built from this run's options. The linear rule reads --n_epochs and
+    --n_epochs_decay, which a resume may extend; the restored optimiser holds the rate of the saved rule. (The
+    same options give the same float: a plain resume stays bit-identical.)"""
+    for group, base_lr, rule in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group['lr'] = base_lr * rule(sched.last_epoch)
+
+
+def build_vgg_loss(opt):
+    """The VGG perceptual loss; a missing or unusable weights file is the user's to fix: one line, no traceback."""
+    try:
+        return networks.VGGLoss(opt.vgg_weights)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+        raise UserError(('--vgg_weights: ' if opt.vgg_weights else '') + first_line(err)) from None
+
+
+def seed_dropout_noise(opt, rank):
+    torch.manual_seed(opt.seed + 1 + rank)  # each process its own noise; the weights were drawn from opt.seed
+
+
 def adam(params, opt):
     # fused: one kernel over all parameters, on CUDA and CPU alike; on 2 CPU cores it makes unet_256's Adam step
     # 5× faster than the default per-parameter loop (bench.py)
@@ -225,7 +129,7 @@ class Trainer:
         self.opt_G, self.opt_D = adam(self.G.parameters(), opt), adam(self.D.parameters(), opt)
         self.sched_G, self.sched_D = build_scheduler(opt, self.opt_G), build_scheduler(opt, self.opt_D)
         self.gan_loss = networks.GANLoss(opt.gan_mode).to(device)
-        self.vgg_loss = networks.VGGLoss(opt.vgg_weights).to(device) if 'vgg' in opt.content_loss else None
+        self.vgg_loss = build_vgg_loss(opt).to(device) if 'vgg' in opt.content_loss else None
         self.epoch, self.next_batch, self.iteration = 0, 0, 0
         self.best_psnr, self.best_epoch, self.history = -math.inf, -1, []
         self.amp = amp_enabled(opt.amp, device)
@@ -240,12 +144,21 @@ class Trainer:
         self.D_frozen = torch.compile(self.D) if opt.compile else self.D
 
     def state(self):
+        """What a checkpoint holds. Every rank must call it: it gathers their RNG states."""
         return {'format': CHECKPOINT_FORMAT, 'config': vars(self.opt), 'G': self.G.state_dict(),
                 'D': self.D.state_dict(), 'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(),
                 'sched_G': self.sched_G.state_dict(), 'sched_D': self.sched_D.state_dict(),
                 'epoch': self.epoch, 'next_batch': self.next_batch, 'iteration': self.iteration,
                 'best_psnr': self.best_psnr, 'best_epoch': self.best_epoch, 'history': self.history,
-                'rng': rng_states()}
+                'rng': self.rng_states_of_all_ranks()}
+
+    def rng_states_of_all_ranks(self):
+        """One RNG state per rank, in rank order: under torchrun every process draws its own dropout noise."""
+        if self.world_size == 1:
+            return [rng_states()]
+        states = [None] * self.world_size
+        dist.all_gather_object(states, rng_states())
+        return states
 
     def restore(self, state):
         self.G.load_state_dict(state['G'])
@@ -254,7 +167,24 @@ class Trainer:
             getattr(self, name).load_state_dict(state[name])
         self.epoch, self.next_batch, self.iteration = state['epoch'], state['next_batch'], state['iteration']
         self.best_psnr, self.best_epoch, self.history = state['best_psnr'], state['best_epoch'], state['history']
-        set_rng_states(state['rng'])
+        if self.opt.lr_policy == 'linear':
+            for sched in (self.sched_G, self.sched_D):
+                apply_linear_rule(sched)
+        self.restore_rng(state['rng'])
+
+    def restore_rng(self, saved):
+        """Each rank continues its own noise stream. Saved by another number of processes, the ranks that have no
+        state (and all but rank 0 for a checkpoint older than per-rank states) start a fresh stream as a new run
+        does; such a run goes on correctly but is not bit-identical to an uninterrupted one."""
+        states = saved if isinstance(saved, list) else [saved]  # older checkpoints: rank 0's state only
+        if self.rank < len(states):
+            set_rng_states(states[self.rank])
+        else:
+            seed_dropout_noise(self.opt, self.rank)
+        if len(states) != self.world_size and self.rank == 0:
+            print(f'note: the checkpoint holds the RNG states of {len(states)} process(es), this run has '
+                  f'{self.world_size}: dropout noise goes on from them where it can, so this run will not equal '
+                  f'an uninterrupted one bit for bit')
 
     def autocast(self):
         if not self.amp:
@@ -334,18 +264,22 @@ def open_run_dir(run_dir, opt, iteration):
     except OSError as err:
         raise UserError(f'{run_dir}: cannot write the run folder ({err.strerror or err})') from None
     from torch.utils.tensorboard import SummaryWriter
-    # purge_step hides the events a killed run logged after its last checkpoint, which are redone now
-    return SummaryWriter(run_dir, purge_step=iteration if opt.resume else None)
+    # TensorBoard drops the events of earlier files from purge_step on (the files stay). Resumed: those a killed run
+    # logged after its checkpoint at `iteration`, which are redone now; the checkpoint's own step stays. Fresh: all
+    # of them, left by an attempt that crashed before its first checkpoint.
+    return SummaryWriter(run_dir, purge_step=iteration + 1 if opt.resume else 0)
 
 
-def log_epoch(writer, trainer, metrics, seconds, images_per_s, data_share):
-    epoch = trainer.epoch + 1
-    writer.add_scalar('lr', trainer.opt_G.param_groups[0]['lr'], epoch)
-    writer.add_scalar('time/epoch_seconds', seconds, epoch)
-    writer.add_scalar('time/images_per_second', images_per_s, epoch)
-    writer.add_scalar('time/data_share', data_share, epoch)
+def log_epoch(writer, trainer, lr, metrics, seconds, images_per_s, data_share):
+    """Per-epoch scalars at the global iteration, the x-axis of the loss curves too: one axis for every tag, and
+    the one purge_step counts in. `lr` is the rate the epoch trained at."""
+    step = trainer.iteration
+    writer.add_scalar('lr', lr, step)
+    writer.add_scalar('time/epoch_seconds', seconds, step)
+    writer.add_scalar('time/images_per_second', images_per_s, step)
+    writer.add_scalar('time/data_share', data_share, step)
     for key, value in (metrics or {}).items():
-        writer.add_scalar(f'val/{key}', value, epoch)
+        writer.add_scalar(f'val/{key}', value, step)
 
 
 def check_collapse(trainer, metrics, opt):
@@ -364,6 +298,32 @@ def raise_if_not_finite(losses, trainer):
         raise UserError(f'training diverged at epoch {trainer.epoch + 1}, iteration {trainer.iteration}: '
                         f'{bad} became NaN/inf. Lower --lr (2e-4 works), try --gan_mode lsgan, or resume '
                         f'from an earlier epoch_<N>.pt; latest.pt holds the last finite state')
+
+
+def check_mid_epoch_batch_size(state, opt, run_dir):
+    """A checkpoint saved mid-epoch counts the batches done in batches of its own size: another --batch_size
+    would skip or repeat samples of that epoch. (The global batch is the same for any number of processes.)"""
+    saved = state['config']['batch_size']
+    if state['next_batch'] and opt.batch_size != saved:
+        raise UserError(f'--batch_size {opt.batch_size}: {run_dir}/latest.pt stopped mid-epoch after '
+                        f'{state["next_batch"]} batches of {saved}; finish that epoch with --batch_size {saved} '
+                        f'(--stop_epoch {state["epoch"] + 1}), then resume with the new size')
+
+
+def stop_everywhere(stop, world_size, device):
+    """Whether any process was asked to stop. Under torchrun a signal can reach the processes steps apart, and one
+    that stops alone leaves the others waiting forever in their next collective: so all agree (a sync, which the
+    loop only asks for where it syncs anyway, at log steps and epoch ends)."""
+    asked = stop.signal is not None
+    if world_size == 1:
+        return asked
+    flag = torch.tensor([float(asked)], device=device)
+    dist.all_reduce(flag)
+    return flag.item() > 0
+
+
+def stop_exit_status(stop):
+    return 130 if stop.signal == signal.SIGINT else 0  # Ctrl-C as a shell reports it; SIGTERM is a clean stop
 
 
 # ---------------------------------------------------------------- main loop
@@ -387,10 +347,11 @@ def train(opt, stop):
     trainer = Trainer(opt, device, rank, world_size)
     if opt.resume:
         state = load_checkpoint(os.path.join(run_dir, 'latest.pt'))
+        check_mid_epoch_batch_size(state, opt, run_dir)
         trainer.restore(state)
         print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
     else:
-        torch.manual_seed(opt.seed + 1 + rank)  # dropout noise; weights were drawn from opt.seed
+        seed_dropout_noise(opt, rank)
     writer = None
     if rank == 0:
         writer = open_run_dir(run_dir, opt, trainer.iteration)
@@ -399,7 +360,7 @@ def train(opt, stop):
     last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
     n_batches = len(train_masks) // opt.batch_size
     layout = memory_format(opt)
-    metrics = None
+    metrics, stopping = None, False
     while trainer.epoch < last_epoch:
         plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip,
                          opt.rotate).to(device)
@@ -418,7 +379,8 @@ def train(opt, stop):
             trainer.iteration += 1
             trainer.next_batch = batch + 1
             images += opt.batch_size
-            if trainer.iteration % opt.log_freq == 0:
+            at_log_step = trainer.iteration % opt.log_freq == 0
+            if at_log_step:
                 means = running / running_n  # the one host sync per log interval
                 if world_size > 1:  # log the global batch's losses, not rank 0's shard
                     dist.all_reduce(means)
@@ -430,19 +392,22 @@ def train(opt, stop):
                     bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LOSS_NAMES, means.tolist())})
                 running.zero_()
                 running_n = 0
-            if stop.signal is not None:
+            if (at_log_step or world_size == 1) and stop_everywhere(stop, world_size, device):
+                stopping = True
                 break
-        if stop.signal is not None and trainer.next_batch < n_batches:
+        if stopping and trainer.next_batch < n_batches:
+            state = trainer.state()
             if rank == 0:
-                save_checkpoint(os.path.join(run_dir, 'latest.pt'), trainer.state())
+                save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
                 print(f'saved {run_dir}/latest.pt (epoch {trainer.epoch + 1}, batch {trainer.next_batch}); '
                       f'continue with --resume')
-            return 0 if stop.signal == signal.SIGTERM else 130
+            return stop_exit_status(stop)
         if running_n:
             raise_if_not_finite(running / running_n, trainer)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
+        trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
         validated = (trainer.epoch + 1) % opt.val_freq == 0 or trainer.epoch + 1 == last_epoch
         if validated:
             metrics = validate(trainer, val_masks, val_images, max(opt.batch_size, 8))
@@ -458,28 +423,28 @@ def train(opt, stop):
         if is_best:
             trainer.best_psnr, trainer.best_epoch = metrics['PSNR'], trainer.epoch + 1
         if writer:
-            log_epoch(writer, trainer, metrics if validated else None, seconds, images / max(seconds, 1e-9),
-                      data_seconds / max(seconds, 1e-9))
+            log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
+                      images / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
             if validated and ((trainer.epoch + 1) // opt.val_freq) % opt.display_freq == 0:
                 writer.add_image('val/mask|generated|real', image_grid(trainer, val_masks, val_images, opt.n_display),
-                                 trainer.epoch + 1)
+                                 trainer.iteration)
             writer.flush()
         summary = f'epoch {trainer.epoch + 1}/{total_epochs}: {seconds:.1f} s, {images / max(seconds, 1e-9):.1f} img/s'
         if validated:
             summary += f', val PSNR {metrics["PSNR"]:.2f} dB SSIM {metrics["SSIM"]:.3f} L1 {metrics["L1"]:.4f}'
             trainer.history.append({'epoch': trainer.epoch + 1, **metrics})
         trainer.epoch, trainer.next_batch = trainer.epoch + 1, 0
+        state = trainer.state()
         if rank == 0:
             print(summary)
-            state = trainer.state()
             if trainer.epoch % opt.save_epoch_freq == 0:
                 save_checkpoint(os.path.join(run_dir, f'epoch_{trainer.epoch}.pt'), state)
             if is_best:
                 save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
             # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
             save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
-        if stop.signal is not None:
-            return 0 if stop.signal == signal.SIGTERM else 130
+        if stopping or stop_everywhere(stop, world_size, device):
+            return stop_exit_status(stop)
     if writer:
         final = trainer.history[-1] if trainer.history else {}
         hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
@@ -491,10 +456,7 @@ def train(opt, stop):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    opt = resolve_options(parser, argv)
-    check_options(opt)
+    opt = parse_options(sys.argv[1:] if argv is None else argv, description=__doc__)
     try:
         with StopRequest() as stop:
             return train(opt, stop)

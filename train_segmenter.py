@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
-from utils import CHECKPOINT_FORMAT, UserError, building_scores, pick_device, run_cli, save_checkpoint
+from utils import (CHECKPOINT_FORMAT, UserError, building_scores, make_writable_dir, pick_device, run_cli,
+                   save_checkpoint)
 
 
 def build_parser():
@@ -114,7 +115,7 @@ def train(opt):
     device = pick_device(opt.device)
     torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
     train_masks, train_images, val_masks, val_images = load_data(opt)
-    os.makedirs(os.path.dirname(opt.out) or '.', exist_ok=True)  # fail on an unwritable --out before training
+    make_writable_dir(os.path.dirname(opt.out) or '.', '--out')  # fail on an unwritable --out before training
     config = segmenter_config(opt)
     torch.manual_seed(opt.seed)  # the same initial weights every run
     model = networks.define_G_from_config(config).to(device)

@@ -10,9 +10,11 @@ Output: <out>/{train,val}/masks/<tile>.npy (H×W, or H×W×3 for colour label ma
 (H×W×3), <out>/{train,val}/manifest.json, <out>/transform.json. Re-running skips finished sources.
 """
 import argparse
+import glob
 import multiprocessing
 import os
 import re
+import sys
 
 import numpy as np
 import tifffile
@@ -26,7 +28,8 @@ from utils import (IMAGE_SUFFIXES, UserError, building_fraction, check_binary_ma
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
 # Options that change the arrays: an output folder made with other values must not be mixed with new ones.
-OUTPUT_DEFINING_OPTIONS = ('format', 'direction', 'size', 'split', 'val_pattern', 'min_building', 'mask_tolerance')
+# --mask_tolerance is not among them: it only accepts or refuses a mask, so raising it after a refusal resumes.
+OUTPUT_DEFINING_OPTIONS = ('format', 'direction', 'size', 'split', 'val_pattern', 'min_building')
 
 
 def parse_args(argv=None):
@@ -81,6 +84,8 @@ def check_options(opt):
         re.compile(opt.val_pattern)
     except re.error as err:
         raise UserError(f'--val_pattern {opt.val_pattern!r} is not a valid regex ({err})') from None
+    if os.path.exists(opt.out) and not os.path.isdir(opt.out):
+        raise UserError(f'{opt.out}: --out is an existing file, not a folder')
     dataroot, out = os.path.realpath(opt.dataroot), os.path.realpath(opt.out)
     if out == dataroot or out.startswith(dataroot + os.sep):
         raise UserError(f'{opt.out}: output folder is inside the input folder {opt.dataroot}; choose another --out')
@@ -92,8 +97,17 @@ def list_images(folder):
     return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
 
 
-def stems(names):
-    return {os.path.splitext(n)[0]: n for n in names}
+def stems(folder):
+    """{stem: file name} of the images in folder. Outputs are named by stem, so two files sharing one
+    (austin3_8.png and austin3_8.jpg) would silently become one tile: refuse."""
+    found = {}
+    for name in list_images(folder):
+        stem = os.path.splitext(name)[0]
+        if stem in found:
+            raise UserError(f'{os.path.join(folder, found[stem])} and {os.path.join(folder, name)}: two files with '
+                            f'the same name {stem!r} would make one output; remove or rename one')
+        found[stem] = name
+    return found
 
 
 def find_inria_sources(opt):
@@ -102,7 +116,7 @@ def find_inria_sources(opt):
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
             raise UserError(f'{folder}: folder not found (Inria layout needs images/ and gt/ in --dataroot)')
-    images, masks = stems(list_images(image_dir)), stems(list_images(mask_dir))
+    images, masks = stems(image_dir), stems(mask_dir)
     if not images and not masks:
         raise UserError(f'{opt.dataroot}: no images found in images/ or gt/ (.tif, .png, .jpg)')
     for stem in sorted(images.keys() - masks.keys()):
@@ -114,17 +128,29 @@ def find_inria_sources(opt):
              'val' if pattern.search(stem) else 'train') for stem in sorted(images)]
 
 
+def aligned_split_folders(dataroot):
+    """{split: folder} from <dataroot>/train and val/, else test/; {} without a train/ folder.
+    The CMP facades download holds train/, val/ and test/: val/ validates and test/ stays held out.
+    Printed, so which folder became the val split is never a guess."""
+    present = [name for name in ('train', 'val', 'test') if os.path.isdir(os.path.join(dataroot, name))]
+    if 'train' not in present:
+        return {}
+    names = dict(zip(SPLITS, present))  # train/, then val/ if present, else test/
+    left_out = '; test/ left out (val/ is the validation split)' if len(present) == 3 else ''
+    print('aligned splits: ' + ', '.join(f'{name}/ -> {split}' for split, name in names.items()) + left_out)
+    return {split: os.path.join(dataroot, name) for split, name in names.items()}
+
+
 def find_aligned_sources(opt):
     """(stem, path, path, split): split from train/ and val/ (or test/) folders, else from --val_pattern."""
-    folders = {split: os.path.join(opt.dataroot, name) for split, name in
-               (('train', 'train'), ('val', 'val'), ('val', 'test')) if os.path.isdir(os.path.join(opt.dataroot, name))}
-    if 'train' in folders:
+    folders = aligned_split_folders(opt.dataroot)
+    if folders:
         sources = [(stem, os.path.join(folder, name), os.path.join(folder, name), split)
-                   for split, folder in folders.items() for stem, name in stems(list_images(folder)).items()]
+                   for split, folder in folders.items() for stem, name in stems(folder).items()]
     else:
         pattern = re.compile(opt.val_pattern)
         sources = [(stem, os.path.join(opt.dataroot, name), os.path.join(opt.dataroot, name),
-                    'val' if pattern.search(stem) else 'train') for stem, name in stems(list_images(opt.dataroot)).items()]
+                    'val' if pattern.search(stem) else 'train') for stem, name in stems(opt.dataroot).items()]
     if not sources:
         raise UserError(f'{opt.dataroot}: no images found (.tif, .png, .jpg), nor train/ and val/ folders holding them')
     return sorted(sources, key=lambda s: (s[3], s[0]))
@@ -179,20 +205,24 @@ def transform_source(source, opt):
     stem, image_path, mask_path, split = source
     mask, image = load_pair(source, opt)
     ys, xs = tile_bounds(mask.shape[0], opt.split), tile_bounds(mask.shape[1], opt.split)
-    tiles = []
+    tiles, fractions = [], []
     for row in range(opt.split):
         for col in range(opt.split):
             tile_mask = resize_mask(mask[ys[row]:ys[row + 1], xs[col]:xs[col + 1]], opt.size)
             fraction = building_fraction(tile_mask)
-            if fraction is not None and fraction < opt.min_building:
-                continue
+            if fraction is not None:
+                fractions.append(fraction)
+                if fraction < opt.min_building:
+                    continue
             name = tile_name(stem, row, col, opt.split)
             tile_image = resize_image(image[ys[row]:ys[row + 1], xs[col]:xs[col + 1]], opt.size)
             save_npy_atomic(os.path.join(opt.out, split, 'images', name + '.npy'), tile_image)
             save_npy_atomic(os.path.join(opt.out, split, 'masks', name + '.npy'), tile_mask)
             tiles.append({'name': name, 'source': os.path.basename(image_path), 'mask_source': os.path.basename(mask_path),
                           'tile': [row, col], 'building_fraction': fraction})
-    write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'tiles': tiles})
+    # The largest fraction, dropped tiles included, tells a user whose --min_building kept nothing what would.
+    write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'tiles': tiles,
+                                                          'max_building_fraction': max(fractions, default=None)})
     return stem
 
 
@@ -217,29 +247,87 @@ def _worker(args):
 
 # ---------------------------------------------------------------- whole dataset
 
-def prepare_output(opt):
-    """Create the output folders; refuse to mix outputs made with different options."""
-    settings = {k: getattr(opt, k) for k in OUTPUT_DEFINING_OPTIONS}
-    config_path = os.path.join(opt.out, 'transform.json')
-    if os.path.exists(config_path):
-        previous = read_json(config_path, 'transform config')
-        changed = [k for k in OUTPUT_DEFINING_OPTIONS if previous.get(k) != settings[k]]
-        if changed:
-            raise UserError(f'{opt.out}: already holds a dataset made with other options '
-                            f'({", ".join(f"--{k} {previous.get(k)}" for k in changed)}); use a new --out')
+def output_settings(opt):
+    """What the arrays are made from: the options and the input folder (is_done matches sources by name only)."""
+    return dict({k: getattr(opt, k) for k in OUTPUT_DEFINING_OPTIONS}, dataroot=os.path.abspath(opt.dataroot))
+
+
+def has_finished_sources(out):
+    """Whether any source record exists. Records are written last, each after transform.json, so only then
+    does the folder hold arrays made with transform.json's settings."""
+    return any(glob.glob(os.path.join(out, split, 'sources', '*.json')) for split in SPLITS)
+
+
+def check_same_settings(opt, settings, config_path):
+    """Refuse to mix arrays made with other settings. A run that failed before finishing any source
+    (e.g. an unreadable first image) made nothing, so its settings are simply replaced."""
+    if not os.path.exists(config_path):
+        return
+    previous = read_json(config_path, 'transform config')
+    changed = [k for k in settings if previous.get(k) != settings[k]]
+    if not changed:
+        return
+    old = ', '.join(f'--{k} {previous.get(k)}' for k in changed)
+    if has_finished_sources(opt.out):
+        raise UserError(f'{opt.out}: already holds a dataset made with other options ({old}); use a new --out')
+    print(f'{opt.out}: an earlier run ({old}) finished no source; its settings are replaced')
+
+
+def output_folders(out):
+    """Every folder this script writes to, out/ and out/<split>/ included: transform.json and the manifests
+    are written atomically there too, so a kill can leave their temp files."""
+    yield out
     for split in SPLITS:
+        yield os.path.join(out, split)
         for sub in ('images', 'masks', 'sources'):
-            os.makedirs(os.path.join(opt.out, split, sub), exist_ok=True)
-            remove_stale_temp_files(os.path.join(opt.out, split, sub))
-    write_json_atomic(config_path, dict(settings, dataroot=os.path.abspath(opt.dataroot)))
+            yield os.path.join(out, split, sub)
+
+
+def prepare_output(opt):
+    """Create the output folders, clear temp files a kill left behind, record the settings; refuse to mix
+    outputs made with different settings."""
+    settings = output_settings(opt)
+    config_path = os.path.join(opt.out, 'transform.json')
+    check_same_settings(opt, settings, config_path)
+    try:
+        for folder in output_folders(opt.out):
+            os.makedirs(folder, exist_ok=True)
+            remove_stale_temp_files(folder)
+        write_json_atomic(config_path, settings)
+    except OSError as err:  # not writable, a file in the way, ...: one line naming it instead of a traceback
+        raise UserError(f'{opt.out}: cannot write the output folder ({err.strerror}: {err.filename})') from None
+
+
+def check_split_not_empty(split, records, opt):
+    """A split without tiles only fails later in train.py, so say why now: an error when --min_building
+    dropped every train tile, a warning otherwise (an empty val split, or a run making only val data)."""
+    if any(r['tiles'] for r in records):
+        return
+    if records:
+        largest = max((r['max_building_fraction'] for r in records if r.get('max_building_fraction') is not None),
+                      default=None)
+        seen = '' if largest is None else f' (the largest building fraction of a tile is {largest:.3f})'
+        message = (f'{opt.out}/{split}: --min_building {opt.min_building} dropped all tiles of its {len(records)} '
+                   f'sources{seen}; use a lower --min_building and a new --out')
+    else:
+        by_folders = opt.format == 'aligned' and os.path.isdir(os.path.join(opt.dataroot, 'train'))
+        rule = 'the train/ and val/ or test/ folders' if by_folders else f'--val_pattern {opt.val_pattern!r}'
+        message = f'{opt.out}/{split}: no source is in the {split} split (sources are split by {rule})'
+    if split == 'train' and records:
+        raise UserError(message)
+    print(f'warning: {message}; train.py needs tiles in both train/ and val/', file=sys.stderr)
 
 
 def write_manifests(sources, opt):
+    records = {split: [read_json(record_path(opt.out, split, s[0]), 'source record') for s in sources if s[3] == split]
+               for split in SPLITS}
     for split in SPLITS:
-        tiles = [t for s in sources if s[3] == split for t in read_json(record_path(opt.out, split, s[0]))['tiles']]
+        check_split_not_empty(split, records[split], opt)
+    for split in SPLITS:
+        tiles = [t for r in records[split] for t in r['tiles']]
         write_json_atomic(os.path.join(opt.out, split, 'manifest.json'),
                           {'split': split, 'size': opt.size, 'tiles': tiles})
-        print(f'{split}: {len(tiles)} tiles from {sum(s[3] == split for s in sources)} sources')
+        print(f'{split}: {len(tiles)} tiles from {len(records[split])} sources')
 
 
 def transform(opt):

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -18,7 +19,9 @@ from PIL import Image
 
 Image.MAX_IMAGE_PIXELS = None  # Inria tiles are 25 MP; PIL's bomb guard would refuse them
 TIFF_SUFFIXES = ('.tif', '.tiff')
-IMAGE_SUFFIXES = TIFF_SUFFIXES + ('.png', '.jpg', '.jpeg')
+JPEG_SUFFIXES = ('.jpg', '.jpeg')
+IMAGE_SUFFIXES = TIFF_SUFFIXES + ('.png',) + JPEG_SUFFIXES
+JPEG_NOISE = 32  # levels a JPEG mask's pixel may be off 0/255 and still count as clean (quality 75: edges only)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -60,6 +63,17 @@ def atomic_open(path, mode='wb'):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def make_writable_dir(path, option):
+    """Create the folder and prove it is writable, so a bad output path fails before any work is done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.write-test-', suffix='.tmp', dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f'{path}: cannot write there ({err.strerror or err}); choose another {option}') from None
 
 
 def save_npy_atomic(path, array):
@@ -117,7 +131,10 @@ def read_image_file(path):
     check_nonempty_file(path)
     try:
         if path.lower().endswith(TIFF_SUFFIXES):
-            array = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                array = tif.asarray()
+                if tif.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
+                    array = np.ascontiguousarray(np.moveaxis(array, 0, -1))  # GDAL INTERLEAVE=BAND: bands first
         else:
             with Image.open(path) as im:
                 im.load()
@@ -136,11 +153,8 @@ def read_image_header(path):
     try:
         if path.lower().endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                shape, dtype = page.shape, page.dtype
-            height, width = shape[0], shape[1]
-            channels = shape[2] if len(shape) == 3 else 1
-            return height, width, channels, np.dtype(dtype)
+                page = tif.pages[0]  # from tags, so band-interleaved files read like pixel-interleaved ones
+                return page.imagelength, page.imagewidth, page.samplesperpixel, np.dtype(page.dtype)
         with Image.open(path) as im:
             channels = {'L': 1, '1': 1, 'P': 3, 'RGB': 3, 'RGBA': 4, 'LA': 2, 'I;16': 1, 'I': 1, 'F': 1}.get(im.mode, 3)
             dtype = {'I;16': np.uint16, 'I': np.int32, 'F': np.float32}.get(im.mode, np.uint8)
@@ -165,16 +179,17 @@ def check_rgb_image(array, path):
 def check_binary_mask(array, path, tolerance=0.01):
     """Return an H×W uint8 mask in {0, 255}.
 
-    Accepts 1-bit masks, 1-channel masks and 3-channel masks whose channels agree (Inria samples as PNG).
-    An alpha channel only when fully opaque: paint tools store arbitrary colour (often white) under
-    transparent pixels, which would silently become buildings.
-    Up to `tolerance` of the pixels may be neither 0 nor 255 (JPEG/antialias noise); they are thresholded
-    at 128. More than that means the file is not a building mask.
+    Accepts 1-bit masks, 1-channel masks and 3-channel masks whose channels agree (Inria samples as PNG), and
+    0/1 masks from lossless files. An alpha channel only when fully opaque: paint tools store arbitrary colour
+    (often white) under transparent pixels, which would silently become buildings.
+    Up to `tolerance` of the pixels may be off (antialiasing; in a JPEG, more than JPEG_NOISE levels from both
+    0 and 255); all are thresholded at 128. More than that means the file is not a building mask.
     """
     if array.dtype == bool:  # a 1-bit (bilevel) PNG or TIFF
         return np.where(array, np.uint8(255), np.uint8(0))
     if array.dtype != np.uint8:
         raise UserError(f'{path}: mask must be 8-bit (uint8) with values 0/255, got {array.dtype}')
+    lossy = os.fspath(path).lower().endswith(JPEG_SUFFIXES)
     if array.ndim == 3:
         array = without_opaque_alpha(array, path)
         channels = array.shape[2]
@@ -185,10 +200,17 @@ def check_binary_mask(array, path, tolerance=0.01):
         array = array[..., 0]
     elif array.ndim != 2:
         raise UserError(f'{path}: mask must be a 2-D image, got shape {array.shape}')
-    off_values = np.count_nonzero((array != 0) & (array != 255))
+    if not lossy and array.max() == 1:  # the 0/1 label convention: every pixel is exactly 0 or 1
+        return array * np.uint8(255)
+    if lossy:  # JPEG rounds edge pixels a few levels off 0/255: only values far from both are suspect
+        off_values = np.count_nonzero((array > JPEG_NOISE) & (array < 255 - JPEG_NOISE))
+        off_what = f'far from both 0 and 255 (more than {JPEG_NOISE} levels)'
+    else:  # lossless: exact values, so a class-id map (0, 1, 2, ...) is not mistaken for an empty mask
+        off_values = np.count_nonzero((array != 0) & (array != 255))
+        off_what = 'neither 0 nor 255'
     if off_values > tolerance * array.size:
-        raise UserError(f'{path}: mask has {off_values / array.size:.1%} pixels that are neither 0 nor 255 '
-                        f'(tolerance {tolerance:.1%}); is this really a binary building mask?')
+        raise UserError(f'{path}: mask has {off_values / array.size:.1%} pixels that are {off_what} '
+                        f'(--mask_tolerance {tolerance:.1%}); is this really a binary building mask?')
     return np.where(array >= 128, np.uint8(255), np.uint8(0))
 
 
@@ -280,9 +302,18 @@ def save_checkpoint(path, state):
     try:
         with atomic_open(path) as f:
             torch.save(state, f)
-    except OSError as err:
-        raise UserError(f'{path}: could not save checkpoint ({err.strerror or err}); '
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError "unexpected pos"
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
+        raise UserError(f'{path}: could not save checkpoint ({reason}; {free_space(path)}); '
                         f'the previous version of this file is intact') from None
+
+
+def free_space(path):
+    """'N MB free' on the disk holding path: the likely cause when a write fails."""
+    try:
+        return f'{shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free / 2 ** 20:.0f} MB free there'
+    except OSError:
+        return 'free space unknown'
 
 
 def load_checkpoint(path):

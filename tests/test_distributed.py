@@ -3,15 +3,20 @@ same global batch."""
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import train
 from conftest import REPO, tiny
+from utils import rng_states
 
 LR = 2e-4
 
@@ -32,11 +37,13 @@ def scalars(run_dir, tag):
 OPTIONS = ('--n_epochs', '2', '--n_epochs_decay', '0', '--batch_size', '4', '--no_dropout', '--lr', str(LR))
 
 
-def torchrun_two_processes(root, runs, name, *extra):
-    two = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                          '--master_addr', '127.0.0.1', '--master_port', str(free_port()),
-                          os.path.join(REPO, 'train.py'), *tiny(root, runs, name, *OPTIONS, *extra)],
-                         capture_output=True, text=True)
+def torchrun_command(root, runs, name, *extra, options=OPTIONS):
+    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
+            '--master_port', str(free_port()), os.path.join(REPO, 'train.py'), *tiny(root, runs, name, *options, *extra)]
+
+
+def torchrun_two_processes(root, runs, name, *extra, options=OPTIONS):
+    two = subprocess.run(torchrun_command(root, runs, name, *extra, options=options), capture_output=True, text=True)
     assert two.returncode == 0, two.stderr[-3000:]
     return runs / name
 
@@ -90,3 +97,65 @@ def test_only_rank_0_writes(one_and_two_processes):
     _, two = one_and_two_processes
     assert len(glob.glob(str(two / 'events.out.*'))) == 1
     assert sorted(os.path.basename(p) for p in glob.glob(str(two / '*.pt'))) == ['best.pt', 'latest.pt']
+
+
+def test_resume_with_dropout_equals_an_uninterrupted_run(transformed_root, tmp_path):
+    # dropout on: each process draws its own noise, so each must get its own RNG state back
+    options = ('--n_epochs', '2', '--n_epochs_decay', '0', '--batch_size', '4')
+    straight = torchrun_two_processes(transformed_root, tmp_path, 'straight', options=options)
+    torchrun_two_processes(transformed_root, tmp_path, 'split', '--stop_epoch', '1', options=options)
+    assert len(torch.load(tmp_path / 'split' / 'latest.pt', weights_only=True)['rng']) == 2
+    split = torchrun_two_processes(transformed_root, tmp_path, 'split', '--resume', options=options)
+    a = torch.load(straight / 'latest.pt', weights_only=True)['G']
+    b = torch.load(split / 'latest.pt', weights_only=True)['G']
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_a_rank_without_a_saved_rng_state_starts_its_own_noise(capsys):
+    # resumed with more processes than saved the checkpoint: rank 1 must not replay rank 0's dropout noise
+    torch.manual_seed(7)
+    saved = [rng_states()]
+    rank0_next = torch.rand(4)
+    draws = []
+    for rank in (0, 1):
+        train.Trainer.restore_rng(SimpleNamespace(rank=rank, world_size=2, opt=SimpleNamespace(seed=0)), saved)
+        draws.append(torch.rand(4))
+    assert torch.equal(draws[0], rank0_next) and not torch.equal(draws[1], rank0_next)
+    assert capsys.readouterr().out.count('note: the checkpoint holds the RNG states of 1 process(es), this run has 2') == 1
+
+
+def worker_of_rank(agent_pid, rank):
+    """The pid of torchrun's worker process with this RANK (a child of the agent), or None while it starts."""
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/stat') as f:
+                parent = int(f.read().rsplit(')', 1)[1].split()[1])
+            with open(f'/proc/{pid}/environ', 'rb') as f:
+                environment = f.read().split(b'\0')
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if parent == agent_pid and f'RANK={rank}'.encode() in environment:
+            return int(pid)
+    return None
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc'), reason='finds the worker processes through /proc')
+def test_sigterm_to_one_process_stops_them_all_after_the_same_step(many_tiles_root, tmp_path):
+    # A scheduler's notice can reach the processes steps apart; here only rank 1 ever gets it. Stopping alone,
+    # it would wait forever in its checkpoint gather while rank 0 waits in the next step's gradient all-reduce.
+    options = ('--n_epochs', '50', '--n_epochs_decay', '0', '--batch_size', '2', '--no_dropout')
+    proc = subprocess.Popen(torchrun_command(many_tiles_root, tmp_path, 'ddp', options=options),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not glob.glob(str(tmp_path / 'ddp' / 'events.out.*')) and time.monotonic() < deadline:
+            time.sleep(0.05)  # rank 0 opens the event file once training starts
+        os.kill(worker_of_rank(proc.pid, 1), signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail('the processes did not stop together: one waits for the other')
+    assert proc.returncode == 0, stderr[-3000:]
+    state = torch.load(tmp_path / 'ddp' / 'latest.pt', weights_only=True)
+    assert state['epoch'] < 50  # stopped early, and saved where both processes stopped

@@ -3,9 +3,11 @@ import glob
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -161,6 +163,28 @@ def test_disk_full_while_saving_keeps_previous_latest(transformed_root, tmp_path
     monkeypatch.setattr(torch, 'save', real_save)
     assert load_checkpoint(str(tmp_path / 'full' / 'latest.pt'))['epoch'] == 1
     assert not glob.glob(str(tmp_path / 'full' / '.*.tmp'))
+
+
+def test_write_limit_while_saving_is_one_clear_error(tmp_path):
+    """A real failed write, not a monkeypatch: torch.save turns it into a RuntimeError, which must not escape."""
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from utils import UserError, save_checkpoint
+        path = {str(tmp_path / 'latest.pt')!r}
+        save_checkpoint(path, {{'w': torch.zeros(10)}})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
+        try:
+            save_checkpoint(path, {{'w': torch.zeros(1_000_000)}})
+        except UserError as err:
+            print(err)
+    """)
+    proc = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(r'.*latest\.pt: could not save checkpoint \(.+; \d+ MB free there\); '
+                        r'the previous version of this file is intact\n', proc.stdout), proc.stdout
+    assert torch.load(tmp_path / 'latest.pt', weights_only=True)['w'].shape == (10,)
+    assert not glob.glob(str(tmp_path / '.*.tmp'))
 
 
 def test_unwritable_runs_dir_is_a_clear_error(transformed_root, tmp_path):

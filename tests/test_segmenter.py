@@ -124,6 +124,9 @@ def test_bad_options_are_user_errors(transformed_root, tmp_path):
         train_segmenter.main(seg_args(transformed_root, tmp_path / 's.pt', '--batch_size', '64'))
     with pytest.raises(UserError, match='--out is a folder'):
         train_segmenter.main(seg_args(transformed_root, tmp_path))
+    (tmp_path / 'a_file').write_text('x')
+    with pytest.raises(UserError, match=r'a_file: cannot write there \(.*\); choose another --out'):
+        train_segmenter.main(seg_args(transformed_root, tmp_path / 'a_file' / 's.pt'))
 
 
 def test_label_map_masks_are_refused(tmp_path):

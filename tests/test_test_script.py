@@ -325,7 +325,9 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
                               'lower --batch_size (about'),
     'memory: not one window': (options('--mode', 'sliding', '--max_memory_gb', '1e-6'),
                                'even one window does not fit'),
-    'tiles larger than mask': (options('--mode', 'tiles', '--tiles', '100'), '--tiles 100: a mask is only 72×72'),
+    'tiles larger than mask': (options('--mode', 'tiles', '--tiles', '100'),
+                               '.npy: --tiles 100, but the mask is only 72×72 pixels'),
+    'name too long for outputs': (bad_mask('b' * 230 + '.png', BLOCK), 'file name too long for its outputs'),
     'bad overlap': (options('--mode', 'sliding', '--overlap', '1'), '--overlap 1.0'),
     'missing inception weights': (options('--inception_weights', 'none.pth'),
                                   'none.pth: --inception_weights file not found'),
@@ -344,8 +346,33 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(run_dir, tmp_path, case
 
 def test_unwritable_results_dir(run_dir, tmp_path):
     (tmp_path / 'a_file').write_text('x')  # root ignores chmod; a folder under a regular file fails for everyone
-    with pytest.raises(UserError, match='cannot write results there'):
+    with pytest.raises(UserError, match=r'sub: cannot write there \(.*\); choose another --results_dir'):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'a_file' / 'sub')])
+
+
+def test_a_rerun_that_stops_early_leaves_no_stale_reports(run_dir, tmp_path, monkeypatch):
+    generate(run_dir, tmp_path / 'out', '--num_test', '2')
+    calls = []
+
+    def interrupted_after_one(*args):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_generate(*args)
+    real_generate = ts.generate
+    monkeypatch.setattr(ts, 'generate', interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--mode', 'tiles', '--num_test', '2'])
+    assert not [name for name in ts.REPORTS if (tmp_path / 'out' / name).exists()]
+
+
+def test_a_failed_image_write_is_one_clear_error(run_dir, tmp_path, monkeypatch):
+    def disk_full(path, array):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(ts, 'save_png', disk_full)
+    with pytest.raises(UserError, match=r'out: cannot write the outputs of .*\.npy \(No space left on device; '
+                                        r'\d+ MB free there\)'):
+        ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--num_test', '1'])
 
 
 def test_cli_error_is_one_line_with_exit_status_2(tmp_path):

@@ -1,13 +1,18 @@
+import glob
 import json
 import os
+import re
+import signal
 
 import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 import train
 from conftest import tiny, write_array_dataset
+from train_options import build_parser
 from utils import UserError
 
 
@@ -19,6 +24,20 @@ def events(run_dir):
 
 def generator_weights(run_dir, checkpoint='latest.pt'):
     return torch.load(os.path.join(run_dir, checkpoint), map_location='cpu', weights_only=True)['G']
+
+
+def cli_error(args, capsys):
+    """Run train.py's command line on args; assert exit status 2 and one line on stderr, and return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.run_cli(lambda: train.main(args))
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith('error: '), lines
+    return lines[0]
+
+
+def run_files(run_dir):
+    return {os.path.basename(p): open(p, 'rb').read() for p in glob.glob(os.path.join(run_dir, '*.*'))}
 
 
 def test_one_epoch_reduces_l1_and_logs_everything(many_tiles_root, tmp_path):
@@ -46,7 +65,7 @@ def test_checkpoint_is_weights_only_loadable_with_full_state(transformed_root, t
     for key in ('G', 'D', 'opt_G', 'opt_D', 'sched_G', 'sched_D', 'epoch', 'iteration', 'rng', 'best_psnr', 'config'):
         assert key in state, key
     assert state['epoch'] == 1 and state['iteration'] == 5
-    assert set(state['rng']) == {'python', 'numpy', 'torch', 'cuda'}
+    assert [set(rank) for rank in state['rng']] == [{'python', 'numpy', 'torch', 'cuda'}]  # one per process
     assert os.path.exists(tmp_path / 'ckpt' / 'best.pt')
 
 
@@ -77,7 +96,7 @@ def test_vgg_content_loss_with_local_weights(transformed_root, tmp_path):
     import torchvision
     weights = tmp_path / 'vgg_features.pth'
     torch.save(torchvision.models.vgg19().features[:21].state_dict(), weights)  # stops before relu5_1
-    with pytest.raises((UserError, ValueError)):
+    with pytest.raises(UserError, match='--vgg_weights: .* is not a torchvision vgg19 state_dict'):
         # relu5_1 (layer 29) is missing from this file: refused, not silently random
         train.main(tiny(transformed_root, tmp_path, 'vgg_bad', '--content_loss', 'l1+vgg', '--lambda_VGG', '10',
                         '--vgg_weights', str(weights), '--n_epochs', '1', '--n_epochs_decay', '0'))
@@ -88,11 +107,39 @@ def test_vgg_content_loss_with_local_weights(transformed_root, tmp_path):
     assert vgg and all(v > 0 for v in vgg)
 
 
-def test_vgg_without_weights_is_a_clear_error(transformed_root, tmp_path, monkeypatch):
+def test_vgg_without_weights_is_a_clear_error(transformed_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'empty_hub'))
-    with pytest.raises(FileNotFoundError, match='--vgg_weights'):
-        train.main(tiny(transformed_root, tmp_path, 'novgg', '--content_loss', 'vgg', '--lambda_VGG', '10',
-                        '--n_epochs', '1', '--n_epochs_decay', '0'))
+    line = cli_error(tiny(transformed_root, tmp_path, 'novgg', '--content_loss', 'vgg', '--lambda_VGG', '10',
+                          '--n_epochs', '1', '--n_epochs_decay', '0'), capsys)
+    assert 'pass --vgg_weights PATH' in line
+    assert not os.path.exists(tmp_path / 'novgg')
+
+
+def test_unused_loss_weight_is_a_warning(transformed_root, tmp_path, capsys):
+    assert train.main(tiny(transformed_root, tmp_path, 'warn', '--lambda_VGG', '10', '--lambda_L1', '50',
+                           '--n_epochs', '1', '--n_epochs_decay', '0')) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
+    assert warnings == ['warning: --lambda_VGG 10.0 is unused: --content_loss l1 has no vgg term']
+
+
+def test_tensorboard_curves_share_the_iteration_axis_across_a_stale_start_and_resume(transformed_root, tmp_path):
+    run = tmp_path / 'tb'
+    # an attempt that crashed before its first checkpoint left events (an older file: it sorts first)
+    with SummaryWriter(str(run)) as stale:
+        stale.add_scalar('val/PSNR', 99.0, 5)
+        stale.add_scalar('loss/G_L1', 99.0, 3)
+    stale_file, = glob.glob(str(run / 'events.out.*'))
+    os.rename(stale_file, run / 'events.out.tfevents.0000000001.crashed')
+    train.main(tiny(transformed_root, tmp_path, 'tb', '--n_epochs', '1', '--n_epochs_decay', '2', '--stop_epoch', '1'))
+    train.main(tiny(transformed_root, tmp_path, 'tb', '--resume'))
+    acc = events(run)
+    loss = acc.Scalars('loss/G_L1')
+    assert [e.step for e in loss] == list(range(1, 16))  # 3 epochs of 5: the checkpoint's step 5 kept on resume
+    assert 99.0 not in [e.value for e in loss + acc.Scalars('val/PSNR')]
+    for tag in ('lr', 'val/PSNR', 'time/epoch_seconds'):
+        assert [e.step for e in acc.Scalars(tag)] == [5, 10, 15], tag  # per-epoch tags at the global iteration
+    # linear: 1 epoch at 2e-4, then 2 of decay; each point is the rate its epoch trained at
+    assert [e.value for e in acc.Scalars('lr')] == pytest.approx([2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
 
 
 def test_nan_canary_stops_with_advice(transformed_root, tmp_path):
@@ -124,6 +171,64 @@ def test_empty_split(tmp_path):
 def test_batch_larger_than_dataset(transformed_root, tmp_path):
     with pytest.raises(UserError, match='--batch_size 64 is larger than the 5 training samples'):
         train.main(tiny(transformed_root, tmp_path, 'x', '--batch_size', '64'))
+
+
+def test_abbreviated_options_are_refused(capsys):
+    # --resume tells the options given from the saved ones by full name: an abbreviation would be dropped
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(['--dataroot', 'd', '--resume', '--val_f', '2'])
+    assert exit_info.value.code == 2 and 'unrecognized arguments: --val_f 2' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('extra, message', [
+    (('--crop_size', '16'), r'--crop_size 16 is too small for --netD basic \(--norm instance\): it needs at least 24'),
+    (('--netD', 'n_layers', '--n_layers_D', '5'), '--crop_size 64 is too small for --netD n_layers --n_layers_D 5'),
+    (('--netD', 'n_layers', '--n_layers_D', '0'), '--n_layers_D must be >= 1, got 0'),
+    (('--lr_policy', 'step', '--lr_decay_iters', '0'), '--lr_decay_iters must be >= 1, got 0'),
+    (('--n_display', '0'), '--n_display must be >= 1, got 0'),
+    (('--content_loss', 'l1+vgg', '--lambda_VGG', '10', '--vgg_weights', 'no_such.pth'),
+     '--vgg_weights: VGG19 weights file not found: no_such.pth'),
+])
+def test_bad_option_combinations_are_one_line_errors(transformed_root, tmp_path, capsys, extra, message):
+    line = cli_error(tiny(transformed_root, tmp_path, 'bad', '--n_epochs', '1', '--n_epochs_decay', '0', *extra),
+                     capsys)
+    assert re.search(message, line), line
+    assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_resume_refuses_what_the_checkpoint_fixes_and_extends_a_linear_run(transformed_root, tmp_path, capsys):
+    train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '1', '--n_epochs_decay', '1', '--stop_epoch', '1'))
+    before = run_files(tmp_path / 'run')
+    for option, value in (('--lr', '1e-3'), ('--beta1', '0.9'), ('--lr_policy', 'cosine'), ('--lr_decay_iters', '10')):
+        line = cli_error(tiny(transformed_root, tmp_path, 'run', '--resume', option, value), capsys)
+        assert f'trained with {option} ' in line and 'optimiser and lr schedule continue from the checkpoint' in line
+    assert run_files(tmp_path / 'run') == before
+    # the same lr is no change; at an epoch boundary a linear run may grow and change its batch size
+    assert train.main(tiny(transformed_root, tmp_path, 'run', '--resume', '--lr', '2e-4', '--n_epochs', '2',
+                           '--batch_size', '2')) == 0
+    assert torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)['iteration'] == 5 + 2 * 2
+    assert [e.value for e in events(tmp_path / 'run').Scalars('lr')] == pytest.approx([2e-4, 2e-4, 1e-4])
+    # cosine keeps its period in the checkpoint: another total would be ignored
+    train.main(tiny(transformed_root, tmp_path, 'cos', '--lr_policy', 'cosine', '--n_epochs', '1',
+                    '--n_epochs_decay', '1', '--stop_epoch', '1'))
+    line = cli_error(tiny(transformed_root, tmp_path, 'cos', '--resume', '--n_epochs_decay', '3'), capsys)
+    assert '--lr_policy cosine over --n_epochs + --n_epochs_decay = 2 epochs, not 4' in line
+
+
+def test_mid_epoch_resume_keeps_the_batch_size(transformed_root, tmp_path, capsys, monkeypatch):
+    step = train.Trainer.train_step
+
+    def preempted_after_two_steps(trainer, mask, real):
+        losses = step(trainer, mask, real)
+        if trainer.iteration == 1:  # iteration counts finished steps: this is step 2, and the loop stops after it
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses
+
+    monkeypatch.setattr(train.Trainer, 'train_step', preempted_after_two_steps)
+    assert train.main(tiny(transformed_root, tmp_path, 'pre', '--n_epochs', '1', '--n_epochs_decay', '0')) == 0
+    assert torch.load(tmp_path / 'pre' / 'latest.pt', weights_only=True)['next_batch'] == 2
+    line = cli_error(tiny(transformed_root, tmp_path, 'pre', '--resume', '--batch_size', '2'), capsys)
+    assert '--batch_size 2' in line and 'stopped mid-epoch after 2 batches of 1' in line
 
 
 def test_unet_needs_matching_crop(transformed_root, tmp_path):

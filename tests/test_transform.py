@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 import transform_dataset
 from conftest import DATA, REPO
-from utils import UserError, check_binary_mask, read_image_file, resize_image, resize_mask
+from utils import UserError, resize_image, resize_mask
 
 
 def make_inria_dir(root, names=('austin1', 'austin6', 'chicago7'), size=64, seed=0):
@@ -35,6 +36,11 @@ def run(dataroot, out, *extra):
 
 def npy_files(out):
     return sorted(glob.glob(os.path.join(str(out), '**', '*.npy'), recursive=True))
+
+
+def temp_files(out):
+    """Temp files of atomic writes: hidden (.name.xyz.tmp), so a plain glob would never see them."""
+    return glob.glob(os.path.join(str(out), '**', '*.tmp'), recursive=True, include_hidden=True)
 
 
 def test_synthetic_tiffs_with_lzw_masks_and_split_2(synthetic_root, tmp_path):
@@ -104,6 +110,32 @@ def test_min_building_drops_sparse_tiles(tmp_path):
     assert len(npy_files(tmp_path)) == 2 * len(tiles)
 
 
+def test_aligned_val_folder_is_preferred_over_test(tmp_path, capsys):
+    """The CMP facades download holds train/, val/ and test/: test/ must not silently replace val/."""
+    root = tmp_path / 'in'
+    for folder, names in (('train', ('1', '2')), ('val', ('3',)), ('test', ('1', '2'))):
+        os.makedirs(root / folder)
+        for name in names:
+            shutil.copy(os.path.join(DATA, 'facades', 'train', name + '.jpg'), root / folder)
+    run(root, tmp_path / 'out', '--format', 'aligned', '--size', '16')
+    val = json.load(open(tmp_path / 'out' / 'val' / 'manifest.json'))['tiles']
+    assert [t['name'] for t in val] == ['3']
+    assert 'val/ -> val; test/ left out' in capsys.readouterr().out
+
+
+def test_min_building_that_keeps_no_train_tile_is_an_error(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')  # every mask is 12.5 % building
+    with pytest.raises(UserError, match=r'train: --min_building 0\.5 dropped all tiles .* 0\.125'):
+        run(root, tmp_path / 'out', '--size', '32', '--min_building', '0.5')
+    assert not glob.glob(str(tmp_path / 'out' / '*' / 'manifest.json'))
+
+
+def test_empty_val_split_is_a_warning(tmp_path, capsys):
+    run(make_inria_dir(tmp_path / 'in', names=('austin6', 'chicago7')), tmp_path / 'out', '--size', '32')
+    err = capsys.readouterr().err
+    assert 'warning:' in err and 'no source is in the val split' in err and '--val_pattern' in err
+
+
 def test_facades_aligned_format_btoa(tmp_path):
     root = os.path.join(DATA, 'facades')
     run(root, tmp_path, '--format', 'aligned', '--direction', 'BtoA', '--size', '64')
@@ -135,11 +167,12 @@ def test_interrupted_run_is_completed_exactly(tmp_path):
     # simulate a kill: one source lost its record and an array, and a temp file was left mid-write
     os.remove(out / 'train' / 'sources' / 'austin6.json')
     os.remove(out / 'train' / 'images' / 'austin6.npy')
-    (out / 'train' / 'images' / '.austin6.npy.x1.tmp').write_bytes(b'partial')
+    for folder, name in (('train/images', 'austin6.npy'), ('train', 'manifest.json'), ('.', 'transform.json')):
+        (out / folder / f'.{name}.x1.tmp').write_bytes(b'partial')
     untouched = os.stat(out / 'train' / 'images' / 'chicago7.npy').st_mtime_ns
     run(root, out, '--size', '32')
     assert os.stat(out / 'train' / 'images' / 'chicago7.npy').st_mtime_ns == untouched
-    assert not glob.glob(str(out / '**' / '*.tmp'), recursive=True)
+    assert not temp_files(out)
     assert [os.path.relpath(p, out) for p in npy_files(out)] == [os.path.relpath(p, clean) for p in npy_files(clean)]
     for a, b in zip(npy_files(out), npy_files(clean)):
         np.testing.assert_array_equal(np.load(a), np.load(b))
@@ -151,6 +184,32 @@ def test_rerun_with_other_options_is_refused(tmp_path):
     run(root, tmp_path / 'out', '--size', '32')
     with pytest.raises(UserError, match='--size 32'):
         run(root, tmp_path / 'out', '--size', '48')
+
+
+def test_rerun_with_other_dataroot_is_refused(tmp_path):
+    """Sources are skipped by name, so another input folder with the same names would keep the old arrays."""
+    first = make_inria_dir(tmp_path / 'first')
+    run(first, tmp_path / 'out', '--size', '32')
+    with pytest.raises(UserError, match=f'--dataroot {first}'):
+        run(make_inria_dir(tmp_path / 'second', seed=1), tmp_path / 'out', '--size', '32')
+
+
+def test_run_that_finished_no_source_does_not_lock_its_options(tmp_path):
+    root = make_inria_dir(tmp_path / 'in', names=('austin6', 'vienna1'))  # austin6 is transformed first
+    break_input(root, 'non-binary mask')
+    with pytest.raises(UserError, match='tolerance'):
+        run(root, tmp_path / 'out', '--size', '32')
+    run(root, tmp_path / 'out', '--size', '48', '--mask_tolerance', '1')
+    assert json.load(open(tmp_path / 'out' / 'transform.json'))['size'] == 48
+
+
+def test_raising_mask_tolerance_after_a_refusal_resumes(tmp_path, capsys):
+    root = make_inria_dir(tmp_path / 'in', names=('austin1', 'austin6'))  # austin1 finishes before austin6 fails
+    break_input(root, 'non-binary mask')
+    with pytest.raises(UserError, match='austin6.tif: mask has .*--mask_tolerance'):
+        run(root, tmp_path / 'out', '--size', '32')
+    run(root, tmp_path / 'out', '--size', '32', '--mask_tolerance', '1')
+    assert 'resuming: 1 of 2 sources already done' in capsys.readouterr().out
 
 
 def test_multiple_workers_give_the_same_arrays(tmp_path):
@@ -165,7 +224,7 @@ def test_multiple_workers_give_the_same_arrays(tmp_path):
 # ---------------------------------------------------------------- bad input
 
 def break_input(root, case):
-    """Damage a valid Inria folder in one way; return the file name the error must mention."""
+    """Damage a valid Inria folder in one way; return the file name (a regex) the error must mention."""
     images, gt = os.path.join(root, 'images'), os.path.join(root, 'gt')
     if case == 'image without mask':
         os.remove(os.path.join(gt, 'austin6.tif'))
@@ -209,12 +268,15 @@ def break_input(root, case):
     if case == 'grayscale image':
         tifffile.imwrite(os.path.join(images, 'austin6.tif'), np.zeros((64, 64), np.uint8))
         return 'austin6.tif'
+    if case == 'two files, one name':
+        Image.fromarray(tifffile.imread(os.path.join(images, 'austin6.tif'))).save(os.path.join(images, 'austin6.png'))
+        return r'austin6\.png and \S*austin6\.tif'
     raise AssertionError(case)
 
 
 BAD_CASES = ['image without mask', 'mask without image', 'size mismatch', 'truncated tiff', 'truncated image tiff',
              'zero-byte file', 'not an image', '16-bit mask', 'float mask', 'non-binary mask',
-             'four-channel image', 'grayscale image']
+             'four-channel image', 'grayscale image', 'two files, one name']
 
 
 @pytest.mark.parametrize('case', BAD_CASES)
@@ -224,51 +286,10 @@ def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
     with pytest.raises(UserError, match=filename):
         run(root, tmp_path / 'out')
     assert not glob.glob(str(tmp_path / 'out' / '*' / 'manifest.json'))
-    assert not glob.glob(str(tmp_path / 'out' / '**' / '*.tmp'), recursive=True)
+    assert not temp_files(tmp_path / 'out')
     # whatever was written is complete and marked done, so a fixed re-run resumes cleanly
     for path in npy_files(tmp_path / 'out'):
         np.load(path)
-
-
-def test_mask_noise_within_tolerance_is_accepted():
-    mask = np.zeros((100, 100), np.uint8)
-    mask[:50] = 255
-    mask[0, :5] = 200  # 0.05 % JPEG-like noise
-    assert set(np.unique(check_binary_mask(mask, 'm.png'))) == {0, 255}
-
-
-MASK = np.zeros((20, 30), np.uint8)
-MASK[5:12, 4:22] = 255
-OPAQUE = np.full_like(MASK, 255)
-
-
-def save_png(array, mode=None):
-    return lambda path: Image.fromarray(array).convert(mode or Image.fromarray(array).mode).save(path)
-
-
-MASK_FILES = {  # name: (writer, None if accepted as MASK, else the expected error)
-    '1-bit.png': (save_png(MASK, '1'), None),
-    '1-bit.tif': (lambda path: tifffile.imwrite(path, MASK > 0), None),
-    'grey-alpha.png': (save_png(np.stack([MASK, OPAQUE], 2)), None),
-    'rgba.png': (save_png(np.stack([MASK, MASK, MASK, OPAQUE], 2)), None),
-    # white under a transparent background would otherwise read as one big building
-    'transparent.png': (save_png(np.stack([MASK, MASK, MASK, np.where(MASK > 0, 255, 0).astype(np.uint8)], 2)),
-                        'transparent.png: mask has transparent pixels'),
-    'five-channel.tif': (lambda path: tifffile.imwrite(path, np.stack([MASK] * 5, 2), photometric='minisblack',
-                                                       planarconfig='contig'), 'got 5 channels'),
-}
-
-
-@pytest.mark.parametrize('name', MASK_FILES)
-def test_mask_file_formats(tmp_path, name):
-    write, error = MASK_FILES[name]
-    path = str(tmp_path / name)
-    write(path)
-    if error is None:
-        np.testing.assert_array_equal(check_binary_mask(read_image_file(path), path), MASK)
-    else:
-        with pytest.raises(UserError, match=error):
-            check_binary_mask(read_image_file(path), path)
 
 
 @pytest.mark.parametrize('options, message', [
@@ -292,6 +313,23 @@ def test_empty_input_dir(tmp_path):
     os.makedirs(tmp_path / 'in' / 'gt')
     with pytest.raises(UserError, match='no images found'):
         run(tmp_path / 'in', tmp_path / 'out')
+
+
+@pytest.mark.parametrize('out', ['afile', 'afile/sub'])
+def test_output_that_cannot_be_a_folder_is_one_clear_error(tmp_path, out):
+    root = make_inria_dir(tmp_path / 'in')
+    (tmp_path / 'afile').write_text('not a folder')
+    with pytest.raises(UserError, match=str(tmp_path / out)):
+        run(root, tmp_path / out)
+    assert (tmp_path / 'afile').read_text() == 'not a folder'
+
+
+def test_unwritable_output_is_one_clear_error(tmp_path, monkeypatch):
+    def denied(path, obj):  # chmod cannot deny root, who may run the tests
+        raise PermissionError(13, 'Permission denied', path)
+    monkeypatch.setattr(transform_dataset, 'write_json_atomic', denied)
+    with pytest.raises(UserError, match='Permission denied.*transform.json'):
+        run(make_inria_dir(tmp_path / 'in'), tmp_path / 'out')
 
 
 def test_output_inside_input_is_refused(tmp_path):

@@ -1,0 +1,95 @@
+"""Tests for utils.py's image reading: every mask format a user may hand us, and TIFF layouts."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from conftest import DATA
+from utils import UserError, check_binary_mask, read_image_file, read_image_header
+
+SAMPLE_MASKS = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'gt', '*.png')))
+
+
+def read_mask(path):
+    return check_binary_mask(read_image_file(path), path)
+
+
+@pytest.mark.parametrize('quality', [75, 95])
+def test_real_masks_saved_as_jpeg_read_like_the_png(tmp_path, quality):
+    assert len(SAMPLE_MASKS) == 10
+    for png in SAMPLE_MASKS:
+        jpeg = str(tmp_path / (os.path.basename(png)[:-4] + '.jpg'))
+        Image.fromarray(read_mask(png)).save(jpeg, quality=quality)
+        np.testing.assert_array_equal(read_mask(jpeg), read_mask(png))
+
+
+def test_a_photo_saved_as_jpeg_is_not_a_mask(tmp_path):
+    photo = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'images', '*.png')))[0]
+    Image.open(photo).convert('L').save(tmp_path / 'photo.jpg', quality=95)
+    with pytest.raises(UserError, match=r'photo\.jpg: mask has .* far from both 0 and 255 .*--mask_tolerance 1\.0%'):
+        read_mask(str(tmp_path / 'photo.jpg'))
+
+
+def test_mask_noise_within_tolerance_is_accepted():
+    mask = np.zeros((100, 100), np.uint8)
+    mask[:50] = 255
+    mask[0, :5] = 200  # 0.05 % JPEG-like noise
+    assert set(np.unique(check_binary_mask(mask, 'm.png'))) == {0, 255}
+
+
+def test_zero_one_masks_are_scaled_but_class_maps_are_refused(tmp_path):
+    labels = np.zeros((40, 50), np.uint8)
+    labels[5:15, 10:30] = 1  # under 10 % buildings: must not pass as noise around an empty mask
+    Image.fromarray(labels).save(tmp_path / 'zero_one.png')
+    np.testing.assert_array_equal(read_mask(str(tmp_path / 'zero_one.png')), labels * 255)
+    labels[20:22, 0:5] = 3  # a class-id map (0, 1, 3): not a building mask, even though every value is small
+    Image.fromarray(labels).save(tmp_path / 'classes.png')
+    with pytest.raises(UserError, match=r'classes\.png: mask has 10\.5% pixels that are neither 0 nor 255'):
+        read_mask(str(tmp_path / 'classes.png'))
+
+
+def test_band_interleaved_tiff_reads_like_pixel_interleaved(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (30, 70, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / 'bands.tif', np.moveaxis(image, -1, 0), planarconfig='separate', photometric='rgb',
+                     compression='lzw')
+    np.testing.assert_array_equal(read_image_file(tmp_path / 'bands.tif'), image)
+    assert read_image_header(tmp_path / 'bands.tif') == (30, 70, 3, np.uint8)
+    tifffile.imwrite(tmp_path / 'pixels.tif', image, photometric='rgb')
+    assert read_image_header(tmp_path / 'pixels.tif') == (30, 70, 3, np.uint8)
+
+
+MASK = np.zeros((20, 30), np.uint8)
+MASK[5:12, 4:22] = 255
+OPAQUE = np.full_like(MASK, 255)
+
+
+def save_png(array, mode=None):
+    return lambda path: Image.fromarray(array).convert(mode or Image.fromarray(array).mode).save(path)
+
+
+MASK_FILES = {  # name: (writer, None if accepted as MASK, else the expected error)
+    '1-bit.png': (save_png(MASK, '1'), None),
+    '1-bit.tif': (lambda path: tifffile.imwrite(path, MASK > 0), None),
+    'grey-alpha.png': (save_png(np.stack([MASK, OPAQUE], 2)), None),
+    'rgba.png': (save_png(np.stack([MASK, MASK, MASK, OPAQUE], 2)), None),
+    # white under a transparent background would otherwise read as one big building
+    'transparent.png': (save_png(np.stack([MASK, MASK, MASK, np.where(MASK > 0, 255, 0).astype(np.uint8)], 2)),
+                        'transparent.png: mask has transparent pixels'),
+    'five-channel.tif': (lambda path: tifffile.imwrite(path, np.stack([MASK] * 5, 2), photometric='minisblack',
+                                                       planarconfig='contig'), 'got 5 channels'),
+}
+
+
+@pytest.mark.parametrize('name', MASK_FILES)
+def test_mask_file_formats(tmp_path, name):
+    write, error = MASK_FILES[name]
+    path = str(tmp_path / name)
+    write(path)
+    if error is None:
+        np.testing.assert_array_equal(read_mask(path), MASK)
+    else:
+        with pytest.raises(UserError, match=error):
+            read_mask(path)

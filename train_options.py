@@ -1,0 +1,197 @@
+"""train.py's options: the parser (names follow the official pix2pix repo where they overlap), what --resume may
+and may not change, and the checks that turn a bad combination into one clear line before anything is built.
+"""
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+import networks
+from utils import UserError, read_json
+
+# Options that define the networks or the data they see: a resumed run must keep them.
+ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
+                        'output_nc', 'gan_mode', 'crop_size', 'init_type', 'init_gain', 'content_loss')
+# Options that define the optimiser and lr-schedule state a checkpoint restores (Adam's lr and betas, the
+# scheduler's base rate, step size and policy): new values given with --resume would be overridden by that state.
+SCHEDULE_OPTIONS = ('lr', 'beta1', 'lr_policy', 'lr_decay_iters')
+# Why a resumed run must keep each of those options.
+FIXED_ON_RESUME = {**dict.fromkeys(ARCHITECTURE_OPTIONS, 'the networks continue from the checkpoint'),
+                   **dict.fromkeys(SCHEDULE_OPTIONS, 'the optimiser and lr schedule continue from the checkpoint')}
+# Options that steer this invocation only: never taken from a saved config.
+RUN_CONTROL_OPTIONS = ('resume', 'stop_epoch')
+# The content-loss weights and the --content_loss term each one scales.
+LOSS_WEIGHTS = {'lambda_L1': 'l1', 'lambda_VGG': 'vgg'}
+
+
+def build_parser(description=None):
+    # no abbreviations: --resume tells given options from saved ones by their full names (explicit_options)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    a = p.add_argument
+    a('--dataroot', required=True, help='folder made by transform_dataset.py (holds train/ and val/)')
+    a('--name', default='experiment', help='run name: outputs go to <runs_dir>/<name>/')
+    a('--runs_dir', default='runs', help='parent folder of all runs (point TensorBoard here)')
+    a('--netG', default='unet_256', choices=networks.GENERATORS, help='generator architecture')
+    a('--netD', default='basic', choices=networks.DISCRIMINATORS, help='basic = 70×70 PatchGAN')
+    a('--n_layers_D', type=int, default=3, help='conv layers of the n_layers discriminator')
+    a('--ngf', type=int, default=64, help='generator filters in the first conv layer')
+    a('--ndf', type=int, default=64, help='discriminator filters in the first conv layer')
+    a('--norm', default='instance', choices=networks.NORMS,
+      help='instance (default: it fixed the seed project\'s colour saturation), batch or none')
+    a('--init_type', default='normal', choices=networks.INIT_TYPES, help='weight initialisation')
+    a('--init_gain', type=float, default=0.02, help='scale of the initial weights')
+    a('--no_dropout', action='store_true', help='no dropout in the U-Net decoder / ResNet blocks')
+    a('--upsample', default='transpose', choices=networks.UPSAMPLES,
+      help='transpose = official; resize = nearest upsample + conv, against checkerboard artefacts')
+    a('--input_nc', type=int, default=None, help='mask channels (default: from the data, 1 for binary masks)')
+    a('--output_nc', type=int, default=3, help='image channels')
+    a('--gan_mode', default='vanilla', choices=networks.GAN_MODES, help='adversarial loss')
+    a('--content_loss', default='l1', choices=('l1', 'vgg', 'l1+vgg'), help='reconstruction loss(es) for G')
+    a('--lambda_L1', type=float, default=100.0, help='weight of L1 (100 beat 10 in the seed project)')
+    a('--lambda_VGG', type=float, default=0.0, help='weight of the VGG perceptual loss (e.g. 10)')
+    a('--vgg_weights', default=None, help='torchvision vgg19 state_dict file for the VGG loss (never downloaded)')
+    a('--lr', type=float, default=2e-4, help='Adam learning rate (2e-3 collapsed to blank images in the seed)')
+    a('--beta1', type=float, default=0.5, help='Adam beta1')
+    a('--n_epochs', type=int, default=100,
+      help='linear: epochs at the initial learning rate; cosine, step, plateau: only the total n_epochs + '
+           'n_epochs_decay counts (epochs to train)')
+    a('--n_epochs_decay', type=int, default=100,
+      help='linear: epochs of linear decay to 0 after --n_epochs; cosine: the cosine from --lr to 0 spans '
+           'n_epochs + n_epochs_decay; step, plateau: more epochs on the same rule')
+    a('--lr_policy', default='linear', choices=('linear', 'step', 'plateau', 'cosine'),
+      help='linear: --lr for --n_epochs, then linearly to 0; step: ×0.1 every --lr_decay_iters epochs; plateau: '
+           'halved when val PSNR has not improved for 5 validations; cosine: from --lr to 0 over all epochs')
+    a('--lr_decay_iters', type=int, default=50, help='step policy: multiply lr by 0.1 every this many epochs')
+    a('--batch_size', type=int, default=1, help='global batch size (split across processes under torchrun)')
+    a('--crop_size', type=int, default=256, help='random crop side for training, centre crop for validation')
+    a('--no_flip', action='store_true', help='no random horizontal flips')
+    a('--rotate', action='store_true', help='also vertical flips and 90° turns (aerial images have no "up")')
+    a('--seed', type=int, default=0, help='seed for weights, data order, augmentation and dropout')
+    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+    a('--amp', default='auto', choices=('auto', 'on', 'off'), help='bf16 autocast; auto = on for CUDA')
+    a('--channels_last', action='store_true', help='NHWC memory format (faster convs on GPU and some CPUs)')
+    a('--compile', action='store_true', help='torch.compile G and D (slower start, faster steps)')
+    a('--data_device', default='auto', choices=('auto', 'cpu', 'cuda'),
+      help='where the uint8 training split lives; auto = on the GPU when it takes < 1/4 of its free memory, '
+           'else in RAM with batches copied through pinned memory')
+    a('--save_epoch_freq', type=int, default=5, help='keep epoch_<N>.pt every this many epochs')
+    a('--val_freq', type=int, default=1, help='validate every this many epochs')
+    a('--display_freq', type=int, default=1, help='TensorBoard image grid every this many validations')
+    a('--n_display', type=int, default=4, help='validation samples in the image grid')
+    a('--log_freq', type=int, default=50, help='iterations between loss logs (and NaN checks)')
+    a('--psnr_drop_warn', type=float, default=3.0,
+      help='warn when val PSNR falls this many dB below its best (the seed\'s collapse canary)')
+    a('--resume', action='store_true', help='continue from <runs_dir>/<name>/latest.pt with the saved options')
+    a('--stop_epoch', type=int, default=None,
+      help='stop after this epoch (the lr schedule still plans all epochs); resume later with --resume')
+    return p
+
+
+# ---------------------------------------------------------------- options
+
+def explicit_options(parser, argv):
+    """Names of the options given on the command line (so --resume can tell them from defaults)."""
+    given = set()
+    for token in argv:
+        action = parser._option_string_actions.get(token.split('=', 1)[0]) if token.startswith('--') else None
+        if action is not None:
+            given.add(action.dest)
+    return given
+
+
+def resolve_options(parser, argv):
+    """Parse argv; with --resume, start from the saved config and allow only overrides that the checkpoint does
+    not fix (not the networks, optimiser or lr schedule)."""
+    opt = parser.parse_args(argv)
+    opt.dataroot = os.path.abspath(opt.dataroot)  # test.py reads it back from config.json, from anywhere
+    run_dir = os.path.join(opt.runs_dir, opt.name)
+    if not opt.resume:
+        if os.path.exists(os.path.join(run_dir, 'latest.pt')):
+            raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
+        return opt
+    saved = read_json(os.path.join(run_dir, 'config.json'), 'run config (nothing to --resume)')
+    if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
+        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from')
+    resumed = dict(saved)
+    for key in explicit_options(parser, argv) - set(RUN_CONTROL_OPTIONS):
+        if key in FIXED_ON_RESUME and getattr(opt, key) != saved.get(key):
+            raise UserError(f'--resume: {run_dir} was trained with --{key} {saved.get(key)}, not '
+                            f'{getattr(opt, key)}; {FIXED_ON_RESUME[key]}: start a new --name instead')
+        resumed[key] = getattr(opt, key)
+    check_cosine_length(run_dir, saved, resumed)
+    resumed.update({key: getattr(opt, key) for key in RUN_CONTROL_OPTIONS})
+    return argparse.Namespace(**{**vars(opt), **resumed})
+
+
+def check_cosine_length(run_dir, saved, resumed):
+    """The cosine scheduler keeps its period in the checkpoint, so a new total would be ignored and the rate would
+    climb again after the old end. (linear recomputes its rule from the options each epoch, and step and plateau
+    do not depend on the total: those runs may be extended.)"""
+    def total(config):
+        return config['n_epochs'] + config['n_epochs_decay']
+    if saved['lr_policy'] == 'cosine' and total(resumed) != total(saved):
+        raise UserError(f'--resume: {run_dir} anneals with --lr_policy cosine over --n_epochs + --n_epochs_decay = '
+                        f'{total(saved)} epochs, not {total(resumed)}; the lr schedule continues from the checkpoint: '
+                        f'keep that total (--stop_epoch ends a job early) or start a new --name')
+
+
+def check_options(opt):
+    for key in ('batch_size', 'n_epochs', 'save_epoch_freq', 'val_freq', 'display_freq', 'log_freq', 'crop_size',
+                'n_display', 'n_layers_D', 'lr_decay_iters'):
+        if getattr(opt, key) < 1:
+            raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
+    if opt.n_epochs_decay < 0:
+        raise UserError(f'--n_epochs_decay must be >= 0, got {opt.n_epochs_decay}')
+    if not math.isfinite(opt.lr) or opt.lr <= 0:
+        raise UserError(f'--lr must be a positive number, got {opt.lr}')
+    need = networks.unet_min_size(opt.netG)
+    if opt.crop_size % need:
+        raise UserError(f'--netG {opt.netG} needs --crop_size a multiple of {need}, got {opt.crop_size}'
+                        + (' (use --netG unet_128 or a resnet for smaller crops)' if need > 4 else ''))
+    need = discriminator_min_size(opt)
+    if opt.crop_size < need:
+        layers = f' --n_layers_D {opt.n_layers_D}' if opt.netD == 'n_layers' else ''
+        raise UserError(f'--crop_size {opt.crop_size} is too small for --netD {opt.netD}{layers} (--norm {opt.norm}): '
+                        f'it needs at least {need}')
+    if 'vgg' in opt.content_loss and opt.lambda_VGG <= 0:
+        raise UserError(f'--content_loss {opt.content_loss} needs --lambda_VGG > 0 (e.g. 10)')
+    if not os.path.isdir(opt.dataroot):
+        raise UserError(f'{opt.dataroot}: --dataroot not found')
+    for split in ('train', 'val'):
+        if not os.path.isdir(os.path.join(opt.dataroot, split)):
+            raise UserError(f'{opt.dataroot}: no {split}/ folder; make the dataset with transform_dataset.py')
+
+
+def discriminator_min_size(opt):
+    """The smallest crop side D can take: its strided 4×4 convs shrink the input, every norm layer needs more
+    than one value per channel (a 1×1 map cannot be instance-normalised) and the last conv must leave a pixel.
+    Walks D's layers backwards from that last pixel: in >= (out - 1) * stride + kernel - 2 * padding."""
+    with torch.device('meta'):  # only the layer shapes are read: no memory, no draw from the seeded RNG
+        D = networks.define_D(opt.netD, 2, 1, opt.n_layers_D, opt.norm)
+    side = 1
+    for layer in reversed(list(D.modules())):
+        if isinstance(layer, torch.nn.Conv2d):
+            side = (side - 1) * layer.stride[0] + layer.kernel_size[0] - 2 * layer.padding[0]
+        elif isinstance(layer, (torch.nn.InstanceNorm2d, torch.nn.BatchNorm2d)):
+            side = max(side, 2)
+    return max(side, 1)
+
+
+def warn_unused_loss_weights(opt, given):
+    """A weight given for a loss term that --content_loss leaves out would otherwise be ignored in silence."""
+    for key, term in LOSS_WEIGHTS.items():
+        if key in given and term not in opt.content_loss.split('+'):
+            print(f'warning: --{key} {getattr(opt, key)} is unused: --content_loss {opt.content_loss} has no '
+                  f'{term} term', file=sys.stderr)
+
+
+def parse_options(argv, description=None):
+    """train.py's options from argv (and, with --resume, the run's saved config), checked."""
+    parser = build_parser(description)
+    opt = resolve_options(parser, argv)
+    check_options(opt)
+    warn_unused_loss_weights(opt, explicit_options(parser, argv))
+    return opt
