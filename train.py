@@ -292,6 +292,16 @@ def check_collapse(trainer, metrics, opt):
               f'(the seed saw this with --lr 2e-3): consider a lower --lr', file=sys.stderr)
 
 
+def global_mean_losses(running, count, world_size):
+    """The mean losses of the global batch, not this rank's shard: what is logged, and the same on every rank, so
+    a NaN stops all processes together instead of leaving the others waiting in their next collective."""
+    means = running / count
+    if world_size > 1:
+        dist.all_reduce(means)
+        means /= world_size
+    return means
+
+
 def raise_if_not_finite(losses, trainer):
     if not torch.isfinite(losses).all():
         bad = ', '.join(n for n, v in zip(LOSS_NAMES, losses.tolist()) if not math.isfinite(v))
@@ -300,14 +310,18 @@ def raise_if_not_finite(losses, trainer):
                         f'from an earlier epoch_<N>.pt; latest.pt holds the last finite state')
 
 
-def check_mid_epoch_batch_size(state, opt, run_dir):
-    """A checkpoint saved mid-epoch counts the batches done in batches of its own size: another --batch_size
-    would skip or repeat samples of that epoch. (The global batch is the same for any number of processes.)"""
-    saved = state['config']['batch_size']
-    if state['next_batch'] and opt.batch_size != saved:
-        raise UserError(f'--batch_size {opt.batch_size}: {run_dir}/latest.pt stopped mid-epoch after '
-                        f'{state["next_batch"]} batches of {saved}; finish that epoch with --batch_size {saved} '
-                        f'(--stop_epoch {state["epoch"] + 1}), then resume with the new size')
+def check_mid_epoch_resume(state, opt, run_dir):
+    """A checkpoint saved mid-epoch counts the batches done in batches of its own size, in the order its --seed
+    shuffled: another --batch_size or --seed would skip or repeat samples of that epoch. (The global batch is the
+    same for any number of processes.)"""
+    if not state['next_batch']:
+        return
+    for key in ('batch_size', 'seed'):
+        saved = state['config'][key]
+        if getattr(opt, key) != saved:
+            raise UserError(f'--{key} {getattr(opt, key)}: {run_dir}/latest.pt stopped mid-epoch after '
+                            f'{state["next_batch"]} batches of {state["config"]["batch_size"]}; finish that epoch '
+                            f'with --{key} {saved} (--stop_epoch {state["epoch"] + 1}), then resume with the new one')
 
 
 def stop_everywhere(stop, world_size, device):
@@ -347,7 +361,7 @@ def train(opt, stop):
     trainer = Trainer(opt, device, rank, world_size)
     if opt.resume:
         state = load_checkpoint(os.path.join(run_dir, 'latest.pt'))
-        check_mid_epoch_batch_size(state, opt, run_dir)
+        check_mid_epoch_resume(state, opt, run_dir)
         trainer.restore(state)
         print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
     else:
@@ -381,10 +395,7 @@ def train(opt, stop):
             images += opt.batch_size
             at_log_step = trainer.iteration % opt.log_freq == 0
             if at_log_step:
-                means = running / running_n  # the one host sync per log interval
-                if world_size > 1:  # log the global batch's losses, not rank 0's shard
-                    dist.all_reduce(means)
-                    means /= world_size
+                means = global_mean_losses(running, running_n, world_size)  # the one host sync per log interval
                 raise_if_not_finite(means, trainer)
                 if writer:
                     for name, value in zip(LOSS_NAMES, means.tolist()):
@@ -403,7 +414,7 @@ def train(opt, stop):
                       f'continue with --resume')
             return stop_exit_status(stop)
         if running_n:
-            raise_if_not_finite(running / running_n, trainer)
+            raise_if_not_finite(global_mean_losses(running, running_n, world_size), trainer)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started

@@ -132,8 +132,9 @@ def read_image_file(path):
     try:
         if path.lower().endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tif:
-                array = tif.asarray()
-                if tif.pages[0].planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
+                page = tif.pages[0]  # the image itself; later pages are overviews, thumbnails or other images
+                array = page.asarray()  # values as stored, as GDAL reads them: PhotometricInterpretation is display
+                if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
                     array = np.ascontiguousarray(np.moveaxis(array, 0, -1))  # GDAL INTERLEAVE=BAND: bands first
         else:
             with Image.open(path) as im:
@@ -202,6 +203,9 @@ def check_binary_mask(array, path, tolerance=0.01):
         raise UserError(f'{path}: mask must be a 2-D image, got shape {array.shape}')
     if not lossy and array.max() == 1:  # the 0/1 label convention: every pixel is exactly 0 or 1
         return array * np.uint8(255)
+    if lossy and 0 < array.max() < 128:  # an empty mask decodes to exact 0s; one with buildings reaches ~255
+        raise UserError(f'{path}: mask values only reach {array.max()}, not 255: a 0/1 or class-id mask? Save it '
+                        f'as 0/255, or 0/1 in a lossless file (PNG, TIFF)')
     if lossy:  # JPEG rounds edge pixels a few levels off 0/255: only values far from both are suspect
         off_values = np.count_nonzero((array > JPEG_NOISE) & (array < 255 - JPEG_NOISE))
         off_what = f'far from both 0 and 255 (more than {JPEG_NOISE} levels)'
@@ -364,8 +368,10 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def handle(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C: the user insists
-            raise KeyboardInterrupt
+        if self.signal is not None:
+            if signum == signal.SIGINT:  # a second Ctrl-C: the user insists
+                raise KeyboardInterrupt
+            return  # a repeated SIGTERM (SLURM signals the job, torchrun forwards it again): already stopping
         self.signal = signum
         print(f'\n{signal.Signals(signum).name}: saving latest.pt after this step…', file=sys.stderr, flush=True)
 

@@ -229,6 +229,22 @@ def test_mid_epoch_resume_keeps_the_batch_size(transformed_root, tmp_path, capsy
     assert torch.load(tmp_path / 'pre' / 'latest.pt', weights_only=True)['next_batch'] == 2
     line = cli_error(tiny(transformed_root, tmp_path, 'pre', '--resume', '--batch_size', '2'), capsys)
     assert '--batch_size 2' in line and 'stopped mid-epoch after 2 batches of 1' in line
+    line = cli_error(tiny(transformed_root, tmp_path, 'pre', '--resume', '--seed', '5'), capsys)
+    assert line.startswith('error: --seed 5: ') and 'finish that epoch with --seed 0' in line
+
+
+def test_a_repeated_sigterm_keeps_stopping_but_a_second_ctrl_c_aborts():
+    # SLURM signals every process of a job and torchrun forwards the signal again: the save must not be cut short
+    # (the handler is called directly: two signals sent back to back may reach Python as one call)
+    with train.StopRequest() as stop:
+        try:
+            stop.handle(signal.SIGTERM, None)
+            stop.handle(signal.SIGTERM, None)
+        except KeyboardInterrupt:  # pytest would take it for the user's Ctrl-C and end the session
+            pytest.fail('a repeated SIGTERM aborted the stop before latest.pt was saved')
+        assert stop.signal == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            stop.handle(signal.SIGINT, None)
 
 
 def test_unet_needs_matching_crop(transformed_root, tmp_path):

@@ -72,6 +72,7 @@ def save_png(array, mode=None):
 
 MASK_FILES = {  # name: (writer, None if accepted as MASK, else the expected error)
     '1-bit.png': (save_png(MASK, '1'), None),
+    # tifffile tags bool data MinIsWhite yet stores True as 1: values are data (1 = building), as GDAL reads them
     '1-bit.tif': (lambda path: tifffile.imwrite(path, MASK > 0), None),
     'grey-alpha.png': (save_png(np.stack([MASK, OPAQUE], 2)), None),
     'rgba.png': (save_png(np.stack([MASK, MASK, MASK, OPAQUE], 2)), None),
@@ -93,3 +94,19 @@ def test_mask_file_formats(tmp_path, name):
     else:
         with pytest.raises(UserError, match=error):
             read_mask(path)
+
+
+@pytest.mark.parametrize('labels', [1, 5])
+def test_zero_one_and_class_id_masks_saved_as_jpeg_are_refused(tmp_path, labels):
+    array = (np.arange(40 * 50).reshape(40, 50) % (labels + 1)).astype(np.uint8)  # every label, 0 included
+    Image.fromarray(array).save(tmp_path / 'labels.jpg', quality=95)
+    with pytest.raises(UserError, match=r'labels\.jpg: mask values only reach \d+, not 255: a 0/1 or class-id'):
+        read_mask(str(tmp_path / 'labels.jpg'))
+
+
+def test_multi_page_tiff_is_read_as_its_first_page(tmp_path):
+    with tifffile.TiffWriter(tmp_path / 'pages.tif') as tif:
+        tif.write(MASK, photometric='minisblack')
+        tif.write(np.zeros_like(MASK), photometric='minisblack')  # another page of the same size: not stacked in
+    np.testing.assert_array_equal(read_mask(str(tmp_path / 'pages.tif')), MASK)
+    assert read_image_header(tmp_path / 'pages.tif') == (20, 30, 1, np.uint8)
