@@ -398,9 +398,10 @@ def train(opt, stop):
                 means = global_mean_losses(running, running_n, world_size)  # the one host sync per log interval
                 raise_if_not_finite(means, trainer)
                 if writer:
-                    for name, value in zip(LOSS_NAMES, means.tolist()):
+                    values = means.tolist()
+                    for name, value in zip(LOSS_NAMES, values):
                         writer.add_scalar(f'loss/{name}', value, trainer.iteration)
-                    bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LOSS_NAMES, means.tolist())})
+                    bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LOSS_NAMES, values)})
                 running.zero_()
                 running_n = 0
             if (at_log_step or world_size == 1) and stop_everywhere(stop, world_size, device):

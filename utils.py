@@ -201,10 +201,11 @@ def check_binary_mask(array, path, tolerance=0.01):
         array = array[..., 0]
     elif array.ndim != 2:
         raise UserError(f'{path}: mask must be a 2-D image, got shape {array.shape}')
-    if not lossy and array.max() == 1:  # the 0/1 label convention: every pixel is exactly 0 or 1
+    top = array.max()
+    if not lossy and top == 1:  # the 0/1 label convention: every pixel is exactly 0 or 1
         return array * np.uint8(255)
-    if lossy and 0 < array.max() < 128:  # an empty mask decodes to exact 0s; one with buildings reaches ~255
-        raise UserError(f'{path}: mask values only reach {array.max()}, not 255: a 0/1 or class-id mask? Save it '
+    if lossy and 0 < top < 128:  # an empty mask decodes to exact 0s; one with buildings reaches ~255
+        raise UserError(f'{path}: mask values only reach {top}, not 255: a 0/1 or class-id mask? Save it '
                         f'as 0/255, or 0/1 in a lossless file (PNG, TIFF)')
     if lossy:  # JPEG rounds edge pixels a few levels off 0/255: only values far from both are suspect
         off_values = np.count_nonzero((array > JPEG_NOISE) & (array < 255 - JPEG_NOISE))
