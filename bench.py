@@ -22,12 +22,14 @@ import torch
 import generation
 import train
 import transform_dataset
+from synthetic_inria import make_synthetic_inria, synthetic_pair
 from dataset import EpochPlan, augmented_batch, batch_on_device
 from train_options import build_parser
-from utils import read_image_file, run_cli
+from utils import UserError, read_image_file, run_cli
 
-# Dense bf16 tensor-core peaks (TFLOP/s) used for MFU; the figures this project plans with.
-BF16_PEAK_TFLOPS = {'H100': 790.0, 'H200': 790.0}
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, half their "with sparsity"
+# figures; matched against torch.cuda.get_device_name, most specific name first. Issue 5 planned with ~790.
+BF16_PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H200 NVL', 835.0), ('H100', 989.4), ('H200', 989.4))
 STEPS = (('plain: eager fp32 NCHW, default Adam', {'default_adam': True}), ('+ fused Adam', {'default_adam': False}),
          ('+ bf16 autocast', {'amp': 'on'}), ('+ torch.compile', {'compile': True}),
          ('+ channels_last', {'channels_last': True}))
@@ -90,14 +92,18 @@ def flops_per_image(trainer, masks, images, plan, crop):
 
 def bench_train_row(device, overrides, batch, iters, warmup, data):
     masks, images = data
+    # A fresh compile cache per row: a shared one would turn the batch dimension dynamic from the second batch size
+    # on, which is not the static-shape graph train.py compiles.
+    torch._dynamo.reset()
     trainer = make_trainer(device, overrides)
     plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0).to(device)
     n_batches = len(masks) // batch
     layout = train.memory_format(trainer.opt)
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats(device)
     data_seconds = step_seconds = 0.0
     for i in range(warmup + iters):
+        if i == warmup and device.type == 'cuda':  # the steady step's memory, not cuDNN's autotuning or compilation
+            sync(device)
+            torch.cuda.reset_peak_memory_stats(device)
         sync(device)
         t0 = time.perf_counter()
         mask, real = batch_on_device(masks, images, plan, i % n_batches, batch, 256)
@@ -118,7 +124,10 @@ def bench_train_row(device, overrides, batch, iters, warmup, data):
 def bench_train(opt, device):
     gpu = device.type == 'cuda'
     batches = opt.batches or ([1, 16, 64] if gpu else [1, 4])
-    iters, warmup = opt.iters or (30 if gpu else 6), opt.warmup or (10 if gpu else 3)
+    iters = opt.iters if opt.iters is not None else (30 if gpu else 6)
+    warmup = opt.warmup if opt.warmup is not None else (10 if gpu else 3)
+    if iters < 1 or warmup < 0:
+        raise UserError(f'--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}')
     n = max(max(batches) * 2, 64)
     gen = torch.Generator().manual_seed(0)
     masks = (torch.rand(n, 1, 286, 286, generator=gen) > 0.7).to(torch.uint8).mul_(255)
@@ -126,12 +135,16 @@ def bench_train(opt, device):
     if not opt.data_in_ram:
         masks, images = masks.to(device), images.to(device)
     name = torch.cuda.get_device_name(device) if gpu else 'CPU'
-    peak = opt.peak_tflops or next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    peak = opt.peak_tflops or next((tflops for model, tflops in BF16_PEAK_TFLOPS if model in name), None)
     flops = flops_per_image(make_trainer(device, {}), masks.to(device), images.to(device),
                             EpochPlan(n, 286, 256, 0, 0).to(device), 256)
     print(f'\n## Training, unet_256 + basic PatchGAN, 256² crops, {name}, torch {torch.__version__}, '
           f'{torch.get_num_threads()} CPU threads, uint8 split {"in RAM" if opt.data_in_ram else "on the device"}')
-    print(f'one training step = {flops / 1e9:.1f} GFLOP per image (FlopCounterMode)\n')
+    print(f'one training step = {flops / 1e9:.1f} GFLOP per image (FlopCounterMode); MFU against a bf16 peak of '
+          + (f'{peak:.0f} TFLOP/s' if peak else 'n/a (give --peak_tflops)'))
+    if gpu:
+        print('the plain row keeps torch defaults, as the official repo does: cuDNN convolutions in TF32')
+    print()
     print('| batch | configuration | ms/iter | images/s | speed-up | data share | peak MB | TFLOP/s | MFU |')
     print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     for batch in batches:
@@ -151,7 +164,6 @@ def bench_train(opt, device):
 
 def bench_generate(opt, device):
     """Sliding-window generation of one opt.mask_size² mask with an untrained unet_256 (speed is weight-independent)."""
-    from transform_dataset import synthetic_pair
     G = make_trainer(device, {}).G.eval()
     mask, _ = synthetic_pair(opt.mask_size, seed=0)
     if device.type == 'cuda':
@@ -188,7 +200,7 @@ def bench_transform(opt):
     print('| split | ours: decode + resize + save uint8 .npy | seed path: decode + PIL bicubic + ToTensor/Normalize |')
     print('| ---: | ---: | ---: |')
     with tempfile.TemporaryDirectory() as tmp:
-        transform_dataset.make_synthetic_inria(os.path.join(tmp, 'in'), n_tiles=1, size=5000, progress=False)
+        make_synthetic_inria(os.path.join(tmp, 'in'), n_tiles=1, size=5000, progress=False)
         for split in (1, 5):
             args = transform_dataset.parse_args(['--dataroot', os.path.join(tmp, 'in'), '--out',
                                                  os.path.join(tmp, f'out{split}'), '--split', str(split)])

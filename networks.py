@@ -246,13 +246,18 @@ def define_G_from_config(cfg):
 
 
 def unet_min_size(netG):
-    """Input H and W must be multiples of this: 2**downsamplings.
-
-    For the ResNets (2 downsamplings) that is 4; note that a side of exactly 4 still fails
-    (1x1 bottleneck cannot be reflection padded), so use at least 8 there.
-    """
+    """Input H and W must be multiples of this: 2**downsamplings (4 for the ResNets)."""
     _check_choice('netG', netG, GENERATORS)
     return {'unet_256': 256, 'unet_128': 128}.get(netG, 4)
+
+
+def generator_size_problem(netG, side):
+    """Why netG cannot take side×side inputs, or None. Besides the multiple, a side of 4 fails for the
+    ResNets: their 1×1 bottleneck can be neither reflection padded nor instance normalised."""
+    multiple = unet_min_size(netG)
+    if side % multiple or side < max(multiple, 8):
+        return f'--netG {netG} needs a multiple of {multiple}' + (', at least 8' if multiple < 8 else '')
+    return None
 
 
 # ----------------------------------------------------------------------------- discriminators
@@ -350,6 +355,8 @@ class GANLoss(nn.Module):
         """prediction: D's logits. target_is_real: whether they should be judged real.
         for_discriminator only matters for hinge (G's hinge loss has no margin)."""
         if self.gan_mode == 'hinge':
+            # At least fp32: under bf16 autocast the mean would stay bf16 (BCE and MSE are autocast to fp32 already).
+            prediction = prediction.to(torch.promote_types(prediction.dtype, torch.float32))
             if not for_discriminator:
                 return -prediction.mean()
             margin = 1.0 - prediction if target_is_real else 1.0 + prediction

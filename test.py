@@ -118,9 +118,9 @@ def checkpoint_path(run_dir, epoch):
 def check_model_size(cfg, size):
     if not size:
         raise UserError('the checkpoint config has no crop_size; give the model size with --load_size')
-    need = networks.unet_min_size(cfg['netG'])
-    if size % need or size < max(need, 8):
-        raise UserError(f'--load_size {size}: --netG {cfg["netG"]} needs a multiple of {need} (and >= 8)')
+    problem = networks.generator_size_problem(cfg['netG'], size)
+    if problem:
+        raise UserError(f'--load_size {size}: {problem}')
 
 
 def load_segmenter(path, cfg, device):

@@ -29,20 +29,24 @@ from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first
 
 # ---------------------------------------------------------------- setup
 
-def setup_distributed():
-    """(rank, world_size) under torchrun, (0, 1) otherwise."""
+def setup_distributed(device):
+    """(rank, world_size) under torchrun, (0, 1) otherwise. NCCL only for GPU training: it takes no CPU tensors,
+    so `--device cpu` on a GPU machine uses gloo."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     if world_size == 1:
         return 0, 1
-    backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-    dist.init_process_group(backend)
+    dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     return dist.get_rank(), world_size
 
 
 def setup_device(opt):
     """The training device: under torchrun, each process takes its own GPU (LOCAL_RANK)."""
     if opt.device != 'cpu' and torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
+        processes, gpus = int(os.environ.get('LOCAL_WORLD_SIZE', 1)), torch.cuda.device_count()
+        if processes > gpus:  # two processes on one GPU: NCCL refuses them only later, with a traceback
+            raise UserError(f'torchrun started {processes} processes on this machine, which shows {gpus} GPU(s): '
+                            f'use --nproc_per_node {gpus}, or --device cpu')
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     device = pick_device(opt.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
@@ -155,9 +159,9 @@ class Trainer:
     def rng_states_of_all_ranks(self):
         """One RNG state per rank, in rank order: under torchrun every process draws its own dropout noise."""
         if self.world_size == 1:
-            return [rng_states()]
+            return [rng_states(self.device)]
         states = [None] * self.world_size
-        dist.all_gather_object(states, rng_states())
+        dist.all_gather_object(states, rng_states(self.device))
         return states
 
     def restore(self, state):
@@ -178,7 +182,7 @@ class Trainer:
         does; such a run goes on correctly but is not bit-identical to an uninterrupted one."""
         states = saved if isinstance(saved, list) else [saved]  # older checkpoints: rank 0's state only
         if self.rank < len(states):
-            set_rng_states(states[self.rank])
+            set_rng_states(states[self.rank], self.device)
         else:
             seed_dropout_noise(self.opt, self.rank)
         if len(states) != self.world_size and self.rank == 0:
@@ -343,8 +347,8 @@ def stop_exit_status(stop):
 # ---------------------------------------------------------------- main loop
 
 def train(opt, stop):
-    rank, world_size = setup_distributed()
-    device = setup_device(opt)
+    device = setup_device(opt)  # first: each process must be on its own GPU before NCCL starts
+    rank, world_size = setup_distributed(device)
     train_masks, train_images, _ = load_split(opt.dataroot, 'train')
     val_masks, val_images, _ = load_split(opt.dataroot, 'val')
     opt.input_nc = opt.input_nc or train_masks.shape[1]

@@ -147,10 +147,10 @@ def check_options(opt):
         raise UserError(f'--n_epochs_decay must be >= 0, got {opt.n_epochs_decay}')
     if not math.isfinite(opt.lr) or opt.lr <= 0:
         raise UserError(f'--lr must be a positive number, got {opt.lr}')
-    need = networks.unet_min_size(opt.netG)
-    if opt.crop_size % need:
-        raise UserError(f'--netG {opt.netG} needs --crop_size a multiple of {need}, got {opt.crop_size}'
-                        + (' (use --netG unet_128 or a resnet for smaller crops)' if need > 4 else ''))
+    problem = networks.generator_size_problem(opt.netG, opt.crop_size)
+    if problem:
+        raise UserError(f'--crop_size {opt.crop_size}: {problem}'
+                        + (' (use --netG unet_128 or a resnet for smaller crops)' if opt.netG == 'unet_256' else ''))
     need = discriminator_min_size(opt)
     if opt.crop_size < need:
         layers = f' --n_layers_D {opt.n_layers_D}' if opt.netD == 'n_layers' else ''

@@ -50,9 +50,9 @@ def check_options(opt):
             raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
     if not math.isfinite(opt.lr) or opt.lr <= 0:
         raise UserError(f'--lr must be a positive number, got {opt.lr}')
-    need = networks.unet_min_size(opt.netG)
-    if opt.crop_size % need or opt.crop_size < 8:  # a ResNet's 1×1 bottleneck at crop 4 cannot be padded
-        raise UserError(f'--netG {opt.netG} needs --crop_size a multiple of {need} (and >= 8), got {opt.crop_size}')
+    problem = networks.generator_size_problem(opt.netG, opt.crop_size)
+    if problem:
+        raise UserError(f'--crop_size {opt.crop_size}: {problem}')
     if not os.path.isdir(opt.dataroot):
         raise UserError(f'{opt.dataroot}: --dataroot not found')
     if os.path.isdir(opt.out):

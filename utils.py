@@ -335,23 +335,28 @@ def load_checkpoint(path):
     return state
 
 
-def rng_states():
-    """Python, numpy and torch (CPU and CUDA) RNG states as plain types that torch.load(weights_only=True) takes."""
+def rng_states(device):
+    """Python, numpy, torch CPU and (training on a GPU) that GPU's RNG states, as plain types that
+    torch.load(weights_only=True) takes. Only the training GPU's: the states of all visible GPUs could not be put
+    back on a machine that shows fewer."""
     import torch
     np_state = np.random.get_state()
     return {'python': random.getstate(), 'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
             'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            'cuda': [torch.cuda.get_rng_state(device)] if device.type == 'cuda' else []}
 
 
-def set_rng_states(states):
+def set_rng_states(states, device):
     import torch
     random.setstate(tuple(states['python'][:1]) + (tuple(states['python'][1]),) + tuple(states['python'][2:]))
     name, keys, *rest = states['numpy']
     np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(states['torch'])
-    if states['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
+    saved = states['cuda']
+    if saved and device.type == 'cuda':
+        # Older checkpoints held one state per visible GPU, so take this GPU's where there is one.
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.set_rng_state(saved[index] if index < len(saved) else saved[0], device)
 
 
 class StopRequest:

@@ -4,6 +4,10 @@ import sys
 # The test models are tiny: one thread each is fastest, and it avoids OpenMP spin-wait storms when the test's
 # subprocesses (inheriting this) share the CI machine's 2 cores. Set before anything imports torch.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+# The suite runs on the CPU, GPU machine or not: its exact-equality checks need CPU determinism, and its torchrun
+# tests start two processes on one machine. tests/test_gpu.py is the GPU check: PIX2PIX_TEST_GPU=1 keeps the GPUs.
+if os.environ.get('PIX2PIX_TEST_GPU') != '1':
+    os.environ['CUDA_VISIBLE_DEVICES'] = ''
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -13,6 +17,7 @@ DATA = os.path.join(REPO, 'tests', 'data')
 sys.path.insert(0, REPO)
 
 import transform_dataset  # noqa: E402
+from synthetic_inria import make_synthetic_inria  # noqa: E402
 import utils  # noqa: E402
 
 
@@ -20,7 +25,7 @@ import utils  # noqa: E402
 def synthetic_root(tmp_path_factory):
     """A small Inria-layout dataset of TIFFs (LZW masks), made once per test session."""
     root = tmp_path_factory.mktemp('synthetic_inria')
-    transform_dataset.make_synthetic_inria(str(root), n_tiles=10, size=240, seed=1, progress=False)
+    make_synthetic_inria(str(root), n_tiles=10, size=240, seed=1, progress=False)
     return str(root)
 
 

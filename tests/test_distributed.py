@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import train
 from conftest import REPO, tiny
-from utils import rng_states
+from utils import UserError, rng_states
 
 LR = 2e-4
 
@@ -112,14 +112,36 @@ def test_resume_with_dropout_equals_an_uninterrupted_run(transformed_root, tmp_p
         assert torch.equal(a[key], b[key]), key
 
 
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    with pytest.raises(UserError, match=r'torchrun started 2 processes on this machine, which shows 1 GPU\(s\): '
+                                        r'use --nproc_per_node 1, or --device cpu'):
+        train.setup_device(SimpleNamespace(device='auto'))
+
+
+def test_nccl_only_for_gpu_training(monkeypatch):
+    # --device cpu on a GPU machine: NCCL takes no CPU tensors, so the processes must talk over gloo
+    backends = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(train.dist, 'init_process_group', backends.append)
+    monkeypatch.setattr(train.dist, 'get_rank', lambda: 0)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    assert train.setup_distributed(torch.device('cpu')) == (0, 2)
+    assert train.setup_distributed(torch.device('cuda', 0)) == (0, 2)
+    assert backends == ['gloo', 'nccl']
+
+
 def test_a_rank_without_a_saved_rng_state_starts_its_own_noise(capsys):
     # resumed with more processes than saved the checkpoint: rank 1 must not replay rank 0's dropout noise
     torch.manual_seed(7)
-    saved = [rng_states()]
+    saved = [rng_states(torch.device('cpu'))]
     rank0_next = torch.rand(4)
     draws = []
     for rank in (0, 1):
-        train.Trainer.restore_rng(SimpleNamespace(rank=rank, world_size=2, opt=SimpleNamespace(seed=0)), saved)
+        train.Trainer.restore_rng(SimpleNamespace(rank=rank, world_size=2, opt=SimpleNamespace(seed=0),
+                                                  device=torch.device('cpu')), saved)
         draws.append(torch.rand(4))
     assert torch.equal(draws[0], rank0_next) and not torch.equal(draws[1], rank0_next)
     assert capsys.readouterr().out.count('note: the checkpoint holds the RNG states of 1 process(es), this run has 2') == 1

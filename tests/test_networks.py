@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import networks  # noqa: E402
 from networks import (DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, GANLoss, VGGLoss,  # noqa: E402
                       define_D, define_G, get_norm_layer, init_weights, patch_receptive_field,
-                      unet_min_size)
+                      generator_size_problem, unet_min_size)
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +70,21 @@ def test_unet_min_size():
     assert unet_min_size('resnet_6blocks') == 4
     with pytest.raises(ValueError, match="'bogus'"):
         unet_min_size('bogus')
+
+
+@pytest.mark.parametrize('netG, side, fits', [
+    ('resnet_6blocks', 4, False), ('resnet_6blocks', 6, False), ('resnet_6blocks', 8, True),
+    ('unet_128', 64, False), ('unet_128', 128, True), ('unet_256', 128, False), ('unet_256', 256, True),
+])
+def test_generator_size_problem_agrees_with_the_generator(netG, side, fits):
+    """A side is refused exactly when G fails on it or returns another size (a ResNet turns 6 into 8)."""
+    assert (generator_size_problem(netG, side) is None) == fits
+    G = define_G(netG, ngf=4).train()
+    try:
+        works = G(torch.zeros(1, 1, side, side)).shape == (1, 3, side, side)
+    except ValueError:
+        works = False
+    assert works == fits
 
 
 def test_unknown_netG_raises():
@@ -265,6 +280,14 @@ def test_gan_loss_gradients_flow(gan_mode, target_is_real):
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     # Minimising the loss moves logits towards the target: gradient sign is right.
     assert (pred.grad.sum() < 0) == target_is_real
+
+
+@pytest.mark.parametrize('gan_mode', GAN_MODES)
+def test_gan_losses_are_fp32_under_bf16_autocast(gan_mode):
+    pred = torch.randn(2, 1, 6, 6).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        for target_is_real, for_discriminator in ((True, True), (False, True), (True, False)):
+            assert GANLoss(gan_mode)(pred, target_is_real, for_discriminator).dtype == torch.float32
 
 
 def test_unknown_gan_mode_raises():

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import train
-import transform_dataset
 from conftest import REPO, tiny
+from synthetic_inria import make_synthetic_inria
 from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint
 
 TRAIN = [sys.executable, os.path.join(REPO, 'train.py')]
@@ -111,7 +111,7 @@ def test_sigterm_saves_latest_mid_epoch_and_exits_0(many_tiles_root, tmp_path):
 
 def test_transform_killed_and_rerun_equals_one_clean_run(tmp_path):
     source = tmp_path / 'inria'
-    transform_dataset.make_synthetic_inria(str(source), n_tiles=8, size=800, seed=3, progress=False)
+    make_synthetic_inria(str(source), n_tiles=8, size=800, seed=3, progress=False)
     options = ['--dataroot', str(source), '--size', '64', '--crop_size', '64', '--split', '2', '--workers', '1']
     subprocess.run(TRANSFORM + options + ['--out', str(tmp_path / 'clean')], check=True, capture_output=True)
     out = tmp_path / 'killed'

@@ -116,7 +116,7 @@ def test_missing_dataroot_is_a_user_error(tmp_path):
 
 
 def test_bad_options_are_user_errors(transformed_root, tmp_path):
-    with pytest.raises(UserError, match='unet_256 needs --crop_size a multiple of 256'):
+    with pytest.raises(UserError, match='--crop_size 64: --netG unet_256 needs a multiple of 256'):
         train_segmenter.main(seg_args(transformed_root, tmp_path / 's.pt', '--netG', 'unet_256'))
     with pytest.raises(UserError, match='--crop_size 128 is larger than the 72² arrays'):
         train_segmenter.main(seg_args(transformed_root, tmp_path / 's.pt', '--crop_size', '128'))

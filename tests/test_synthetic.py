@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from transform_dataset import (CITIES, make_synthetic_inria, render_aerial_image, synthetic_layout,
-                       synthetic_pair, synthetic_tile_names, tile_seed)
+from synthetic_inria import (CITIES, make_synthetic_inria, render_aerial_image, synthetic_layout,
+                             synthetic_pair, synthetic_tile_names, tile_seed)
 from utils import write_tiff_atomic
 
 GEOTIFF_TAGS = (33550, 33922, 34735)  # ModelPixelScale, ModelTiepoint, GeoKeyDirectory

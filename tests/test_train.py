@@ -247,9 +247,17 @@ def test_a_repeated_sigterm_keeps_stopping_but_a_second_ctrl_c_aborts():
             stop.handle(signal.SIGINT, None)
 
 
-def test_unet_needs_matching_crop(transformed_root, tmp_path):
-    with pytest.raises(UserError, match='unet_256 needs --crop_size a multiple of 256'):
-        train.main(tiny(transformed_root, tmp_path, 'x', '--netG', 'unet_256'))
+@pytest.mark.parametrize('args, message', [
+    (('--netG', 'unet_256'), r'--crop_size 64: --netG unet_256 needs a multiple of 256 \(use --netG unet_128'),
+    (('--netG', 'resnet_6blocks', '--crop_size', '6'), '--crop_size 6: --netG resnet_6blocks needs a multiple of 4'),
+    # D's checks pass here, but the ResNet's 1×1 bottleneck would fail in the first step.
+    (('--netG', 'resnet_6blocks', '--netD', 'pixel', '--crop_size', '4'),
+     '--crop_size 4: --netG resnet_6blocks needs a multiple of 4, at least 8'),
+])
+def test_generator_needs_a_fitting_crop(transformed_root, tmp_path, args, message):
+    with pytest.raises(UserError, match=message):
+        train.main(tiny(transformed_root, tmp_path, 'x', *args))
+    assert not os.path.exists(tmp_path / 'x')
 
 
 def test_unknown_netG_is_rejected_by_the_parser(transformed_root, tmp_path, capsys):

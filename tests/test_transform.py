@@ -12,6 +12,7 @@ from PIL import Image
 
 import transform_dataset
 from conftest import DATA, REPO
+from synthetic_inria import make_synthetic_inria
 from utils import UserError, resize_image, resize_mask
 
 
@@ -358,7 +359,7 @@ def peak_rss_mb_of(command):
 
 
 def test_a_5000px_tile_needs_less_than_4x_its_size_in_ram(tmp_path):
-    transform_dataset.make_synthetic_inria(str(tmp_path / 'in'), n_tiles=1, size=5000, progress=False)
+    make_synthetic_inria(str(tmp_path / 'in'), n_tiles=1, size=5000, progress=False)
     tile_mb = (5000 * 5000 * 3 + 5000 * 5000) / 2**20  # decoded image + mask
     baseline = peak_rss_mb_of([sys.executable, '-c', f'import sys; sys.path.insert(0, {REPO!r}); import transform_dataset'])
     peak = peak_rss_mb_of([sys.executable, os.path.join(REPO, 'transform_dataset.py'), '--dataroot',

@@ -1,14 +1,15 @@
-"""Tests for utils.py's image reading: every mask format a user may hand us, and TIFF layouts."""
+"""Tests for utils.py: image reading (every mask format a user may hand us, TIFF layouts) and RNG states."""
 import glob
 import os
 
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 from conftest import DATA
-from utils import UserError, check_binary_mask, read_image_file, read_image_header
+from utils import UserError, check_binary_mask, read_image_file, read_image_header, rng_states, set_rng_states
 
 SAMPLE_MASKS = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'gt', '*.png')))
 
@@ -110,3 +111,39 @@ def test_multi_page_tiff_is_read_as_its_first_page(tmp_path):
         tif.write(np.zeros_like(MASK), photometric='minisblack')  # another page of the same size: not stacked in
     np.testing.assert_array_equal(read_mask(str(tmp_path / 'pages.tif')), MASK)
     assert read_image_header(tmp_path / 'pages.tif') == (20, 30, 1, np.uint8)
+
+
+class FakeGPUs:
+    """torch.cuda's RNG functions for `count` GPUs whose states are labelled tensors (this suite runs on CPU)."""
+
+    def __init__(self, monkeypatch, count):
+        self.states = {i: torch.tensor([i]) for i in range(count)}
+        monkeypatch.setattr(torch.cuda, 'get_rng_state', lambda device: self.states[device.index].clone())
+        monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: list(self.states.values()))
+        monkeypatch.setattr(torch.cuda, 'set_rng_state', self.set_state)
+        monkeypatch.setattr(torch.cuda, 'set_rng_state_all', lambda states: [self.set_state(s, torch.device('cuda', i))
+                                                                         for i, s in enumerate(states)])
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+
+    def set_state(self, state, device):
+        self.states[device.index] = state  # a KeyError here is a GPU this machine does not show
+
+
+def test_a_checkpoint_keeps_only_the_training_gpus_rng_state(monkeypatch):
+    FakeGPUs(monkeypatch, 8)
+    assert [int(s) for s in rng_states(torch.device('cuda', 3))['cuda']] == [3]
+    assert rng_states(torch.device('cpu'))['cuda'] == []
+
+
+@pytest.mark.parametrize('saved_gpus, resumed_on, expected', [
+    ([5], 0, 5),  # one GPU's state: it goes to the training GPU, whatever its index
+    ([5], 1, 5),
+    ([10, 11], 1, 11),  # older checkpoints: one state per visible GPU, this GPU's is taken
+    ([10, 11, 12, 13], 0, 10),  # saved on a 4-GPU node, resumed where one GPU is visible
+])
+def test_the_gpu_rng_state_goes_back_to_the_training_gpu(monkeypatch, saved_gpus, resumed_on, expected):
+    gpus = FakeGPUs(monkeypatch, resumed_on + 1)
+    states = {**rng_states(torch.device('cpu')), 'cuda': [torch.tensor([v]) for v in saved_gpus]}
+    set_rng_states(states, torch.device('cuda', resumed_on))
+    assert int(gpus.states[resumed_on]) == expected
+    assert all(int(gpus.states[i]) == i for i in range(resumed_on))  # the other GPUs' states are untouched

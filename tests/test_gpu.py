@@ -1,0 +1,91 @@
+"""The CUDA paths: bf16, compile, channels_last, the pinned-memory copy, GPU generation, bench.py.
+
+Skipped without a GPU, which includes every plain `python -m pytest` (conftest.py hides GPUs from the suite). On a
+GPU machine:  PIX2PIX_TEST_GPU=1 python -m pytest -q tests/test_gpu.py
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from conftest import REPO, tiny
+from dataset import EpochPlan, batch_on_device, load_split
+from generation import generate_sliding, load_generator
+from synthetic_inria import synthetic_pair
+from utils import load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason='needs a CUDA GPU: PIX2PIX_TEST_GPU=1 python -m pytest tests/test_gpu.py')
+GPU_OPTIMISATIONS = ('--device', 'cuda', '--amp', 'on', '--compile', '--channels_last')
+
+
+def gpu():
+    return torch.device('cuda', torch.cuda.current_device())
+
+
+@pytest.fixture(scope='module')
+def gpu_run(transformed_root, tmp_path_factory):
+    """Two epochs with every GPU optimisation, stopped after the first and resumed."""
+    runs = tmp_path_factory.mktemp('gpu_runs')
+    options = (*GPU_OPTIMISATIONS, '--n_epochs', '2', '--n_epochs_decay', '0', '--batch_size', '4')
+    train.main(tiny(transformed_root, runs, 'gpu', *options, '--stop_epoch', '1'))
+    train.main(tiny(transformed_root, runs, 'gpu', *options, '--resume'))
+    return str(runs / 'gpu')
+
+
+def test_training_with_every_gpu_optimisation_resumes_to_the_end(gpu_run):
+    state = load_checkpoint(os.path.join(gpu_run, 'latest.pt'))
+    assert state['epoch'] == 2
+    assert all(torch.isfinite(w).all() for w in state['G'].values() if w.is_floating_point())
+    assert [row['epoch'] for row in state['history']] == [1, 2]
+    assert all(np.isfinite(row['PSNR']) for row in state['history'])
+    assert len(state['rng']) == 1 and len(state['rng'][0]['cuda']) == 1  # the training GPU's state only
+
+
+def test_pinned_memory_batches_equal_gpu_resident_batches(transformed_root):
+    masks, images, _ = load_split(transformed_root, 'train')
+    device = gpu()
+    plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=3, epoch=1, rotate=True).to(device)
+    for index in range(len(masks) // 4):
+        in_ram = batch_on_device(masks, images, plan, index, 4, 64)
+        on_gpu = batch_on_device(masks.to(device), images.to(device), plan, index, 4, 64)
+        for a, b in zip(in_ram, on_gpu):
+            assert a.device == b.device == device and torch.equal(a, b)
+
+
+def test_sliding_generation_on_the_gpu_matches_the_cpu(gpu_run):
+    mask, _ = synthetic_pair(300, seed=5)
+    images = {}
+    for name, device, amp in (('cpu', torch.device('cpu'), False), ('gpu fp32', gpu(), False), ('gpu bf16', gpu(), True)):
+        G, cfg, _ = load_generator(os.path.join(gpu_run, 'latest.pt'), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            images[name] = generate_sliding(G, mask, cfg['crop_size'], 0.5, 8, device).astype(np.int16)
+    assert all(image.shape == (300, 300, 3) for image in images.values())
+    assert np.abs(images['gpu fp32'] - images['cpu']).max() <= 2  # TF32 convolutions: a level or two at most
+    assert np.abs(images['gpu bf16'] - images['gpu fp32']).mean() < 2  # bf16 keeps 8 bits of mantissa
+
+
+def test_bench_runs_every_row_on_the_gpu():
+    train_rows = subprocess.run([sys.executable, 'bench.py', '--only', 'train', '--batches', '2', '--iters', '2',
+                                 '--warmup', '2'], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert train_rows.returncode == 0, train_rows.stderr[-2000:]
+    rows = [line for line in train_rows.stdout.splitlines() if line.startswith('| 2 |')]
+    assert len(rows) == 5 and all(row.rstrip(' |').endswith('%') for row in rows), train_rows.stdout  # MFU known
+    generate = subprocess.run([sys.executable, 'bench.py', '--only', 'generate', '--mask_size', '1024', '--gen_amp'],
+                              cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert generate.returncode == 0 and 'megapixels/s' in generate.stdout, generate.stderr[-2000:]
+
+
+def test_more_torchrun_processes_than_gpus_is_refused(transformed_root, tmp_path):
+    processes = torch.cuda.device_count() + 1
+    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                             f'--nproc_per_node={processes}', os.path.join(REPO, 'train.py'),
+                             *tiny(transformed_root, tmp_path, 'x', '--n_epochs', '1')],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert f'torchrun started {processes} processes on this machine' in result.stderr
+    assert not (tmp_path / 'x').exists()
