@@ -10,7 +10,6 @@ channels_last. Data time is the share of the step spent making the augmented bat
 training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak (--peak_tflops;
 known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
 """
-import argparse
 import os
 import resource
 import tempfile
@@ -25,7 +24,7 @@ import transform_dataset
 from synthetic_inria import make_synthetic_inria, synthetic_pair
 from dataset import EpochPlan, augmented_batch, batch_on_device
 from train_options import build_parser
-from utils import UserError, read_image_file, run_cli
+from utils import ArgumentParser, UserError, read_image_file, run_cli
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, half their "with sparsity"
 # figures; matched against torch.cuda.get_device_name, most specific name first. Issue 5 planned with ~790.
@@ -36,7 +35,7 @@ STEPS = (('plain: eager fp32 NCHW, default Adam', {'default_adam': True}), ('+ f
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument('--only', choices=('train', 'generate', 'transform'), help='run one part only')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')

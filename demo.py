@@ -5,7 +5,6 @@
 
 Every step is one of the repo's own commands, printed before it runs, so the demo doubles as a recipe.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -13,6 +12,8 @@ import sys
 import time
 
 import torch
+
+from utils import ArgumentParser
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,7 +32,7 @@ def run(script, *args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument('--out', default='demo_out', help='folder for everything the demo writes')
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     opt = p.parse_args(argv)

@@ -60,7 +60,7 @@ def load_generator(path, device, role='generator'):
 @torch.no_grad()
 def run_generator(G, masks, device):
     """uint8 B×H×W(×C) masks -> float B×C×H×W generator output in [-1, 1] on device (in the caller's autocast)."""
-    x = torch.from_numpy(np.ascontiguousarray(masks))
+    x = torch.tensor(np.asarray(masks))  # a copy: the caller's array may be read-only (from_numpy would warn)
     x = to_unit_range((x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)).to(device))
     return G(x).float()
 

@@ -12,7 +12,6 @@ in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, Ma
 Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see seam_score),
 FID/KID only with --inception_weights.
 """
-import argparse
 import contextlib
 import csv
 import html
@@ -31,9 +30,9 @@ import networks
 from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan)
-from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, UserError, amp_enabled, building_scores, check_binary_mask,
-                   compute_fid_kid, free_space, image_metrics, make_fid_kid, make_writable_dir, pick_device,
-                   read_image_file, remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png,
+from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, building_scores,
+                   check_binary_mask, compute_fid_kid, free_space, image_metrics, make_fid_kid, make_writable_dir,
+                   pick_device, read_image_file, remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png,
                    seam_score, to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic,
                    write_tiff_atomic)
 
@@ -42,12 +41,13 @@ MODES = ('full', 'tiles', 'sliding')
 # ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams, GDAL_METADATA, GDAL_NODATA.
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 REPORTS = ('index.html', 'metrics.csv', 'metrics.json')
+OUTPUT_PREFIXES = ('Generated-', 'MaskResized-', 'Grid-', 'OriginalResized-')  # save_outputs' names
 MAX_NAME_BYTES = 255 - len('.OriginalResized-.png.12345678.tmp')  # the longest output's temp file name
 GRID_MAX_SIDE = 512  # panels of Grid-<name>.png are downscaled to this (a 5000² grid would be 75 MB of PNG)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     a = p.add_argument
     a('--run', required=True, help='run folder made by train.py (holds latest.pt, best.pt, epoch_<N>.pt)')
     a('--epoch', default='latest', help='which checkpoint: latest, best or N (epoch_<N>.pt)')
@@ -277,13 +277,16 @@ def image_scores(generated, real, mask, opt, segmenter=None):
 # ---------------------------------------------------------------- outputs
 
 def prepare_results_dir(path):
-    """A writable folder without the previous run's reports: the new images replace the old ones one by one, so
-    a run that stops early must not leave an index.html or metrics.* describing images that are gone."""
+    """A writable folder without a previous run's reports and images: a re-run on other masks (the default folder
+    depends only on the run, mode and epoch) must not leave old images beside the new ones, and a run that stops
+    early must not leave an index.html or metrics.* describing images that are gone. Only this script's own file
+    names are removed."""
     make_writable_dir(path, '--results_dir')
     remove_stale_temp_files(path)
-    for report in REPORTS:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(path, report))
+    for name in os.listdir(path):
+        if name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif'))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, name))
 
 
 def save_outputs(results_dir, mode, name, source, generated, mask_out, real):
@@ -421,7 +424,7 @@ def main(argv=None):
         'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
         'mean': mean, **set_metrics, 'images': rows})
     summary = ', '.join(f'{k} {fmt(v)}' for k, v in {**mean, **set_metrics}.items())
-    print(f'{len(rows)} results in {results_dir} ({summary})')
+    print(f'{len(rows)} result{"" if len(rows) == 1 else "s"} in {results_dir}' + (f' ({summary})' if summary else ''))
     return 0
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
-from train_options import parse_options
+from train_options import check_same_data, data_identity, parse_options
 from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, image_metrics, load_checkpoint,
                    pick_device, remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states,
                    write_json_atomic)
@@ -349,8 +349,10 @@ def stop_exit_status(stop):
 def train(opt, stop):
     device = setup_device(opt)  # first: each process must be on its own GPU before NCCL starts
     rank, world_size = setup_distributed(device)
-    train_masks, train_images, _ = load_split(opt.dataroot, 'train')
-    val_masks, val_images, _ = load_split(opt.dataroot, 'val')
+    train_masks, train_images, train_names = load_split(opt.dataroot, 'train')
+    val_masks, val_images, val_names = load_split(opt.dataroot, 'val')
+    run_dir = os.path.join(opt.runs_dir, opt.name)
+    check_same_data(opt, data_identity(train_names, val_names, train_masks.shape[-1]), run_dir)
     opt.input_nc = opt.input_nc or train_masks.shape[1]
     if opt.input_nc != train_masks.shape[1]:
         raise UserError(f'--input_nc {opt.input_nc} but the masks in {opt.dataroot} have {train_masks.shape[1]} channels')
@@ -361,12 +363,16 @@ def train(opt, stop):
         raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
     if opt.batch_size % world_size:
         raise UserError(f'--batch_size {opt.batch_size} must be divisible by the {world_size} processes')
-    run_dir = os.path.join(opt.runs_dir, opt.name)
     trainer = Trainer(opt, device, rank, world_size)
     if opt.resume:
         state = load_checkpoint(os.path.join(run_dir, 'latest.pt'))
         check_mid_epoch_resume(state, opt, run_dir)
         trainer.restore(state)
+        if trainer.epoch >= opt.n_epochs + opt.n_epochs_decay:
+            if rank == 0:
+                print(f'nothing to train: {run_dir} has finished its {trainer.epoch} epochs; to extend it, resume '
+                      f'with more --n_epochs or --n_epochs_decay')
+            return 0
         print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
     else:
         seed_dropout_noise(opt, rank)
@@ -461,7 +467,11 @@ def train(opt, stop):
             save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
         if stopping or stop_everywhere(stop, world_size, device):
             return stop_exit_status(stop)
-    if writer:
+    if writer and last_epoch < total_epochs:
+        writer.close()
+        print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; best val '
+              f'PSNR so far {trainer.best_psnr:.2f} dB at epoch {trainer.best_epoch}')
+    elif writer:
         final = trainer.history[-1] if trainer.history else {}
         hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
         writer.add_hparams(hparams, {f'hparam/{k}': v for k, v in final.items() if k != 'epoch'}, run_name='hparams')

@@ -2,6 +2,8 @@
 and may not change, and the checks that turn a bad combination into one clear line before anything is built.
 """
 import argparse
+import hashlib
+import json
 import math
 import os
 import sys
@@ -9,7 +11,7 @@ import sys
 import torch
 
 import networks
-from utils import UserError, read_json
+from utils import ArgumentParser, UserError, read_json
 
 # Options that define the networks or the data they see: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -27,11 +29,9 @@ LOSS_WEIGHTS = {'lambda_L1': 'l1', 'lambda_VGG': 'vgg'}
 
 
 def build_parser(description=None):
-    # no abbreviations: --resume tells given options from saved ones by their full names (explicit_options)
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(description)
     a = p.add_argument
-    a('--dataroot', required=True, help='folder made by transform_dataset.py (holds train/ and val/)')
+    a('--dataroot', help='folder made by transform_dataset.py (holds train/ and val/); with --resume, the saved one')
     a('--name', default='experiment', help='run name: outputs go to <runs_dir>/<name>/')
     a('--runs_dir', default='runs', help='parent folder of all runs (point TensorBoard here)')
     a('--netG', default='unet_256', choices=networks.GENERATORS, help='generator architecture')
@@ -106,7 +106,10 @@ def resolve_options(parser, argv):
     """Parse argv; with --resume, start from the saved config and allow only overrides that the checkpoint does
     not fix (not the networks, optimiser or lr schedule)."""
     opt = parser.parse_args(argv)
-    opt.dataroot = os.path.abspath(opt.dataroot)  # test.py reads it back from config.json, from anywhere
+    if opt.dataroot is None and not opt.resume:
+        parser.error('the following arguments are required: --dataroot')
+    if opt.dataroot is not None:
+        opt.dataroot = os.path.abspath(opt.dataroot)  # test.py reads it back from config.json, from anywhere
     run_dir = os.path.join(opt.runs_dir, opt.name)
     if not opt.resume:
         if os.path.exists(os.path.join(run_dir, 'latest.pt')):
@@ -162,7 +165,26 @@ def check_options(opt):
         raise UserError(f'{opt.dataroot}: --dataroot not found')
     for split in ('train', 'val'):
         if not os.path.isdir(os.path.join(opt.dataroot, split)):
-            raise UserError(f'{opt.dataroot}: no {split}/ folder; make the dataset with transform_dataset.py')
+            hint = (f'give its parent, {os.path.dirname(opt.dataroot)}' if os.path.basename(opt.dataroot) in
+                    ('train', 'val') else 'make the dataset with transform_dataset.py')
+            raise UserError(f'{opt.dataroot}: no {split}/ folder; {hint}')
+
+
+def data_identity(train_names, val_names, size):
+    """A short digest of what a run trains and validates on (tile names and array side), kept in config.json:
+    the same arrays moved to another folder keep it, another dataset does not."""
+    text = json.dumps({'train': train_names, 'val': val_names, 'size': size})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_same_data(opt, identity, run_dir):
+    """A resumed run continues on the data it was trained on: with other data its validation history and best.pt
+    would compare PSNRs of two datasets. Runs saved before the identity was kept are not checked."""
+    saved = getattr(opt, 'data_identity', None)
+    if opt.resume and saved is not None and saved != identity:
+        raise UserError(f'--resume: {opt.dataroot} holds other data than {run_dir} was trained on (other tiles or '
+                        f'array size); its validation history and best.pt would mix two datasets: start a new --name')
+    opt.data_identity = identity
 
 
 def discriminator_min_size(opt):

@@ -12,7 +12,6 @@ At the end it prints IoU / F1 on the real validation images (centre crops): the 
 scores on generated images should be compared with. The checkpoint holds the generator's usual config keys,
 so test.py loads it like any generator; 'role' is 'segmenter' and 'val_real' holds those scores.
 """
-import argparse
 import math
 import os
 import sys
@@ -24,12 +23,12 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
-from utils import (CHECKPOINT_FORMAT, UserError, building_scores, make_writable_dir, pick_device, run_cli,
-                   save_checkpoint)
+from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, building_scores, make_writable_dir, pick_device,
+                   run_cli, save_checkpoint)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     a = p.add_argument
     a('--dataroot', required=True, help='folder made by transform_dataset.py (holds train/ and val/)')
     a('--out', default=os.path.join('runs', 'segmenter', 'segmenter.pt'), help='checkpoint to write (replaced)')

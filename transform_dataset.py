@@ -9,7 +9,6 @@ Aligned layout: one image holding A|B side by side, in <dataroot>/{train,val|tes
 Output: <out>/{train,val}/masks/<tile>.npy (H×W, or H×W×3 for colour label maps), <out>/{train,val}/images/<tile>.npy
 (H×W×3), <out>/{train,val}/manifest.json, <out>/transform.json. Re-running skips finished sources.
 """
-import argparse
 import glob
 import multiprocessing
 import os
@@ -19,19 +18,22 @@ import sys
 from tqdm import tqdm
 
 from synthetic_inria import make_synthetic_inria
-from utils import (IMAGE_SUFFIXES, UserError, building_fraction, check_binary_mask, check_rgb_format,
+from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_binary_mask, check_rgb_format,
                    check_rgb_image, read_image_file, read_image_header, read_json, remove_stale_temp_files,
                    resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds, write_json_atomic)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
 # Options that change the arrays: an output folder made with other values must not be mixed with new ones.
-# --mask_tolerance is not among them: it only accepts or refuses a mask, so raising it after a refusal resumes.
-OUTPUT_DEFINING_OPTIONS = ('format', 'direction', 'size', 'split', 'val_pattern', 'min_building')
+# Not among them: --mask_tolerance only accepts or refuses a mask, so raising it after a refusal resumes; and
+# --min_building only picks the tiles the manifests list (every tile is saved), so a re-run with another value
+# rewrites the manifests in seconds.
+OUTPUT_DEFINING_OPTIONS = ('format', 'direction', 'size', 'split', 'val_pattern')
+RECORD_VERSION = 2  # records list every tile of their source; version 1 listed only those --min_building kept
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument('--dataroot', help='input folder (Inria layout: images/ and gt/; or aligned A|B images)')
     p.add_argument('--out', help='output folder for the arrays (must not be inside --dataroot)')
     p.add_argument('--format', choices=('inria', 'aligned'), default='inria',
@@ -113,7 +115,9 @@ def find_inria_sources(opt):
     image_dir, mask_dir = os.path.join(opt.dataroot, 'images'), os.path.join(opt.dataroot, 'gt')
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
-            raise UserError(f'{folder}: folder not found (Inria layout needs images/ and gt/ in --dataroot)')
+            hint = ('; for A|B images side by side (e.g. facades) use --format aligned'
+                    if os.path.isdir(os.path.join(opt.dataroot, 'train')) or list_images(opt.dataroot) else '')
+            raise UserError(f'{folder}: folder not found (Inria layout needs images/ and gt/ in --dataroot){hint}')
     images, masks = stems(image_dir), stems(mask_dir)
     if not images and not masks:
         raise UserError(f'{opt.dataroot}: no images found in images/ or gt/ (.tif, .png, .jpg)')
@@ -150,7 +154,10 @@ def find_aligned_sources(opt):
         sources = [(stem, os.path.join(opt.dataroot, name), os.path.join(opt.dataroot, name),
                     'val' if pattern.search(stem) else 'train') for stem, name in stems(opt.dataroot).items()]
     if not sources:
-        raise UserError(f'{opt.dataroot}: no images found (.tif, .png, .jpg), nor train/ and val/ folders holding them')
+        hint = ('; images/ and gt/ are the Inria layout: leave out --format aligned'
+                if os.path.isdir(os.path.join(opt.dataroot, 'images')) else '')
+        raise UserError(f'{opt.dataroot}: no images found (.tif, .png, .jpg), nor train/ and val/ folders holding '
+                        f'them{hint}')
     return sorted(sources, key=lambda s: (s[3], s[0]))
 
 
@@ -203,36 +210,30 @@ def transform_source(source, opt):
     stem, image_path, mask_path, split = source
     mask, image = load_pair(source, opt)
     ys, xs = tile_bounds(mask.shape[0], opt.split), tile_bounds(mask.shape[1], opt.split)
-    tiles, fractions = [], []
+    tiles = []
     for row in range(opt.split):
         for col in range(opt.split):
             tile_mask = resize_mask(mask[ys[row]:ys[row + 1], xs[col]:xs[col + 1]], opt.size)
-            fraction = building_fraction(tile_mask)
-            if fraction is not None:
-                fractions.append(fraction)
-                if fraction < opt.min_building:
-                    continue
             name = tile_name(stem, row, col, opt.split)
             tile_image = resize_image(image[ys[row]:ys[row + 1], xs[col]:xs[col + 1]], opt.size)
             save_npy_atomic(os.path.join(opt.out, split, 'images', name + '.npy'), tile_image)
             save_npy_atomic(os.path.join(opt.out, split, 'masks', name + '.npy'), tile_mask)
             tiles.append({'name': name, 'source': os.path.basename(image_path), 'mask_source': os.path.basename(mask_path),
-                          'tile': [row, col], 'building_fraction': fraction})
-    # The largest fraction, dropped tiles included, tells a user whose --min_building kept nothing what would.
-    write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'tiles': tiles,
-                                                          'max_building_fraction': max(fractions, default=None)})
+                          'tile': [row, col], 'building_fraction': building_fraction(tile_mask)})
+    write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'version': RECORD_VERSION, 'tiles': tiles})
     return stem
 
 
 def is_done(source, opt):
-    """A source is finished when its record exists and every tile it lists is on disk."""
+    """A source is finished when its record (of this version) exists and every tile it lists is on disk."""
     stem, _, _, split = source
     path = record_path(opt.out, split, stem)
     if not os.path.exists(path):
         return False
-    tiles = read_json(path, 'source record')['tiles']
-    return all(os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
-               for t in tiles for kind in ('images', 'masks'))
+    record = read_json(path, 'source record')
+    return record.get('version') == RECORD_VERSION and all(
+        os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
+        for t in record['tiles'] for kind in ('images', 'masks'))
 
 
 def _worker(args):
@@ -296,40 +297,52 @@ def prepare_output(opt):
         raise UserError(f'{opt.out}: cannot write the output folder ({err.strerror}: {err.filename})') from None
 
 
-def check_split_not_empty(split, records, opt):
-    """A split without tiles only fails later in train.py, so say why now: an error when --min_building
-    dropped every train tile, a warning otherwise (an empty val split, or a run making only val data)."""
-    if any(r['tiles'] for r in records):
-        return
-    if records:
-        largest = max((r['max_building_fraction'] for r in records if r.get('max_building_fraction') is not None),
-                      default=None)
-        seen = '' if largest is None else f' (the largest building fraction of a tile is {largest:.3f})'
-        message = (f'{opt.out}/{split}: --min_building {opt.min_building} dropped all tiles of its {len(records)} '
-                   f'sources{seen}; use a lower --min_building and a new --out')
-    else:
-        by_folders = opt.format == 'aligned' and os.path.isdir(os.path.join(opt.dataroot, 'train'))
-        rule = 'the train/ and val/ or test/ folders' if by_folders else f'--val_pattern {opt.val_pattern!r}'
-        message = f'{opt.out}/{split}: no source is in the {split} split (sources are split by {rule})'
-    if split == 'train' and records:
-        raise UserError(message)
-    print(f'warning: {message}; train.py needs tiles in both train/ and val/', file=sys.stderr)
+def split_rule(opt):
+    by_folders = opt.format == 'aligned' and os.path.isdir(os.path.join(opt.dataroot, 'train'))
+    return 'the train/ and val/ or test/ folders' if by_folders else f'--val_pattern {opt.val_pattern!r}'
+
+
+def check_sources_in_both_splits(sources, opt):
+    """Before anything is written: train.py cannot use a dataset without train sources (an error), nor one without
+    val sources (a warning: such a folder may be made on purpose, e.g. for test.py)."""
+    for split in SPLITS:
+        if not any(s[3] == split for s in sources):
+            message = f'{opt.dataroot}: no source is in the {split} split (sources are split by {split_rule(opt)})'
+            if split == 'train':
+                raise UserError(message)
+            print(f'warning: {message}; train.py needs tiles in both train/ and val/', file=sys.stderr)
+
+
+def kept_tiles(record, opt):
+    """The record's tiles with at least --min_building buildings (colour label maps have no fraction: all kept)."""
+    return [t for t in record['tiles'] if t['building_fraction'] is None or t['building_fraction'] >= opt.min_building]
+
+
+def check_min_building_keeps_train_tiles(records, opt):
+    """--min_building that drops every train tile would only fail later in train.py: say now what would keep some."""
+    fractions = [t['building_fraction'] for r in records for t in r['tiles'] if t['building_fraction'] is not None]
+    if records and not any(kept_tiles(r, opt) for r in records):
+        raise UserError(f'{opt.out}/train: --min_building {opt.min_building} drops all tiles of its {len(records)} '
+                        f'sources (the largest building fraction of a tile is {max(fractions):.3f}); re-run with a '
+                        f'lower --min_building (the arrays are kept: only the manifests are rewritten)')
 
 
 def write_manifests(sources, opt):
     records = {split: [read_json(record_path(opt.out, split, s[0]), 'source record') for s in sources if s[3] == split]
                for split in SPLITS}
+    check_min_building_keeps_train_tiles(records['train'], opt)
     for split in SPLITS:
-        check_split_not_empty(split, records[split], opt)
-    for split in SPLITS:
-        tiles = [t for r in records[split] for t in r['tiles']]
+        tiles = [t for r in records[split] for t in kept_tiles(r, opt)]
         write_json_atomic(os.path.join(opt.out, split, 'manifest.json'),
-                          {'split': split, 'size': opt.size, 'tiles': tiles})
-        print(f'{split}: {len(tiles)} tiles from {len(records[split])} sources')
+                          {'split': split, 'size': opt.size, 'min_building': opt.min_building, 'tiles': tiles})
+        dropped = sum(len(r['tiles']) for r in records[split]) - len(tiles)
+        print(f'{split}: {len(tiles)} tiles from {len(records[split])} sources'
+              + (f' ({dropped} under --min_building {opt.min_building} left out)' if dropped else ''))
 
 
 def transform(opt):
     sources = find_inria_sources(opt) if opt.format == 'inria' else find_aligned_sources(opt)
+    check_sources_in_both_splits(sources, opt)
     check_headers(sources, opt)
     if opt.min_building > 0 and opt.format == 'aligned':
         raise UserError('--min_building needs binary building masks; aligned colour label maps have none')

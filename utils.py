@@ -1,8 +1,9 @@
-"""Shared helpers: clear errors, atomic writes, image I/O and resizing, metrics, synthetic Inria data.
+"""Shared helpers: clear errors, the scripts' option parser, atomic writes, image I/O and resizing, metrics.
 
 Imports nothing from the repo's scripts; everything else imports from here. torch is imported inside the
 functions that need it, so transform_dataset.py (and its worker processes) start without it.
 """
+import argparse
 import contextlib
 import json
 import os
@@ -28,6 +29,28 @@ os.umask(_UMASK)
 
 class UserError(Exception):
     """A problem with the user's input or options: reported as one line, no traceback."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout and shows each option's default unless its help already tells it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or 'default' in text:
+            return text
+        return text + ' (default: %(default)s)'
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Every script's parser. No abbreviations: `--data` silently meaning `--dataroot` today could mean another
+    option tomorrow, and train.py --resume tells given options from saved ones by their full names. A usage error
+    is one line, like every other error here, instead of the whole usage block."""
+
+    def __init__(self, description):
+        super().__init__(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
 def run_cli(main):

@@ -49,10 +49,20 @@ def temp_file_in(folder):
     return lambda: os.path.isdir(folder) and any(n.endswith('.tmp') for n in os.listdir(folder))
 
 
+def checkpoint_temp_file_in(folder):
+    """A checkpoint being written (.latest.pt.<random>.tmp), not config.json's temp file at start-up."""
+    return lambda: os.path.isdir(folder) and any(n.endswith('.tmp') and '.pt.' in n for n in os.listdir(folder))
+
+
 def assert_checkpoints_readable(run_dir):
     for path in glob.glob(os.path.join(run_dir, '*.pt')):
         state = torch.load(path, map_location='cpu', weights_only=True)
         assert state['format'] == CHECKPOINT_FORMAT, path
+
+
+def finished_epochs(run_dir):
+    path = os.path.join(run_dir, 'latest.pt')
+    return torch.load(path, map_location='cpu', weights_only=True)['epoch'] if os.path.exists(path) else 0
 
 
 def final_generator(run_dir):
@@ -65,29 +75,36 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_train_killed_at_random_moments_resumes_bit_identically(transformed_root, tmp_path):
-    schedule = ['--n_epochs', '4', '--n_epochs_decay', '4', '--save_epoch_freq', '2']
-    subprocess.run(TRAIN + tiny(transformed_root, tmp_path, 'reference', *schedule), check=True, capture_output=True)
+def test_train_killed_at_random_moments_resumes_bit_identically(many_tiles_root, tmp_path):
+    # 6 epochs of 45 iterations: long enough that every kill lands in a run that still has training to do
+    schedule = ['--n_epochs', '3', '--n_epochs_decay', '3', '--save_epoch_freq', '2']
+    started = time.monotonic()
+    subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'reference', *schedule), check=True, capture_output=True)
+    print(f'reference run {time.monotonic() - started:.1f} s')
     run_dir = str(tmp_path / 'killed')
     rng = random.Random(0)
     kills_during_write = 0
     resume = lambda: ['--resume'] if os.path.exists(os.path.join(run_dir, 'latest.pt')) else []
     for attempt in range(10):
         events_before = len(glob.glob(os.path.join(run_dir, 'events.out.*')))
-        proc = start(TRAIN + tiny(transformed_root, tmp_path, 'killed', *schedule, *resume()))
+        proc = start(TRAIN + tiny(many_tiles_root, tmp_path, 'killed', *schedule, *resume()))
         if attempt % 2:  # aim at a checkpoint write: kill as soon as a temp file shows up
-            kills_during_write += wait_for(temp_file_in(run_dir), timeout=60)
+            kills_during_write += wait_for(checkpoint_temp_file_in(run_dir), timeout=60)
         else:  # a random moment once training has started (its event file appears)
             wait_for(lambda: len(glob.glob(os.path.join(run_dir, 'events.out.*'))) > events_before, 60, 0.01)
             time.sleep(rng.uniform(0.0, 2.0))
         kill_9(proc)
         assert_checkpoints_readable(run_dir)  # never an unreadable checkpoint on disk
-    proc = subprocess.run(TRAIN + tiny(transformed_root, tmp_path, 'killed', *schedule, *resume()),
+        if finished_epochs(run_dir) == 6:  # a resumed finished run writes nothing: no moment left to kill
+            break
+    epochs_before_last_run = finished_epochs(run_dir)
+    proc = subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'killed', *schedule, *resume()),
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not glob.glob(os.path.join(run_dir, '*.tmp'))
     assert_same_weights(final_generator(tmp_path / 'reference'), final_generator(run_dir))
-    print(f'{kills_during_write} of 5 targeted kills landed during a checkpoint write')
+    print(f'{attempt + 1} kills, {kills_during_write} of {(attempt + 1) // 2} targeted ones during a checkpoint '
+          f'write; {epochs_before_last_run} of 6 epochs done before the last, uninterrupted run')
 
 
 def test_sigterm_saves_latest_mid_epoch_and_exits_0(many_tiles_root, tmp_path):
@@ -109,20 +126,29 @@ def test_sigterm_saves_latest_mid_epoch_and_exits_0(many_tiles_root, tmp_path):
     assert_same_weights(final_generator(tmp_path / 'reference'), final_generator(run_dir))
 
 
+def finished_sources(out):
+    return len(glob.glob(os.path.join(out, '*', 'sources', '*.json')))
+
+
 def test_transform_killed_and_rerun_equals_one_clean_run(tmp_path):
     source = tmp_path / 'inria'
-    make_synthetic_inria(str(source), n_tiles=8, size=800, seed=3, progress=False)
-    options = ['--dataroot', str(source), '--size', '64', '--crop_size', '64', '--split', '2', '--workers', '1']
+    make_synthetic_inria(str(source), n_tiles=12, size=1000, seed=3, progress=False)
+    options = ['--dataroot', str(source), '--size', '64', '--crop_size', '64', '--split', '5', '--workers', '1']
     subprocess.run(TRANSFORM + options + ['--out', str(tmp_path / 'clean')], check=True, capture_output=True)
     out = tmp_path / 'killed'
     rng = random.Random(1)
+    # The whole transform takes well under a second, so kills are aimed by progress, not by the clock.
+    kills_mid_run = 0
     for attempt in range(6):
+        target = finished_sources(out) + rng.randint(1, 2)
         proc = start(TRANSFORM + options + ['--out', str(out)])
-        if attempt % 2:
+        if attempt % 2:  # while a tile is being written
             wait_for(temp_file_in(str(out / 'train' / 'images')), timeout=20)
-        else:
-            time.sleep(rng.uniform(0.3, 1.5))
+        else:  # after one or two more finished sources
+            wait_for(lambda: finished_sources(out) >= target, timeout=20)
         kill_9(proc)
+        kills_mid_run += finished_sources(out) < 12
+    print(f'{kills_mid_run} of 6 kills before the last source was finished')
     subprocess.run(TRANSFORM + options + ['--out', str(out)], check=True, capture_output=True)
     clean_files = sorted(os.path.relpath(p, tmp_path / 'clean') for p in glob.glob(str(tmp_path / 'clean' / '**' / '*'),
                                                                                    recursive=True))

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import urllib.parse
+import warnings
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from PIL import Image
 
 import train
 from conftest import REPO
-from generation import generate_sliding, generate_tiles
+from generation import generate_sliding, generate_tiles, run_generator
 from utils import UserError, make_fid_kid, seam_score
 
 # Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
@@ -367,6 +368,24 @@ def test_a_rerun_that_stops_early_leaves_no_stale_reports(run_dir, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--mode', 'tiles', '--num_test', '2'])
     assert not [name for name in ts.REPORTS if (tmp_path / 'out' / name).exists()]
+
+
+def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_path):
+    generate(run_dir, tmp_path / 'out', '--num_test', '3')
+    (tmp_path / 'out' / 'notes.txt').write_text('mine')
+    assert generate(run_dir, tmp_path / 'out', '--num_test', '1')['samples'] == 1
+    outputs = [name for name in os.listdir(tmp_path / 'out') if name.startswith(ts.OUTPUT_PREFIXES)]
+    assert len(outputs) == 4  # the one sample's generated, mask, real and grid images
+    assert (tmp_path / 'out' / 'notes.txt').read_text() == 'mine'
+
+
+def test_read_only_masks_are_taken_without_a_warning():
+    G = torch.nn.Identity()
+    masks = np.zeros((1, 8, 8, 3), np.uint8)
+    masks.flags.writeable = False  # as from np.load(mmap_mode='r') or a broadcast view
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert run_generator(G, masks, torch.device('cpu')).shape == (1, 3, 8, 8)
 
 
 def test_a_failed_image_write_is_one_clear_error(run_dir, tmp_path, monkeypatch):

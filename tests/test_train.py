@@ -2,6 +2,7 @@ import glob
 import json
 import os
 import re
+import shutil
 import signal
 
 import numpy as np
@@ -213,6 +214,49 @@ def test_resume_refuses_what_the_checkpoint_fixes_and_extends_a_linear_run(trans
                     '--n_epochs_decay', '1', '--stop_epoch', '1'))
     line = cli_error(tiny(transformed_root, tmp_path, 'cos', '--resume', '--n_epochs_decay', '3'), capsys)
     assert '--lr_policy cosine over --n_epochs + --n_epochs_decay = 2 epochs, not 4' in line
+
+
+def test_resume_keeps_the_data_it_was_trained_on(transformed_root, many_tiles_root, tmp_path, capsys):
+    train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '3', '--n_epochs_decay', '0', '--stop_epoch', '1'))
+    before = run_files(tmp_path / 'run')
+    line = cli_error(tiny(many_tiles_root, tmp_path, 'run', '--resume'), capsys)
+    assert line == (f'error: --resume: {many_tiles_root} holds other data than {tmp_path / "run"} was trained on '
+                    '(other tiles or array size); its validation history and best.pt would mix two datasets: start a '
+                    'new --name')
+    assert run_files(tmp_path / 'run') == before
+    # The same arrays in another folder are the same data; without --dataroot the run's saved folder is used.
+    moved = tmp_path / 'moved'
+    shutil.copytree(transformed_root, moved)
+    assert train.main(tiny(moved, tmp_path, 'run', '--resume', '--stop_epoch', '2')) == 0
+    assert train.main(['--runs_dir', str(tmp_path), '--name', 'run', '--resume', '--log_freq', '1']) == 0
+    assert torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)['epoch'] == 3
+    assert json.load(open(tmp_path / 'run' / 'config.json'))['dataroot'] == str(moved)
+
+
+def test_messages_tell_a_stopped_run_from_a_finished_one(transformed_root, tmp_path, capsys):
+    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs', '1', '--n_epochs_decay', '1')
+    train.main([*args, '--stop_epoch', '1'])
+    assert 'stopped after epoch 1 of 2 (--stop_epoch): continue with --resume' in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / 'run' / 'hparams')  # the final metrics are logged once, at the end
+    train.main([*args, '--resume'])
+    assert f'done: {tmp_path / "run"}' in capsys.readouterr().out
+    assert os.path.isdir(tmp_path / 'run' / 'hparams')
+    before = run_files(tmp_path / 'run')
+    assert train.main([*args, '--resume']) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (f'nothing to train: {tmp_path / "run"} has finished its 2 '
+                                                        'epochs; to extend it, resume with more --n_epochs or '
+                                                        '--n_epochs_decay')
+    assert run_files(tmp_path / 'run') == before
+
+
+def test_dataroot_is_required_for_a_new_run_and_a_split_folder_gets_a_hint(transformed_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(['--runs_dir', str(tmp_path), '--name', 'new'])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith('the following arguments are required: --dataroot '
+                                                            '(see --help)')
+    line = cli_error(tiny(os.path.join(transformed_root, 'train'), tmp_path, 'x'), capsys)
+    assert line == f'error: {transformed_root}/train: no train/ folder; give its parent, {transformed_root}'
 
 
 def test_mid_epoch_resume_keeps_the_batch_size(transformed_root, tmp_path, capsys, monkeypatch):

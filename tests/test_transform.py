@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,12 +104,35 @@ def test_real_inria_samples_with_three_channel_png_masks(tmp_path):
     assert 0.05 < val[0]['building_fraction'] < 0.6
 
 
-def test_min_building_drops_sparse_tiles(tmp_path):
+def manifest_tiles(out):
+    return [t for s in ('train', 'val') for t in json.load(open(os.path.join(out, s, 'manifest.json')))['tiles']]
+
+
+def test_min_building_drops_sparse_tiles_from_the_manifests_and_can_change(tmp_path, capsys):
     run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32', '--split', '2', '--min_building', '0.25')
-    tiles = [t for s in ('train', 'val') for t in json.load(open(tmp_path / s / 'manifest.json'))['tiles']]
+    tiles = manifest_tiles(tmp_path)
     assert tiles and all(t['building_fraction'] >= 0.25 for t in tiles)
     assert len(tiles) < 40
-    assert len(npy_files(tmp_path)) == 2 * len(tiles)
+    arrays = {p: open(p, 'rb').read() for p in npy_files(tmp_path)}
+    assert len(arrays) == 2 * 40  # every tile is kept on disk, so another threshold needs no decoding
+    # Another threshold in the same --out: the sources are not decoded again, only the manifests change.
+    capsys.readouterr()
+    run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32', '--split', '2', '--min_building', '0')
+    assert 'resuming: 10 of 10 sources already done' in capsys.readouterr().out
+    assert len(manifest_tiles(tmp_path)) == 40
+    assert {p: open(p, 'rb').read() for p in npy_files(tmp_path)} == arrays
+
+
+def test_records_that_left_out_tiles_are_redone(tmp_path, capsys):
+    """Records of version 1 listed only the tiles --min_building kept: such a source is transformed again."""
+    run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32')
+    record = tmp_path / 'train' / 'sources' / 'kitsap8_26.json'
+    old = json.load(open(record))
+    json.dump({'source': old['source'], 'tiles': []}, open(record, 'w'))
+    capsys.readouterr()
+    run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32')
+    assert 'resuming: 9 of 10 sources already done' in capsys.readouterr().out
+    assert json.load(open(record)) == old
 
 
 def test_aligned_val_folder_is_preferred_over_test(tmp_path, capsys):
@@ -124,11 +148,30 @@ def test_aligned_val_folder_is_preferred_over_test(tmp_path, capsys):
     assert 'val/ -> val; test/ left out' in capsys.readouterr().out
 
 
-def test_min_building_that_keeps_no_train_tile_is_an_error(tmp_path):
+def test_min_building_that_keeps_no_train_tile_is_an_error_and_a_lower_one_goes_on(tmp_path):
     root = make_inria_dir(tmp_path / 'in')  # every mask is 12.5 % building
-    with pytest.raises(UserError, match=r'train: --min_building 0\.5 dropped all tiles .* 0\.125'):
+    with pytest.raises(UserError, match=r'train: --min_building 0\.5 drops all tiles .* 0\.125\); re-run with a lower'):
         run(root, tmp_path / 'out', '--size', '32', '--min_building', '0.5')
     assert not glob.glob(str(tmp_path / 'out' / '*' / 'manifest.json'))
+    run(root, tmp_path / 'out', '--size', '32', '--min_building', '0.1')  # the same --out is not locked
+    assert len(manifest_tiles(tmp_path / 'out')) == 3
+
+
+@pytest.mark.parametrize('dataroot, options, hint', [
+    ('facades', [], 'for A|B images side by side (e.g. facades) use --format aligned'),
+    ('inria_samples', ['--format', 'aligned'], 'images/ and gt/ are the Inria layout: leave out --format aligned'),
+])
+def test_the_wrong_format_gets_a_hint(tmp_path, dataroot, options, hint):
+    with pytest.raises(UserError, match=re.escape(hint)):
+        run(os.path.join(DATA, dataroot), tmp_path / 'out', *options)
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_no_train_source_is_an_error_before_anything_is_written(tmp_path):
+    root = make_inria_dir(tmp_path / 'in', names=('austin1', 'chicago2'))  # both in Inria's validation images
+    with pytest.raises(UserError, match=r"no source is in the train split \(sources are split by --val_pattern"):
+        run(root, tmp_path / 'out', '--size', '32')
+    assert not os.path.exists(tmp_path / 'out')
 
 
 def test_empty_val_split_is_a_warning(tmp_path, capsys):
@@ -363,7 +406,8 @@ def test_a_5000px_tile_needs_less_than_4x_its_size_in_ram(tmp_path):
     tile_mb = (5000 * 5000 * 3 + 5000 * 5000) / 2**20  # decoded image + mask
     baseline = peak_rss_mb_of([sys.executable, '-c', f'import sys; sys.path.insert(0, {REPO!r}); import transform_dataset'])
     peak = peak_rss_mb_of([sys.executable, os.path.join(REPO, 'transform_dataset.py'), '--dataroot',
-                           str(tmp_path / 'in'), '--out', str(tmp_path / 'out'), '--workers', '1'])
+                           str(tmp_path / 'in'), '--out', str(tmp_path / 'out'), '--workers', '1',
+                           '--val_pattern', '^$'])  # the one tile (austin1) in train: a dataset needs train tiles
     print(f'peak {peak:.0f} MB, imports {baseline:.0f} MB, tile {tile_mb:.0f} MB')
     assert peak - baseline < 4 * tile_mb, (peak, baseline)
-    assert os.path.exists(tmp_path / 'out' / 'val' / 'images' / 'austin1.npy')
+    assert os.path.exists(tmp_path / 'out' / 'train' / 'images' / 'austin1.npy')

@@ -1,6 +1,8 @@
-"""Tests for utils.py: image reading (every mask format a user may hand us, TIFF layouts) and RNG states."""
+"""Tests for utils.py: image reading (every mask format a user may hand us, TIFF layouts), RNG states, the parser."""
 import glob
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,8 +10,8 @@ import tifffile
 import torch
 from PIL import Image
 
-from conftest import DATA
-from utils import UserError, check_binary_mask, read_image_file, read_image_header, rng_states, set_rng_states
+from conftest import DATA, REPO
+from utils import ArgumentParser, UserError, check_binary_mask, read_image_file, read_image_header, rng_states, set_rng_states
 
 SAMPLE_MASKS = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'gt', '*.png')))
 
@@ -147,3 +149,28 @@ def test_the_gpu_rng_state_goes_back_to_the_training_gpu(monkeypatch, saved_gpus
     set_rng_states(states, torch.device('cuda', resumed_on))
     assert int(gpus.states[resumed_on]) == expected
     assert all(int(gpus.states[i]) == i for i in range(resumed_on))  # the other GPUs' states are untouched
+
+
+@pytest.mark.parametrize('script, required, abbreviation', [
+    ('train.py', ['--dataroot', 'x'], '--devi'), ('test.py', ['--run', 'x'], '--devi'),
+    ('transform_dataset.py', [], '--datar'), ('train_segmenter.py', ['--dataroot', 'x'], '--devi'),
+    ('bench.py', [], '--devi'), ('demo.py', [], '--devi'),
+])
+def test_every_script_refuses_abbreviations_in_one_line(script, required, abbreviation):
+    # argparse's default takes `--devi` for --device: a silent guess that changes meaning when an option is added
+    result = subprocess.run([sys.executable, os.path.join(REPO, script), *required, abbreviation, 'x'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f'{script}: error: unrecognized arguments: {abbreviation} x (see --help)']
+
+
+def test_help_shows_defaults_once():
+    parser = ArgumentParser('test')
+    parser.add_argument('--size', type=int, default=286, help='side')
+    parser.add_argument('--told', type=int, default=4, help='already says it (default 4)')
+    parser.add_argument('--flag', action='store_true', help='a switch')
+    parser.add_argument('--maybe', default=None, help='optional')
+    text = ' '.join(parser.format_help().split())
+    assert '--size SIZE side (default: 286)' in text
+    assert 'already says it (default 4) ' in text + ' ' and text.count('default') == 2
+    assert '--flag a switch' in text and '--maybe MAYBE optional' in text
