@@ -217,6 +217,11 @@ def bench_transform(opt):
 
 def main(argv=None):
     opt = parse_args(argv)
+    for name in ('gen_batch', 'mask_size'):
+        if getattr(opt, name) < 1:
+            raise UserError(f'--{name} must be >= 1, got {getattr(opt, name)}')
+    if opt.batches and min(opt.batches) < 1:
+        raise UserError(f'--batches must all be >= 1, got {opt.batches}')
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = train.setup_device(opt)

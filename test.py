@@ -276,17 +276,20 @@ def image_scores(generated, real, mask, opt, segmenter=None):
 
 # ---------------------------------------------------------------- outputs
 
-def prepare_results_dir(path):
+def prepare_results_dir(path, inputs):
     """A writable folder without a previous run's reports and images: a re-run on other masks (the default folder
     depends only on the run, mode and epoch) must not leave old images beside the new ones, and a run that stops
     early must not leave an index.html or metrics.* describing images that are gone. Only this script's own file
-    names are removed."""
+    names are removed, and never one of this run's inputs (earlier MaskResized- files fed back as --masks)."""
     make_writable_dir(path, '--results_dir')
     remove_stale_temp_files(path)
+    keep = {os.path.realpath(source) for _, source, *_ in inputs}
     for name in os.listdir(path):
-        if name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif'))):
+        file = os.path.join(path, name)
+        ours = name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif')))
+        if ours and os.path.realpath(file) not in keep:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(path, name))
+                os.remove(file)
 
 
 def save_outputs(results_dir, mode, name, source, generated, mask_out, real):
@@ -396,7 +399,7 @@ def main(argv=None):
     fid_kid = make_fid_kid(opt.inception_weights, device) if inputs[0][3] is not None else None
     if opt.inception_weights and inputs[0][3] is None:
         print('FID/KID skipped: raw --masks have no ground-truth images')
-    prepare_results_dir(results_dir)
+    prepare_results_dir(results_dir, inputs)
 
     rows = []
     for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):

@@ -340,6 +340,14 @@ def stop_everywhere(stop, world_size, device):
     return flag.item() > 0
 
 
+def nothing_to_train(trained, total_epochs, last_epoch, run_dir):
+    if trained >= total_epochs:
+        return (f'nothing to train: {run_dir} has finished its {trained} epochs; to extend it, resume with more '
+                f'--n_epochs or --n_epochs_decay')
+    return (f'nothing to train: {run_dir} has already trained {trained} epochs (--stop_epoch {last_epoch}); resume '
+            f'with a later --stop_epoch, or none')
+
+
 def stop_exit_status(stop):
     return 130 if stop.signal == signal.SIGINT else 0  # Ctrl-C as a shell reports it; SIGTERM is a clean stop
 
@@ -349,10 +357,10 @@ def stop_exit_status(stop):
 def train(opt, stop):
     device = setup_device(opt)  # first: each process must be on its own GPU before NCCL starts
     rank, world_size = setup_distributed(device)
-    train_masks, train_images, train_names = load_split(opt.dataroot, 'train')
-    val_masks, val_images, val_names = load_split(opt.dataroot, 'val')
+    train_masks, train_images, _ = load_split(opt.dataroot, 'train')
+    val_masks, val_images, _ = load_split(opt.dataroot, 'val')
     run_dir = os.path.join(opt.runs_dir, opt.name)
-    check_same_data(opt, data_identity(train_names, val_names, train_masks.shape[-1]), run_dir)
+    check_same_data(opt, data_identity(opt.dataroot), run_dir)
     opt.input_nc = opt.input_nc or train_masks.shape[1]
     if opt.input_nc != train_masks.shape[1]:
         raise UserError(f'--input_nc {opt.input_nc} but the masks in {opt.dataroot} have {train_masks.shape[1]} channels')
@@ -363,25 +371,25 @@ def train(opt, stop):
         raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
     if opt.batch_size % world_size:
         raise UserError(f'--batch_size {opt.batch_size} must be divisible by the {world_size} processes')
+    total_epochs = opt.n_epochs + opt.n_epochs_decay
+    last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
     trainer = Trainer(opt, device, rank, world_size)
     if opt.resume:
         state = load_checkpoint(os.path.join(run_dir, 'latest.pt'))
         check_mid_epoch_resume(state, opt, run_dir)
         trainer.restore(state)
-        if trainer.epoch >= opt.n_epochs + opt.n_epochs_decay:
+        if trainer.epoch >= last_epoch:  # before the run folder is touched: nothing in it changes
             if rank == 0:
-                print(f'nothing to train: {run_dir} has finished its {trainer.epoch} epochs; to extend it, resume '
-                      f'with more --n_epochs or --n_epochs_decay')
+                print(nothing_to_train(trainer.epoch, total_epochs, last_epoch, run_dir))
             return 0
-        print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
+        if rank == 0:
+            print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
     else:
         seed_dropout_noise(opt, rank)
     writer = None
     if rank == 0:
         writer = open_run_dir(run_dir, opt, trainer.iteration)
     train_masks, train_images = place_training_data(train_masks, train_images, opt, device)
-    total_epochs = opt.n_epochs + opt.n_epochs_decay
-    last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
     n_batches = len(train_masks) // opt.batch_size
     layout = memory_format(opt)
     metrics, stopping = None, False

@@ -162,7 +162,8 @@ def check_options(opt):
     if 'vgg' in opt.content_loss and opt.lambda_VGG <= 0:
         raise UserError(f'--content_loss {opt.content_loss} needs --lambda_VGG > 0 (e.g. 10)')
     if not os.path.isdir(opt.dataroot):
-        raise UserError(f'{opt.dataroot}: --dataroot not found')
+        moved = ' (with --resume: the folder the run trained on; give --dataroot if it has moved)' if opt.resume else ''
+        raise UserError(f'{opt.dataroot}: --dataroot not found{moved}')
     for split in ('train', 'val'):
         if not os.path.isdir(os.path.join(opt.dataroot, split)):
             hint = (f'give its parent, {os.path.dirname(opt.dataroot)}' if os.path.basename(opt.dataroot) in
@@ -170,11 +171,16 @@ def check_options(opt):
             raise UserError(f'{opt.dataroot}: no {split}/ folder; {hint}')
 
 
-def data_identity(train_names, val_names, size):
-    """A short digest of what a run trains and validates on (tile names and array side), kept in config.json:
-    the same arrays moved to another folder keep it, another dataset does not."""
-    text = json.dumps({'train': train_names, 'val': val_names, 'size': size})
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def data_identity(dataroot):
+    """A short digest of what a run trains and validates on, kept in config.json: both manifests' tiles (name,
+    source, position, building fraction) and transform_dataset.py's settings but the input folder. The same arrays
+    moved elsewhere keep it; other data does, even with the same tile names (e.g. --direction AtoB, not BtoA)."""
+    parts = [read_json(os.path.join(dataroot, split, 'manifest.json'), 'manifest').get('tiles')
+             for split in ('train', 'val')]
+    settings_path = os.path.join(dataroot, 'transform.json')
+    if os.path.exists(settings_path):
+        parts.append({k: v for k, v in read_json(settings_path, 'transform config').items() if k != 'dataroot'})
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_same_data(opt, identity, run_dir):
@@ -183,7 +189,8 @@ def check_same_data(opt, identity, run_dir):
     saved = getattr(opt, 'data_identity', None)
     if opt.resume and saved is not None and saved != identity:
         raise UserError(f'--resume: {opt.dataroot} holds other data than {run_dir} was trained on (other tiles or '
-                        f'array size); its validation history and best.pt would mix two datasets: start a new --name')
+                        f'transform settings); its validation history and best.pt would mix two datasets: start a new '
+                        f'--name')
     opt.data_identity = identity
 
 

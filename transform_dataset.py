@@ -49,7 +49,8 @@ def parse_args(argv=None):
                    help='regex on the source file stem selecting validation sources (default: images 1-5 of each '
                         'Inria city). For aligned data with train/ and val|test/ folders the folders decide')
     p.add_argument('--min_building', type=float, default=0.0,
-                   help='drop tiles whose building fraction is below this (the seed used 0.25); 0 keeps all')
+                   help='leave tiles whose building fraction is below this out of the manifests (the seed used '
+                        '0.25; the arrays are kept, so another value re-runs in seconds); 0 keeps all')
     p.add_argument('--mask_tolerance', type=float, default=0.01,
                    help='fraction of mask pixels allowed to be neither 0 nor 255 (compression noise)')
     p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
@@ -115,8 +116,12 @@ def find_inria_sources(opt):
     image_dir, mask_dir = os.path.join(opt.dataroot, 'images'), os.path.join(opt.dataroot, 'gt')
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
-            hint = ('; for A|B images side by side (e.g. facades) use --format aligned'
-                    if os.path.isdir(os.path.join(opt.dataroot, 'train')) or list_images(opt.dataroot) else '')
+            if os.path.isdir(os.path.join(opt.dataroot, 'train', 'images')):  # the Inria download's parent folder
+                hint = f'; the Inria download holds train/ and test/: give {os.path.join(opt.dataroot, "train")}'
+            elif os.path.isdir(os.path.join(opt.dataroot, 'train')) or list_images(opt.dataroot):
+                hint = '; for A|B images side by side (e.g. facades) use --format aligned'
+            else:
+                hint = ''
             raise UserError(f'{folder}: folder not found (Inria layout needs images/ and gt/ in --dataroot){hint}')
     images, masks = stems(image_dir), stems(mask_dir)
     if not images and not masks:
@@ -303,14 +308,12 @@ def split_rule(opt):
 
 
 def check_sources_in_both_splits(sources, opt):
-    """Before anything is written: train.py cannot use a dataset without train sources (an error), nor one without
-    val sources (a warning: such a folder may be made on purpose, e.g. for test.py)."""
+    """Said before any decoding, so a wrong --val_pattern can be stopped at once. Only a warning: a folder with only
+    a val split is what `test.py --dataroot` evaluates on held-out data; train.py refuses it."""
     for split in SPLITS:
         if not any(s[3] == split for s in sources):
-            message = f'{opt.dataroot}: no source is in the {split} split (sources are split by {split_rule(opt)})'
-            if split == 'train':
-                raise UserError(message)
-            print(f'warning: {message}; train.py needs tiles in both train/ and val/', file=sys.stderr)
+            print(f'warning: {opt.dataroot}: no source is in the {split} split (sources are split by '
+                  f'{split_rule(opt)}); train.py needs tiles in both train/ and val/', file=sys.stderr)
 
 
 def kept_tiles(record, opt):

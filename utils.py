@@ -36,7 +36,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ''
-        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or 'default' in text:
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or unset or 'default' in text:  # `is`: a default of 0 is shown
             return text
         return text + ' (default: %(default)s)'
 

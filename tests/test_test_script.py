@@ -379,6 +379,14 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_
     assert (tmp_path / 'out' / 'notes.txt').read_text() == 'mine'
 
 
+def test_earlier_outputs_fed_back_as_masks_into_their_folder_are_kept(run_dir, tmp_path):
+    generate(run_dir, tmp_path / 'out', '--num_test', '1')
+    mask = next(name for name in os.listdir(tmp_path / 'out') if name.startswith('MaskResized-'))
+    ts.main(['--run', run_dir, '--masks', str(tmp_path / 'out' / mask), '--results_dir', str(tmp_path / 'out')])
+    assert (tmp_path / 'out' / mask).exists()
+    assert (tmp_path / 'out' / ('Generated-' + mask)).exists()
+
+
 def test_read_only_masks_are_taken_without_a_warning():
     G = torch.nn.Identity()
     masks = np.zeros((1, 8, 8, 3), np.uint8)

@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 import train
-from conftest import tiny, write_array_dataset
+import transform_dataset
+from conftest import DATA, tiny, write_array_dataset
 from train_options import build_parser
 from utils import UserError
 
@@ -221,8 +222,8 @@ def test_resume_keeps_the_data_it_was_trained_on(transformed_root, many_tiles_ro
     before = run_files(tmp_path / 'run')
     line = cli_error(tiny(many_tiles_root, tmp_path, 'run', '--resume'), capsys)
     assert line == (f'error: --resume: {many_tiles_root} holds other data than {tmp_path / "run"} was trained on '
-                    '(other tiles or array size); its validation history and best.pt would mix two datasets: start a '
-                    'new --name')
+                    '(other tiles or transform settings); its validation history and best.pt would mix two datasets: '
+                    'start a new --name')
     assert run_files(tmp_path / 'run') == before
     # The same arrays in another folder are the same data; without --dataroot the run's saved folder is used.
     moved = tmp_path / 'moved'
@@ -231,6 +232,23 @@ def test_resume_keeps_the_data_it_was_trained_on(transformed_root, many_tiles_ro
     assert train.main(['--runs_dir', str(tmp_path), '--name', 'run', '--resume', '--log_freq', '1']) == 0
     assert torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)['epoch'] == 3
     assert json.load(open(tmp_path / 'run' / 'config.json'))['dataroot'] == str(moved)
+    shutil.move(moved, tmp_path / 'moved_again')
+    line = cli_error(['--runs_dir', str(tmp_path), '--name', 'run', '--resume'], capsys)
+    assert line == (f'error: {moved}: --dataroot not found (with --resume: the folder the run trained on; give '
+                    '--dataroot if it has moved)')
+
+
+def test_resume_refuses_the_same_tiles_transformed_otherwise(tmp_path, capsys):
+    # facades as photo|labels (BtoA: the labels are the input) and the other way round: same tile names, other data
+    roots = {}
+    for direction in ('BtoA', 'AtoB'):
+        roots[direction] = tmp_path / direction
+        transform_dataset.main(['--dataroot', os.path.join(DATA, 'facades'), '--out', str(roots[direction]),
+                                '--format', 'aligned', '--direction', direction, '--size', '72', '--crop_size', '64',
+                                '--workers', '1'])
+    train.main(tiny(roots['BtoA'], tmp_path, 'fac', '--n_epochs', '2', '--n_epochs_decay', '0', '--stop_epoch', '1'))
+    line = cli_error(tiny(roots['AtoB'], tmp_path, 'fac', '--resume'), capsys)
+    assert f'--resume: {roots["AtoB"]} holds other data than' in line
 
 
 def test_messages_tell_a_stopped_run_from_a_finished_one(transformed_root, tmp_path, capsys):
@@ -246,6 +264,21 @@ def test_messages_tell_a_stopped_run_from_a_finished_one(transformed_root, tmp_p
     assert capsys.readouterr().out.splitlines()[-1] == (f'nothing to train: {tmp_path / "run"} has finished its 2 '
                                                         'epochs; to extend it, resume with more --n_epochs or '
                                                         '--n_epochs_decay')
+    assert run_files(tmp_path / 'run') == before
+    assert train.main([*args, '--resume', '--stop_epoch', '1']) == 0  # behind the 2 epochs trained
+    assert capsys.readouterr().out.splitlines()[-1] == (f'nothing to train: {tmp_path / "run"} has finished its 2 '
+                                                        'epochs; to extend it, resume with more --n_epochs or '
+                                                        '--n_epochs_decay')
+
+
+def test_a_stop_epoch_behind_the_trained_epochs_changes_nothing(transformed_root, tmp_path, capsys):
+    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs', '2', '--n_epochs_decay', '1')
+    train.main([*args, '--stop_epoch', '2'])
+    before = run_files(tmp_path / 'run')
+    capsys.readouterr()
+    assert train.main([*args, '--resume', '--stop_epoch', '1']) == 0
+    assert capsys.readouterr().out.splitlines() == [f'nothing to train: {tmp_path / "run"} has already trained 2 '
+                                                    'epochs (--stop_epoch 1); resume with a later --stop_epoch, or none']
     assert run_files(tmp_path / 'run') == before
 
 

@@ -167,10 +167,19 @@ def test_the_wrong_format_gets_a_hint(tmp_path, dataroot, options, hint):
     assert not os.path.exists(tmp_path / 'out')
 
 
-def test_no_train_source_is_an_error_before_anything_is_written(tmp_path):
+def test_no_train_source_is_a_warning_and_makes_a_val_only_dataset(tmp_path, capsys):
+    # a held-out set for `test.py --dataroot`: val only, which train.py then refuses in one line
     root = make_inria_dir(tmp_path / 'in', names=('austin1', 'chicago2'))  # both in Inria's validation images
-    with pytest.raises(UserError, match=r"no source is in the train split \(sources are split by --val_pattern"):
-        run(root, tmp_path / 'out', '--size', '32')
+    run(root, tmp_path / 'out', '--size', '32')
+    err = capsys.readouterr().err
+    assert "warning: " in err and "no source is in the train split (sources are split by --val_pattern" in err
+    assert [len(json.load(open(tmp_path / 'out' / s / 'manifest.json'))['tiles']) for s in ('train', 'val')] == [0, 2]
+
+
+def test_inria_download_folder_gets_a_hint(tmp_path):
+    make_inria_dir(tmp_path / 'AerialImageDataset' / 'train')
+    with pytest.raises(UserError, match=re.escape(f'give {tmp_path / "AerialImageDataset" / "train"}')):
+        run(tmp_path / 'AerialImageDataset', tmp_path / 'out')
     assert not os.path.exists(tmp_path / 'out')
 
 

@@ -170,7 +170,8 @@ def test_help_shows_defaults_once():
     parser.add_argument('--told', type=int, default=4, help='already says it (default 4)')
     parser.add_argument('--flag', action='store_true', help='a switch')
     parser.add_argument('--maybe', default=None, help='optional')
+    parser.add_argument('--seed', type=int, default=0, help='seed')
     text = ' '.join(parser.format_help().split())
-    assert '--size SIZE side (default: 286)' in text
-    assert 'already says it (default 4) ' in text + ' ' and text.count('default') == 2
+    assert '--size SIZE side (default: 286)' in text and '--seed SEED seed (default: 0)' in text
+    assert 'already says it (default 4) ' in text + ' ' and text.count('default') == 3
     assert '--flag a switch' in text and '--maybe MAYBE optional' in text
