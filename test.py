@@ -30,10 +30,10 @@ import networks
 from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan)
-from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, building_scores,
-                   check_binary_mask, compute_fid_kid, free_space, image_metrics, make_fid_kid, make_writable_dir,
-                   pick_device, read_image_file, remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png,
-                   seam_score, to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic,
+from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score
+from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_binary_mask, free_space,
+                   make_writable_dir, pick_device, read_image_file, remove_stale_temp_files, resize_image, resize_mask,
+                   run_cli, save_png, to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic,
                    write_tiff_atomic)
 
 MODES = ('full', 'tiles', 'sliding')

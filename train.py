@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
+from metrics import image_metrics
 from train_options import check_same_data, data_identity, parse_options
-from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, image_metrics, load_checkpoint,
-                   pick_device, remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states,
-                   write_json_atomic)
+from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, load_checkpoint, pick_device,
+                   remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
 
 # ---------------------------------------------------------------- setup
 

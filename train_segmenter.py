@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
-from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, building_scores, make_writable_dir, pick_device,
-                   run_cli, save_checkpoint)
+from metrics import building_scores
+from utils import CHECKPOINT_FORMAT, ArgumentParser, UserError, make_writable_dir, pick_device, run_cli, save_checkpoint
 
 
 def build_parser():

@@ -10,7 +10,8 @@ import networks
 import train_segmenter
 from conftest import REPO, write_array_dataset
 from dataset import center_crop, load_split, to_unit_range
-from utils import CHECKPOINT_FORMAT, UserError, building_scores, load_checkpoint
+from metrics import building_scores
+from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint
 
 
 # ---------------------------------------------------------------- building_scores

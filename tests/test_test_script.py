@@ -21,7 +21,8 @@ from PIL import Image
 import train
 from conftest import REPO
 from generation import generate_sliding, generate_tiles, run_generator
-from utils import UserError, make_fid_kid, seam_score
+from metrics import make_fid_kid, seam_score
+from utils import UserError
 
 # Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
 _spec = importlib.util.spec_from_file_location('test_script', os.path.join(REPO, 'test.py'))
