@@ -174,7 +174,7 @@ def check_options(opt):
 def data_identity(dataroot):
     """A short digest of what a run trains and validates on, kept in config.json: both manifests' tiles (name,
     source, position, building fraction) and transform_dataset.py's settings but the input folder. The same arrays
-    moved elsewhere keep it; other data does, even with the same tile names (e.g. --direction AtoB, not BtoA)."""
+    moved elsewhere keep it; other data changes it, even under the same tile names (--direction AtoB, not BtoA)."""
     parts = [read_json(os.path.join(dataroot, split, 'manifest.json'), 'manifest').get('tiles')
              for split in ('train', 'val')]
     settings_path = os.path.join(dataroot, 'transform.json')

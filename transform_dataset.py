@@ -339,6 +339,9 @@ def write_manifests(sources, opt):
         write_json_atomic(os.path.join(opt.out, split, 'manifest.json'),
                           {'split': split, 'size': opt.size, 'min_building': opt.min_building, 'tiles': tiles})
         dropped = sum(len(r['tiles']) for r in records[split]) - len(tiles)
+        if dropped and not tiles:  # train: refused above; val: train.py would refuse it
+            print(f'warning: {opt.out}/{split}: --min_building {opt.min_building} leaves out all {dropped} tiles',
+                  file=sys.stderr)
         print(f'{split}: {len(tiles)} tiles from {len(records[split])} sources'
               + (f' ({dropped} under --min_building {opt.min_building} left out)' if dropped else ''))
 

@@ -157,6 +157,15 @@ def test_min_building_that_keeps_no_train_tile_is_an_error_and_a_lower_one_goes_
     assert len(manifest_tiles(tmp_path / 'out')) == 3
 
 
+def test_min_building_that_empties_the_val_split_is_a_warning(tmp_path, capsys):
+    root = make_inria_dir(tmp_path / 'in')
+    tiff = tmp_path / 'in' / 'gt' / 'austin6.tif'  # a train mask with more buildings than the others
+    tifffile.imwrite(tiff, np.full((64, 64), 255, np.uint8), compression='lzw')
+    run(root, tmp_path / 'out', '--size', '32', '--min_building', '0.5')
+    assert f'warning: {tmp_path / "out"}/val: --min_building 0.5 leaves out all 1 tiles' in capsys.readouterr().err
+    assert [t['name'] for t in manifest_tiles(tmp_path / 'out')] == ['austin6']
+
+
 @pytest.mark.parametrize('dataroot, options, hint', [
     ('facades', [], 'for A|B images side by side (e.g. facades) use --format aligned'),
     ('inria_samples', ['--format', 'aligned'], 'images/ and gt/ are the Inria layout: leave out --format aligned'),
