@@ -65,7 +65,8 @@ def test_sliding_generation_on_the_gpu_matches_the_cpu(gpu_run):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             images[name] = generate_sliding(G, mask, cfg['crop_size'], 0.5, 8, device).astype(np.int16)
     assert all(image.shape == (300, 300, 3) for image in images.values())
-    assert np.abs(images['gpu fp32'] - images['cpu']).max() <= 2  # TF32 convolutions: a level or two at most
+    tf32 = np.abs(images['gpu fp32'] - images['cpu'])  # cuDNN convolutions in TF32 (10-bit mantissa)
+    assert tf32.mean() < 0.5 and tf32.max() <= 8
     assert np.abs(images['gpu bf16'] - images['gpu fp32']).mean() < 2  # bf16 keeps 8 bits of mantissa
 
 
