@@ -24,7 +24,7 @@ import transform_dataset
 from synthetic_inria import make_synthetic_inria, synthetic_pair
 from dataset import EpochPlan, augmented_batch, batch_on_device
 from train_options import build_parser
-from utils import ArgumentParser, UserError, read_image_file, run_cli
+from utils import ArgumentParser, UserError, check_counts, read_image_file, run_cli
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, half their "with sparsity"
 # figures; matched against torch.cuda.get_device_name, most specific name first. Issue 5 planned with ~790.
@@ -217,9 +217,7 @@ def bench_transform(opt):
 
 def main(argv=None):
     opt = parse_args(argv)
-    for name in ('gen_batch', 'mask_size'):
-        if getattr(opt, name) < 1:
-            raise UserError(f'--{name} must be >= 1, got {getattr(opt, name)}')
+    check_counts(opt, ('gen_batch', 'mask_size'))
     if opt.batches and min(opt.batches) < 1:
         raise UserError(f'--batches must all be >= 1, got {opt.batches}')
     if opt.threads:

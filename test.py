@@ -31,10 +31,10 @@ from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan)
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score
-from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_binary_mask, free_space,
-                   make_writable_dir, pick_device, read_image_file, remove_stale_temp_files, resize_image, resize_mask,
-                   run_cli, save_png, to_uint8_hwc, without_opaque_alpha, write_json_atomic, write_text_atomic,
-                   write_tiff_atomic)
+from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_binary_mask,
+                   check_counts, free_space, make_writable_dir, pick_device, read_image_file, remove_stale_temp_files,
+                   resize_image, resize_mask, run_cli, save_png, to_uint8_hwc, without_opaque_alpha, write_json_atomic,
+                   write_text_atomic, write_tiff_atomic)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -80,9 +80,7 @@ def build_parser():
 
 
 def check_options(opt):
-    for key in ('tiles', 'batch_size'):
-        if getattr(opt, key) < 1:
-            raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
+    check_counts(opt, ('tiles', 'batch_size'))
     if not 0 <= opt.overlap < 1:
         raise UserError(f'--overlap {opt.overlap}: must be a fraction in [0, 1)')
     if not (math.isfinite(opt.scale) and opt.scale > 0):

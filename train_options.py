@@ -11,7 +11,7 @@ import sys
 import torch
 
 import networks
-from utils import ArgumentParser, UserError, read_json
+from utils import ArgumentParser, UserError, check_counts, read_json
 
 # Options that define the networks or the data they see: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -142,10 +142,8 @@ def check_cosine_length(run_dir, saved, resumed):
 
 
 def check_options(opt):
-    for key in ('batch_size', 'n_epochs', 'save_epoch_freq', 'val_freq', 'display_freq', 'log_freq', 'crop_size',
-                'n_display', 'n_layers_D', 'lr_decay_iters'):
-        if getattr(opt, key) < 1:
-            raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
+    check_counts(opt, ('batch_size', 'n_epochs', 'save_epoch_freq', 'val_freq', 'display_freq', 'log_freq',
+                       'crop_size', 'n_display', 'n_layers_D', 'lr_decay_iters'))
     if opt.n_epochs_decay < 0:
         raise UserError(f'--n_epochs_decay must be >= 0, got {opt.n_epochs_decay}')
     if not math.isfinite(opt.lr) or opt.lr <= 0:

@@ -24,7 +24,8 @@ from tqdm import tqdm
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
 from metrics import building_scores
-from utils import CHECKPOINT_FORMAT, ArgumentParser, UserError, make_writable_dir, pick_device, run_cli, save_checkpoint
+from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, make_writable_dir, pick_device, run_cli,
+                   save_checkpoint)
 
 
 def build_parser():
@@ -44,9 +45,7 @@ def build_parser():
 
 
 def check_options(opt):
-    for key in ('batch_size', 'n_epochs', 'ngf', 'crop_size'):
-        if getattr(opt, key) < 1:
-            raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
+    check_counts(opt, ('batch_size', 'n_epochs', 'ngf', 'crop_size'))
     if not math.isfinite(opt.lr) or opt.lr <= 0:
         raise UserError(f'--lr must be a positive number, got {opt.lr}')
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)

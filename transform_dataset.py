@@ -323,8 +323,8 @@ def kept_tiles(record, opt):
 
 def check_min_building_keeps_train_tiles(records, opt):
     """--min_building that drops every train tile would only fail later in train.py: say now what would keep some."""
-    fractions = [t['building_fraction'] for r in records for t in r['tiles'] if t['building_fraction'] is not None]
     if records and not any(kept_tiles(r, opt) for r in records):
+        fractions = [t['building_fraction'] for r in records for t in r['tiles'] if t['building_fraction'] is not None]
         raise UserError(f'{opt.out}/train: --min_building {opt.min_building} drops all tiles of its {len(records)} '
                         f'sources (the largest building fraction of a tile is {max(fractions):.3f}); re-run with a '
                         f'lower --min_building (the arrays are kept: only the manifests are rewritten)')

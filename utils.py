@@ -54,6 +54,13 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
+def check_counts(opt, keys):
+    """Options that count something (epochs, tiles, batch sizes) must be at least 1."""
+    for key in keys:
+        if getattr(opt, key) < 1:
+            raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
+
+
 def run_cli(main):
     """Run a script's main(); turn UserError into one clear line on stderr and exit status 2."""
     try:
