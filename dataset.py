@@ -72,7 +72,7 @@ class EpochPlan:
         """Move the plan next to the data once per epoch: per-batch copies to a GPU would each wait for it."""
         for name in ('order', 'top', 'left', 'hflip', 'vflip', 'quarter_turns'):
             setattr(self, name, getattr(self, name).to(device))
-        self.device = torch.device(device)
+        self.device = self.order.device  # with its index: 'cuda' becomes cuda:0, as the data's device reads
         return self
 
     def batch(self, index, batch_size, rank=0, world_size=1, device=None):

@@ -290,14 +290,33 @@ def prepare_results_dir(path, inputs):
                 os.remove(file)
 
 
+def output_names(mode, name, source, with_real):
+    """{kind: file name} of one input's images; a GeoTIFF is generated from a TIFF in sliding mode."""
+    geotiff = mode == 'sliding' and source.lower().endswith(TIFF_SUFFIXES)
+    files = {'generated': f'Generated-{name}.{"tif" if geotiff else "png"}', 'mask': f'MaskResized-{name}.png',
+             'grid': f'Grid-{name}.png'}
+    if with_real:
+        files['real'] = f'OriginalResized-{name}.png'
+    return files
+
+
+def check_outputs_spare_inputs(results_dir, mode, inputs):
+    """Refuse before writing when one input's outputs would overwrite another input: a.png fed in beside
+    MaskResized-a.png from an earlier run into the same folder would replace that mask, read or not yet read."""
+    sources = {os.path.realpath(source): source for _, source, *_ in inputs}
+    for name, source, _, real, _ in inputs:
+        for file in output_names(mode, name, source, real is not None).values():
+            clash = sources.get(os.path.realpath(os.path.join(results_dir, file)))
+            if clash:
+                raise UserError(f'{clash}: the output {file} of {source} would overwrite this input; '
+                                f'choose another --results_dir')
+
+
 def save_outputs(results_dir, mode, name, source, generated, mask_out, real):
     """Write one input's images; {kind: file name}. A failed write (a full disk) is one clear error."""
-    files = {'generated': f'Generated-{name}.png', 'mask': f'MaskResized-{name}.png', 'grid': f'Grid-{name}.png'}
-    if real is not None:
-        files['real'] = f'OriginalResized-{name}.png'
+    files = output_names(mode, name, source, real is not None)
     try:
-        if mode == 'sliding' and source.lower().endswith(TIFF_SUFFIXES):
-            files['generated'] = f'Generated-{name}.tif'
+        if files['generated'].endswith('.tif'):
             save_geotiff(os.path.join(results_dir, files['generated']), generated, source)
         else:
             save_png(os.path.join(results_dir, files['generated']), generated)
@@ -397,6 +416,7 @@ def main(argv=None):
     fid_kid = make_fid_kid(opt.inception_weights, device) if inputs[0][3] is not None else None
     if opt.inception_weights and inputs[0][3] is None:
         print('FID/KID skipped: raw --masks have no ground-truth images')
+    check_outputs_spare_inputs(results_dir, opt.mode, inputs)
     prepare_results_dir(results_dir, inputs)
 
     rows = []

@@ -49,12 +49,13 @@ def test_training_with_every_gpu_optimisation_resumes_to_the_end(gpu_run):
 def test_pinned_memory_batches_equal_gpu_resident_batches(transformed_root):
     masks, images, _ = load_split(transformed_root, 'train')
     device = gpu()
-    plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=3, epoch=1, rotate=True).to(device)
-    for index in range(len(masks) // 4):
-        in_ram = batch_on_device(masks, images, plan, index, 4, 64)
-        on_gpu = batch_on_device(masks.to(device), images.to(device), plan, index, 4, 64)
-        for a, b in zip(in_ram, on_gpu):
-            assert a.device == b.device == device and torch.equal(a, b)
+    for plan_device in (device, 'cuda'):  # a device given without its index is the same device
+        plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=3, epoch=1, rotate=True).to(plan_device)
+        for index in range(len(masks) // 4):
+            in_ram = batch_on_device(masks, images, plan, index, 4, 64)
+            on_gpu = batch_on_device(masks.to(device), images.to(device), plan, index, 4, 64)
+            for a, b in zip(in_ram, on_gpu):
+                assert a.device == b.device == device and torch.equal(a, b)
 
 
 def test_sliding_generation_on_the_gpu_matches_the_cpu(gpu_run):

@@ -388,6 +388,21 @@ def test_earlier_outputs_fed_back_as_masks_into_their_folder_are_kept(run_dir, t
     assert (tmp_path / 'out' / ('Generated-' + mask)).exists()
 
 
+@pytest.mark.parametrize('mode', ['full', 'sliding'])
+def test_an_input_another_input_would_overwrite_is_refused_before_anything_is_written(run_dir, tmp_path, mode):
+    generate(run_dir, tmp_path / 'out', '--num_test', '1')
+    out = tmp_path / 'out'
+    earlier = next(name for name in os.listdir(out) if name.startswith('MaskResized-'))
+    plain = out / earlier[len('MaskResized-'):]  # a.png, whose own MaskResized- output is the earlier mask
+    plain.write_bytes((out / earlier).read_bytes())
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    with pytest.raises(UserError, match=re.escape(f'{out / earlier}: the output {earlier} of {plain} would '
+                                                  f'overwrite this input')):
+        ts.main(['--run', run_dir, '--mode', mode, '--masks', str(plain), str(out / earlier),
+                 '--results_dir', str(out)])
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
 def test_read_only_masks_are_taken_without_a_warning():
     G = torch.nn.Identity()
     masks = np.zeros((1, 8, 8, 3), np.uint8)
