@@ -1,4 +1,4 @@
-"""The CUDA paths: bf16, compile, channels_last, the pinned-memory copy, GPU generation, bench.py.
+"""The CUDA paths: bf16, compile, channels_last, the pinned-memory copy, no host syncs, GPU generation, bench.py.
 
 Skipped without a GPU, which includes every plain `python -m pytest` (conftest.py hides GPUs from the suite). On a
 GPU machine:  PIX2PIX_TEST_GPU=1 python -m pytest -q tests/test_gpu.py
@@ -16,6 +16,7 @@ from conftest import REPO, tiny
 from dataset import EpochPlan, batch_on_device, load_split
 from generation import generate_sliding, load_generator
 from synthetic_inria import synthetic_pair
+from train_options import build_parser
 from utils import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
@@ -58,10 +59,41 @@ def test_pinned_memory_batches_equal_gpu_resident_batches(transformed_root):
                 assert a.device == b.device == device and torch.equal(a, b)
 
 
+@pytest.mark.parametrize('data_on_gpu', [True, False], ids=['split on the GPU', 'split in RAM'])
+def test_training_steps_never_wait_for_the_gpu(transformed_root, tmp_path, data_on_gpu):
+    """Issue 5: no host sync in the hot loop (the batch, the step, the running losses; train.py syncs only at log
+    steps and epoch ends). CUDA's sync debug mode turns any call that waits for the GPU into an error."""
+    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'sync', *GPU_OPTIMISATIONS, '--rotate'))
+    opt.input_nc = 1
+    device = gpu()
+    trainer = train.Trainer(opt, device, rank=0, world_size=1)
+    masks, images, _ = load_split(transformed_root, 'train')
+    if data_on_gpu:
+        masks, images = masks.to(device), images.to(device)
+    plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=0, epoch=0, rotate=True).to(device)
+    running = torch.zeros(len(train.LOSS_NAMES), device=device)
+    layout = train.memory_format(opt)
+
+    def step(index):
+        mask, real = batch_on_device(masks, images, plan, index % (len(masks) // 2), 2, 64)
+        return trainer.train_step(mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout))
+    for index in range(3):  # compilation and cuDNN's autotuning may sync: not the steady loop
+        running += step(index)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for index in range(3, 9):
+            running += step(index)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert torch.isfinite(running).all()
+
+
 def test_sliding_generation_on_the_gpu_matches_the_cpu(gpu_run):
     mask, _ = synthetic_pair(300, seed=5)
     images = {}
-    for name, device, amp in (('cpu', torch.device('cpu'), False), ('gpu fp32', gpu(), False), ('gpu bf16', gpu(), True)):
+    runs = (('cpu', torch.device('cpu'), False), ('gpu fp32', gpu(), False), ('gpu bf16', gpu(), True))
+    for name, device, amp in runs:
         G, cfg, _ = load_generator(os.path.join(gpu_run, 'latest.pt'), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             images[name] = generate_sliding(G, mask, cfg['crop_size'], 0.5, 8, device).astype(np.int16)
