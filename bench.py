@@ -3,6 +3,7 @@
     python bench.py                                  # everything, on the GPU if there is one
     python bench.py --only train --batches 1 4       # CPU: the batch sizes the CPU target names
     python bench.py --only generate --mask_size 5000
+    python bench.py --only train --batches 64 --rows 1 5   # plain and every optimisation: one compile, not two
 
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
 (train.py's own Trainer, so the numbers are the real loop's): fused Adam, bf16 autocast, torch.compile,
@@ -41,7 +42,9 @@ def parse_args(argv=None):
     p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')
     p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
     p.add_argument('--warmup', type=int, default=None, help='untimed iterations first, compilation included (default 10 GPU, 3 CPU)')
-    p.add_argument('--steps', type=int, default=len(STEPS), help='how many optimisation rows (1 = eager only)')
+    p.add_argument('--rows', type=int, nargs='+', default=None, metavar='N',
+                   help=f'which of the {len(STEPS)} cumulative rows to run, 1 = plain (default: all); '
+                        f'"1 {len(STEPS)}" = plain and every optimisation, the two a short GPU lease needs first')
     p.add_argument('--data_in_ram', action='store_true',
                    help='leave the uint8 split in RAM (batches copied through pinned memory), as train.py does '
                         'when it does not fit on the GPU')
@@ -148,17 +151,19 @@ def bench_train(opt, device):
     print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
     for batch in batches:
         overrides, baseline = {}, None
-        for label, change in STEPS[:opt.steps]:
-            overrides = {**overrides, **change}
+        for position, (label, change) in enumerate(STEPS, 1):
+            overrides = {**overrides, **change}  # cumulative: a row has every change above it
+            if opt.rows and position not in opt.rows:
+                continue
             if overrides.get('amp') == 'on' and not gpu and not torch.backends.mkldnn.is_available():
                 continue
             row = bench_train_row(device, overrides, batch, iters, warmup, (masks, images))
-            baseline = baseline or row['images_per_s']
+            baseline = row['images_per_s'] if position == 1 else baseline
+            speedup = f"{row['images_per_s'] / baseline:.2f}×" if baseline else 'n/a'  # only against the plain row
             tflops = flops * row['images_per_s'] / 1e12
             mfu = f'{100 * tflops / peak:.1f} %' if peak else 'n/a'
-            print(f"| {batch} | {label} | {row['ms_per_iter']:.1f} | {row['images_per_s']:.2f} | "
-                  f"{row['images_per_s'] / baseline:.2f}× | {100 * row['data_share']:.1f} % | {row['peak_mb']:.0f} | "
-                  f'{tflops:.3f} | {mfu} |', flush=True)
+            print(f"| {batch} | {label} | {row['ms_per_iter']:.1f} | {row['images_per_s']:.2f} | {speedup} | "
+                  f"{100 * row['data_share']:.1f} % | {row['peak_mb']:.0f} | {tflops:.3f} | {mfu} |", flush=True)
 
 
 def bench_generate(opt, device):
@@ -220,6 +225,8 @@ def main(argv=None):
     check_counts(opt, ('gen_batch', 'mask_size'))
     if opt.batches and min(opt.batches) < 1:
         raise UserError(f'--batches must all be >= 1, got {opt.batches}')
+    if opt.rows and not set(opt.rows) <= set(range(1, len(STEPS) + 1)):
+        raise UserError(f'--rows must be between 1 and {len(STEPS)}, got {opt.rows}')
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = train.setup_device(opt)

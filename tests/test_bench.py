@@ -1,0 +1,33 @@
+"""bench.py's table (its numbers are reported, never asserted): which rows run and what they are compared with."""
+import re
+
+import pytest
+
+import bench
+from utils import UserError
+
+QUICK = ['--only', 'train', '--device', 'cpu', '--batches', '1', '--iters', '1', '--warmup', '0']
+
+
+def table_rows(text):
+    return [[cell.strip() for cell in line.strip('|').split('|')] for line in text.splitlines()
+            if line.startswith('| 1 |')]
+
+
+def test_chosen_rows_keep_the_changes_above_them_and_compare_with_the_plain_row(capsys):
+    bench.main(QUICK + ['--rows', '1', '3'])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[1] for row in rows] == [bench.STEPS[0][0], bench.STEPS[2][0]]
+    assert rows[0][4] == '1.00×' and re.fullmatch(r'\d+\.\d\d×', rows[1][4])
+
+
+def test_without_the_plain_row_there_is_no_speed_up_to_show(capsys):
+    bench.main(QUICK + ['--rows', '2'])
+    rows = table_rows(capsys.readouterr().out)
+    assert [(row[1], row[4]) for row in rows] == [(bench.STEPS[1][0], 'n/a')]
+
+
+@pytest.mark.parametrize('rows', [['0'], ['1', '6']])
+def test_rows_outside_the_table_are_refused(rows):
+    with pytest.raises(UserError, match=re.escape(f'--rows must be between 1 and {len(bench.STEPS)}')):
+        bench.main(QUICK + ['--rows', *rows])
