@@ -66,13 +66,17 @@ class EpochPlan:
         self.vflip = torch.rand(n, generator=g) < 0.5 if rotate else torch.zeros(n, dtype=torch.bool)
         self.quarter_turns = torch.randint(0, 4, (n,), generator=g) if rotate else torch.zeros(n, dtype=torch.long)
         self.host_order = self.order  # stays in RAM: picks samples from a split kept there (batch_on_device)
-        self.device = torch.device('cpu')
+
+    @property
+    def device(self):
+        """Where the plan lives, with its index as a tensor reports it ('cuda' moved to reads cuda:0), so that it
+        compares equal to the data's device."""
+        return self.order.device
 
     def to(self, device):
         """Move the plan next to the data once per epoch: per-batch copies to a GPU would each wait for it."""
         for name in ('order', 'top', 'left', 'hflip', 'vflip', 'quarter_turns'):
             setattr(self, name, getattr(self, name).to(device))
-        self.device = self.order.device  # with its index: 'cuda' becomes cuda:0, as the data's device reads
         return self
 
     def batch(self, index, batch_size, rank=0, world_size=1, device=None):
