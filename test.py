@@ -50,7 +50,7 @@ def build_parser():
     p = ArgumentParser(__doc__)
     a = p.add_argument
     a('--run', required=True, help='run folder made by train.py (holds latest.pt, best.pt, epoch_<N>.pt)')
-    a('--epoch', default='latest', help='which checkpoint: latest, best or N (epoch_<N>.pt)')
+    a('--epoch', default='latest', help="which checkpoint: latest, best (the run's --best_metric) or N (epoch_<N>.pt)")
     a('--mode', default='full', choices=MODES, help='full, tiles or sliding (see above)')
     a('--tiles', type=int, default=2, help='N: tiles mode cuts N×N tiles; every mode scores seams on this grid')
     a('--overlap', type=float, default=0.5, help='sliding: overlap of neighbouring windows, fraction in [0, 1)')

@@ -6,7 +6,7 @@
     tensorboard --logdir runs
 
 Run folder runs/<name>/: config.json (every option), TensorBoard events, latest.pt (every epoch, atomic),
-epoch_<N>.pt (every --save_epoch_freq epochs), best.pt (best validation PSNR).
+epoch_<N>.pt (every --save_epoch_freq epochs), best.pt (the best validation --best_metric, PSNR by default).
 """
 import contextlib
 import math
@@ -23,7 +23,7 @@ from tqdm import tqdm
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
 from metrics import image_metrics
-from train_options import check_same_data, data_identity, parse_options
+from train_options import BEST_METRICS, check_mid_epoch_resume, check_same_data, data_identity, parse_options
 from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, load_checkpoint, pick_device,
                    remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
 
@@ -90,9 +90,9 @@ def build_scheduler(opt, optimizer):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
     if opt.lr_policy == 'step':
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=opt.lr_decay_iters, gamma=0.1)
-    if opt.lr_policy == 'plateau':  # on validation PSNR: the seed's plateau on GAN losses drove lr to 0
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode='max', factor=0.5, threshold=0.01,
-                                                          patience=5)
+    if opt.lr_policy == 'plateau':  # on a validation metric: the seed's plateau on GAN losses drove lr to 0
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=BEST_METRICS[opt.best_metric], factor=0.5,
+                                                          threshold=0.01, patience=5)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0)
 
 
@@ -135,7 +135,7 @@ class Trainer:
         self.gan_loss = networks.GANLoss(opt.gan_mode).to(device)
         self.vgg_loss = build_vgg_loss(opt).to(device) if 'vgg' in opt.content_loss else None
         self.epoch, self.next_batch, self.iteration = 0, 0, 0
-        self.best_psnr, self.best_epoch, self.history = -math.inf, -1, []
+        self.history = []  # {'epoch', 'PSNR', 'SSIM', 'L1'} per validation: the best ones are read from it
         self.amp = amp_enabled(opt.amp, device)
         self.G_run, self.D_run = self.G, self.D  # what the step calls: maybe DDP-wrapped and/or compiled
         if world_size > 1:
@@ -153,7 +153,7 @@ class Trainer:
                 'D': self.D.state_dict(), 'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(),
                 'sched_G': self.sched_G.state_dict(), 'sched_D': self.sched_D.state_dict(),
                 'epoch': self.epoch, 'next_batch': self.next_batch, 'iteration': self.iteration,
-                'best_psnr': self.best_psnr, 'best_epoch': self.best_epoch, 'history': self.history,
+                'history': self.history,
                 'rng': self.rng_states_of_all_ranks()}
 
     def rng_states_of_all_ranks(self):
@@ -170,7 +170,7 @@ class Trainer:
         for name in ('opt_G', 'opt_D', 'sched_G', 'sched_D'):
             getattr(self, name).load_state_dict(state[name])
         self.epoch, self.next_batch, self.iteration = state['epoch'], state['next_batch'], state['iteration']
-        self.best_psnr, self.best_epoch, self.history = state['best_psnr'], state['best_epoch'], state['history']
+        self.history = state['history']
         if self.opt.lr_policy == 'linear':
             for sched in (self.sched_G, self.sched_D):
                 apply_linear_rule(sched)
@@ -286,13 +286,27 @@ def log_epoch(writer, trainer, lr, metrics, seconds, images_per_s, data_share):
         writer.add_scalar(f'val/{key}', value, step)
 
 
+def best_validation(history, metric):
+    """The history entry with the best `metric` (the earliest of equals: a tie does not replace best.pt); None
+    before the first validation."""
+    sign = -1 if BEST_METRICS[metric] == 'min' else 1
+    return max(history, key=lambda entry: sign * entry[metric], default=None)
+
+
+def describe_best(trainer):
+    best = best_validation(trainer.history, trainer.opt.best_metric)
+    if best is None:
+        return 'no validation yet'
+    return f'best val {trainer.opt.best_metric} {best[trainer.opt.best_metric]:.4g} at epoch {best["epoch"]}'
+
+
 def check_collapse(trainer, metrics, opt):
-    if metrics['PSNR'] > trainer.best_psnr:
-        return
-    drop = trainer.best_psnr - metrics['PSNR']
+    """PSNR whatever --best_metric is: its fall off a cliff was the seed's collapse canary."""
+    best = best_validation(trainer.history, 'PSNR')
+    drop = best['PSNR'] - metrics['PSNR'] if best else 0.0
     if drop > opt.psnr_drop_warn:
         print(f'warning: val PSNR {metrics["PSNR"]:.2f} dB is {drop:.1f} dB below its best '
-              f'({trainer.best_psnr:.2f} at epoch {trainer.best_epoch}); the run may be collapsing '
+              f'({best["PSNR"]:.2f} at epoch {best["epoch"]}); the run may be collapsing '
               f'(the seed saw this with --lr 2e-3): consider a lower --lr', file=sys.stderr)
 
 
@@ -312,20 +326,6 @@ def raise_if_not_finite(losses, trainer):
         raise UserError(f'training diverged at epoch {trainer.epoch + 1}, iteration {trainer.iteration}: '
                         f'{bad} became NaN/inf. Lower --lr (2e-4 works), try --gan_mode lsgan, or resume '
                         f'from an earlier epoch_<N>.pt; latest.pt holds the last finite state')
-
-
-def check_mid_epoch_resume(state, opt, run_dir):
-    """A checkpoint saved mid-epoch counts the batches done in batches of its own size, in the order its --seed
-    shuffled: another --batch_size or --seed would skip or repeat samples of that epoch. (The global batch is the
-    same for any number of processes.)"""
-    if not state['next_batch']:
-        return
-    for key in ('batch_size', 'seed'):
-        saved = state['config'][key]
-        if getattr(opt, key) != saved:
-            raise UserError(f'--{key} {getattr(opt, key)}: {run_dir}/latest.pt stopped mid-epoch after '
-                            f'{state["next_batch"]} batches of {state["config"]["batch_size"]}; finish that epoch '
-                            f'with --{key} {saved} (--stop_epoch {state["epoch"] + 1}), then resume with the new one')
 
 
 def stop_everywhere(stop, world_size, device):
@@ -439,19 +439,19 @@ def train(opt, stop):
         seconds = time.perf_counter() - started
         trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
         validated = (trainer.epoch + 1) % opt.val_freq == 0 or trainer.epoch + 1 == last_epoch
+        is_best = False
         if validated:
             metrics = validate(trainer, val_masks, val_images, max(opt.batch_size, 8))
             check_collapse(trainer, metrics, opt)
+            trainer.history.append({'epoch': trainer.epoch + 1, **metrics})
+            is_best = best_validation(trainer.history, opt.best_metric) is trainer.history[-1]
         if opt.lr_policy == 'plateau':
             if validated:
-                trainer.sched_G.step(metrics['PSNR'])
-                trainer.sched_D.step(metrics['PSNR'])
+                trainer.sched_G.step(metrics[opt.best_metric])
+                trainer.sched_D.step(metrics[opt.best_metric])
         else:
             trainer.sched_G.step()
             trainer.sched_D.step()
-        is_best = validated and metrics['PSNR'] > trainer.best_psnr
-        if is_best:
-            trainer.best_psnr, trainer.best_epoch = metrics['PSNR'], trainer.epoch + 1
         if writer:
             log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
                       images / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
@@ -462,7 +462,6 @@ def train(opt, stop):
         summary = f'epoch {trainer.epoch + 1}/{total_epochs}: {seconds:.1f} s, {images / max(seconds, 1e-9):.1f} img/s'
         if validated:
             summary += f', val PSNR {metrics["PSNR"]:.2f} dB SSIM {metrics["SSIM"]:.3f} L1 {metrics["L1"]:.4f}'
-            trainer.history.append({'epoch': trainer.epoch + 1, **metrics})
         trainer.epoch, trainer.next_batch = trainer.epoch + 1, 0
         state = trainer.state()
         if rank == 0:
@@ -477,14 +476,14 @@ def train(opt, stop):
             return stop_exit_status(stop)
     if writer and last_epoch < total_epochs:
         writer.close()
-        print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; best val '
-              f'PSNR so far {trainer.best_psnr:.2f} dB at epoch {trainer.best_epoch}')
+        print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; '
+              f'{describe_best(trainer)} so far')
     elif writer:
         final = trainer.history[-1] if trainer.history else {}
         hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
         writer.add_hparams(hparams, {f'hparam/{k}': v for k, v in final.items() if k != 'epoch'}, run_name='hparams')
         writer.close()
-        print(f'done: {run_dir} (best val PSNR {trainer.best_psnr:.2f} dB at epoch {trainer.best_epoch}); '
+        print(f'done: {run_dir} ({describe_best(trainer)}); '
               f'tensorboard --logdir {opt.runs_dir}')
     return 0
 

@@ -21,7 +21,10 @@ ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_
 SCHEDULE_OPTIONS = ('lr', 'beta1', 'lr_policy', 'lr_decay_iters')
 # Why a resumed run must keep each of those options.
 FIXED_ON_RESUME = {**dict.fromkeys(ARCHITECTURE_OPTIONS, 'the networks continue from the checkpoint'),
-                   **dict.fromkeys(SCHEDULE_OPTIONS, 'the optimiser and lr schedule continue from the checkpoint')}
+                   **dict.fromkeys(SCHEDULE_OPTIONS, 'the optimiser and lr schedule continue from the checkpoint'),
+                   'best_metric': 'best.pt and the plateau schedule were chosen by it'}
+# The validation metrics --best_metric may name, each with the direction that is better.
+BEST_METRICS = {'PSNR': 'max', 'SSIM': 'max', 'L1': 'min'}
 # Options that steer this invocation only: never taken from a saved config.
 RUN_CONTROL_OPTIONS = ('resume', 'stop_epoch')
 # The content-loss weights and the --content_loss term each one scales.
@@ -63,7 +66,8 @@ def build_parser(description=None):
            'n_epochs + n_epochs_decay; step, plateau: more epochs on the same rule')
     a('--lr_policy', default='linear', choices=('linear', 'step', 'plateau', 'cosine'),
       help='linear: --lr for --n_epochs, then linearly to 0; step: ×0.1 every --lr_decay_iters epochs; plateau: '
-           'halved when val PSNR has not improved for 5 validations; cosine: from --lr to 0 over all epochs')
+           'halved when the val --best_metric has not improved for 5 validations; cosine: from --lr to 0 over all '
+           'epochs')
     a('--lr_decay_iters', type=int, default=50, help='step policy: multiply lr by 0.1 every this many epochs')
     a('--batch_size', type=int, default=1, help='global batch size (split across processes under torchrun)')
     a('--crop_size', type=int, default=256, help='random crop side for training, centre crop for validation')
@@ -82,6 +86,9 @@ def build_parser(description=None):
     a('--display_freq', type=int, default=1, help='TensorBoard image grid every this many validations')
     a('--n_display', type=int, default=4, help='validation samples in the image grid')
     a('--log_freq', type=int, default=50, help='iterations between loss logs (and NaN checks)')
+    a('--best_metric', default='PSNR', choices=tuple(BEST_METRICS),
+      help='validation metric that picks best.pt and that --lr_policy plateau watches: PSNR or SSIM (highest) or L1 '
+           '(lowest). The seed found PSNR does not track visual quality')
     a('--psnr_drop_warn', type=float, default=3.0,
       help='warn when val PSNR falls this many dB below its best (the seed\'s collapse canary)')
     a('--resume', action='store_true', help='continue from <runs_dir>/<name>/latest.pt with the saved options')
@@ -120,13 +127,28 @@ def resolve_options(parser, argv):
         raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from')
     resumed = dict(saved)
     for key in explicit_options(parser, argv) - set(RUN_CONTROL_OPTIONS):
-        if key in FIXED_ON_RESUME and getattr(opt, key) != saved.get(key):
-            raise UserError(f'--resume: {run_dir} was trained with --{key} {saved.get(key)}, not '
-                            f'{getattr(opt, key)}; {FIXED_ON_RESUME[key]}: start a new --name instead')
+        was = saved.get(key, parser.get_default(key))  # an option newer than the run: its default is what ran
+        if key in FIXED_ON_RESUME and getattr(opt, key) != was:
+            raise UserError(f'--resume: {run_dir} was trained with --{key} {was}, not {getattr(opt, key)}; '
+                            f'{FIXED_ON_RESUME[key]}: start a new --name instead')
         resumed[key] = getattr(opt, key)
     check_cosine_length(run_dir, saved, resumed)
     resumed.update({key: getattr(opt, key) for key in RUN_CONTROL_OPTIONS})
     return argparse.Namespace(**{**vars(opt), **resumed})
+
+
+def check_mid_epoch_resume(state, opt, run_dir):
+    """A checkpoint saved mid-epoch counts the batches done in batches of its own size, in the order its --seed
+    shuffled: another --batch_size or --seed would skip or repeat samples of that epoch. (The global batch is the
+    same for any number of processes.)"""
+    if not state['next_batch']:
+        return
+    for key in ('batch_size', 'seed'):
+        saved = state['config'][key]
+        if getattr(opt, key) != saved:
+            raise UserError(f'--{key} {getattr(opt, key)}: {run_dir}/latest.pt stopped mid-epoch after '
+                            f'{state["next_batch"]} batches of {state["config"]["batch_size"]}; finish that epoch '
+                            f'with --{key} {saved} (--stop_epoch {state["epoch"] + 1}), then resume with the new one')
 
 
 def check_cosine_length(run_dir, saved, resumed):

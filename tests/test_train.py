@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -38,6 +39,14 @@ def cli_error(args, capsys):
     return lines[0]
 
 
+def wait_for_the_next_second():
+    """Before an in-process resume that the test reads events across. Event file names hold the second a writer
+    opened and a per-process counter, and TensorBoard reads the files in name order: two writers of one process in
+    one second sort by counter as text (….10 before ….9), the resume's events first. A real resume is a new process,
+    seconds later."""
+    time.sleep(1.01 - time.time() % 1)
+
+
 def run_files(run_dir):
     return {os.path.basename(p): open(p, 'rb').read() for p in glob.glob(os.path.join(run_dir, '*.*'))}
 
@@ -64,7 +73,7 @@ def test_one_epoch_reduces_l1_and_logs_everything(many_tiles_root, tmp_path):
 def test_checkpoint_is_weights_only_loadable_with_full_state(transformed_root, tmp_path):
     train.main(tiny(transformed_root, tmp_path, 'ckpt', '--n_epochs', '1', '--n_epochs_decay', '0'))
     state = torch.load(tmp_path / 'ckpt' / 'latest.pt', map_location='cpu', weights_only=True)
-    for key in ('G', 'D', 'opt_G', 'opt_D', 'sched_G', 'sched_D', 'epoch', 'iteration', 'rng', 'best_psnr', 'config'):
+    for key in ('G', 'D', 'opt_G', 'opt_D', 'sched_G', 'sched_D', 'epoch', 'iteration', 'rng', 'history', 'config'):
         assert key in state, key
     assert state['epoch'] == 1 and state['iteration'] == 5
     assert [set(rank) for rank in state['rng']] == [{'python', 'numpy', 'torch', 'cuda'}]  # one per process
@@ -85,6 +94,42 @@ def test_resume_is_bit_identical(transformed_root, tmp_path):
     epoch2 = generator_weights(tmp_path / 'straight', 'epoch_2.pt')
     assert any(not torch.equal(epoch2[k], straight[k]) for k in straight)
 
+
+
+def test_best_validation_follows_the_metric_and_keeps_the_earliest_of_equals():
+    history = [{'epoch': 1, 'PSNR': 20.0, 'SSIM': 0.5, 'L1': 0.20},
+               {'epoch': 2, 'PSNR': 22.0, 'SSIM': 0.4, 'L1': 0.18},
+               {'epoch': 3, 'PSNR': 21.0, 'SSIM': 0.5, 'L1': 0.15}]
+    assert [train.best_validation(history, metric)['epoch'] for metric in ('PSNR', 'SSIM', 'L1')] == [2, 1, 3]
+    assert train.best_validation([], 'L1') is None
+
+
+def test_best_pt_is_the_epoch_with_the_best_chosen_metric(transformed_root, tmp_path, capsys, monkeypatch):
+    # scripted validations: PSNR would pick epoch 3; L1 picks epoch 2, and epoch 4's equal L1 does not replace it
+    scripted = iter([{'PSNR': 15.0, 'SSIM': 0.2, 'L1': 0.12}, {'PSNR': 16.0, 'SSIM': 0.3, 'L1': 0.08},
+                     {'PSNR': 17.0, 'SSIM': 0.4, 'L1': 0.09}, {'PSNR': 14.0, 'SSIM': 0.1, 'L1': 0.08}])
+    monkeypatch.setattr(train, 'validate', lambda *args: next(scripted))
+    train.main(tiny(transformed_root, tmp_path, 'l1', '--best_metric', 'L1', '--lr_policy', 'plateau',
+                    '--n_epochs', '4', '--n_epochs_decay', '0', '--save_epoch_freq', '1'))
+    best = torch.load(tmp_path / 'l1' / 'best.pt', weights_only=True)
+    assert best['epoch'] == 2 and [entry['L1'] for entry in best['history']] == [0.12, 0.08]
+    epoch2 = generator_weights(tmp_path / 'l1', 'epoch_2.pt')
+    assert all(torch.equal(best['G'][key], epoch2[key]) for key in epoch2)
+    assert best['sched_G']['mode'] == 'min'  # plateau watches the same metric: lower L1 is better
+    assert '(best val L1 0.08 at epoch 2)' in capsys.readouterr().out
+
+
+
+def test_psnr_falling_off_a_cliff_warns_whatever_picks_best_pt(transformed_root, tmp_path, capsys, monkeypatch):
+    # the seed's collapse canary: 2 dB below the best PSNR is noise, 4 dB (> --psnr_drop_warn 3) is a warning
+    scripted = iter([{'PSNR': 20.0, 'SSIM': 0.3, 'L1': 0.10}, {'PSNR': 21.0, 'SSIM': 0.3, 'L1': 0.09},
+                     {'PSNR': 19.0, 'SSIM': 0.3, 'L1': 0.08}, {'PSNR': 17.0, 'SSIM': 0.3, 'L1': 0.07}])
+    monkeypatch.setattr(train, 'validate', lambda *args: next(scripted))
+    train.main(tiny(transformed_root, tmp_path, 'cliff', '--best_metric', 'L1', '--n_epochs', '4',
+                    '--n_epochs_decay', '0'))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if 'warning' in line]
+    assert warnings == ['warning: val PSNR 17.00 dB is 4.0 dB below its best (21.00 at epoch 2); the run may be '
+                        'collapsing (the seed saw this with --lr 2e-3): consider a lower --lr']
 
 @pytest.mark.parametrize('gan_mode', ['lsgan', 'hinge'])
 def test_gan_modes_train(transformed_root, tmp_path, gan_mode):
@@ -133,6 +178,7 @@ def test_tensorboard_curves_share_the_iteration_axis_across_a_stale_start_and_re
     stale_file, = glob.glob(str(run / 'events.out.*'))
     os.rename(stale_file, run / 'events.out.tfevents.0000000001.crashed')
     train.main(tiny(transformed_root, tmp_path, 'tb', '--n_epochs', '1', '--n_epochs_decay', '2', '--stop_epoch', '1'))
+    wait_for_the_next_second()
     train.main(tiny(transformed_root, tmp_path, 'tb', '--resume'))
     acc = events(run)
     loss = acc.Scalars('loss/G_L1')
@@ -204,8 +250,11 @@ def test_resume_refuses_what_the_checkpoint_fixes_and_extends_a_linear_run(trans
     for option, value in (('--lr', '1e-3'), ('--beta1', '0.9'), ('--lr_policy', 'cosine'), ('--lr_decay_iters', '10')):
         line = cli_error(tiny(transformed_root, tmp_path, 'run', '--resume', option, value), capsys)
         assert f'trained with {option} ' in line and 'optimiser and lr schedule continue from the checkpoint' in line
+    line = cli_error(tiny(transformed_root, tmp_path, 'run', '--resume', '--best_metric', 'SSIM'), capsys)
+    assert 'trained with --best_metric PSNR, not SSIM; best.pt and the plateau schedule were chosen by it' in line
     assert run_files(tmp_path / 'run') == before
     # the same lr is no change; at an epoch boundary a linear run may grow and change its batch size
+    wait_for_the_next_second()
     assert train.main(tiny(transformed_root, tmp_path, 'run', '--resume', '--lr', '2e-4', '--n_epochs', '2',
                            '--batch_size', '2')) == 0
     assert torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)['iteration'] == 5 + 2 * 2
@@ -216,6 +265,19 @@ def test_resume_refuses_what_the_checkpoint_fixes_and_extends_a_linear_run(trans
     line = cli_error(tiny(transformed_root, tmp_path, 'cos', '--resume', '--n_epochs_decay', '3'), capsys)
     assert '--lr_policy cosine over --n_epochs + --n_epochs_decay = 2 epochs, not 4' in line
 
+
+
+def test_a_run_saved_before_an_option_existed_resumes_with_its_default(transformed_root, tmp_path, capsys):
+    train.main(tiny(transformed_root, tmp_path, 'old', '--n_epochs', '1', '--n_epochs_decay', '1', '--stop_epoch', '1'))
+    config_path = tmp_path / 'old' / 'config.json'
+    config = json.load(open(config_path))
+    del config['best_metric']  # as a run saved before --best_metric existed
+    json.dump(config, open(config_path, 'w'))
+    line = cli_error(tiny(transformed_root, tmp_path, 'old', '--resume', '--best_metric', 'L1'), capsys)
+    assert 'trained with --best_metric PSNR, not L1' in line
+    assert train.main(tiny(transformed_root, tmp_path, 'old', '--resume', '--best_metric', 'PSNR')) == 0
+    assert json.load(open(config_path))['best_metric'] == 'PSNR'
+    assert torch.load(tmp_path / 'old' / 'latest.pt', weights_only=True)['epoch'] == 2
 
 def test_resume_keeps_the_data_it_was_trained_on(transformed_root, many_tiles_root, tmp_path, capsys):
     train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '3', '--n_epochs_decay', '0', '--stop_epoch', '1'))
