@@ -95,7 +95,6 @@ def test_resume_is_bit_identical(transformed_root, tmp_path):
     assert any(not torch.equal(epoch2[k], straight[k]) for k in straight)
 
 
-
 def test_best_validation_follows_the_metric_and_keeps_the_earliest_of_equals():
     history = [{'epoch': 1, 'PSNR': 20.0, 'SSIM': 0.5, 'L1': 0.20},
                {'epoch': 2, 'PSNR': 22.0, 'SSIM': 0.4, 'L1': 0.18},
@@ -119,7 +118,6 @@ def test_best_pt_is_the_epoch_with_the_best_chosen_metric(transformed_root, tmp_
     assert '(best val L1 0.08 at epoch 2)' in capsys.readouterr().out
 
 
-
 def test_psnr_falling_off_a_cliff_warns_whatever_picks_best_pt(transformed_root, tmp_path, capsys, monkeypatch):
     # the seed's collapse canary: 2 dB below the best PSNR is noise, 4 dB (> --psnr_drop_warn 3) is a warning
     scripted = iter([{'PSNR': 20.0, 'SSIM': 0.3, 'L1': 0.10}, {'PSNR': 21.0, 'SSIM': 0.3, 'L1': 0.09},
@@ -130,6 +128,7 @@ def test_psnr_falling_off_a_cliff_warns_whatever_picks_best_pt(transformed_root,
     warnings = [line for line in capsys.readouterr().err.splitlines() if 'warning' in line]
     assert warnings == ['warning: val PSNR 17.00 dB is 4.0 dB below its best (21.00 at epoch 2); the run may be '
                         'collapsing (the seed saw this with --lr 2e-3): consider a lower --lr']
+
 
 @pytest.mark.parametrize('gan_mode', ['lsgan', 'hinge'])
 def test_gan_modes_train(transformed_root, tmp_path, gan_mode):
@@ -266,13 +265,13 @@ def test_resume_refuses_what_the_checkpoint_fixes_and_extends_a_linear_run(trans
     assert '--lr_policy cosine over --n_epochs + --n_epochs_decay = 2 epochs, not 4' in line
 
 
-
 def test_a_run_saved_before_an_option_existed_resumes_with_its_default(transformed_root, tmp_path, capsys):
     train.main(tiny(transformed_root, tmp_path, 'old', '--n_epochs', '1', '--n_epochs_decay', '1', '--stop_epoch', '1'))
     config_path = tmp_path / 'old' / 'config.json'
     config = json.load(open(config_path))
     del config['best_metric']  # as a run saved before --best_metric existed
-    json.dump(config, open(config_path, 'w'))
+    with open(config_path, 'w') as f:
+        json.dump(config, f)
     line = cli_error(tiny(transformed_root, tmp_path, 'old', '--resume', '--best_metric', 'L1'), capsys)
     assert 'trained with --best_metric PSNR, not L1' in line
     assert train.main(tiny(transformed_root, tmp_path, 'old', '--resume', '--best_metric', 'PSNR')) == 0
