@@ -294,9 +294,7 @@ def best_validation(history, metric):
 
 
 def describe_best(trainer):
-    best = best_validation(trainer.history, trainer.opt.best_metric)
-    if best is None:
-        return 'no validation yet'
+    best = best_validation(trainer.history, trainer.opt.best_metric)  # the last epoch trained was validated
     return f'best val {trainer.opt.best_metric} {best[trainer.opt.best_metric]:.4g} at epoch {best["epoch"]}'
 
 

@@ -168,6 +168,8 @@ def check_options(opt):
                        'crop_size', 'n_display', 'n_layers_D', 'lr_decay_iters'))
     if opt.n_epochs_decay < 0:
         raise UserError(f'--n_epochs_decay must be >= 0, got {opt.n_epochs_decay}')
+    if opt.stop_epoch is not None and opt.stop_epoch < 1:  # 0 would train every epoch, -1 none
+        raise UserError(f'--stop_epoch must be >= 1, got {opt.stop_epoch}')
     if not math.isfinite(opt.lr) or opt.lr <= 0:
         raise UserError(f'--lr must be a positive number, got {opt.lr}')
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)
@@ -205,7 +207,7 @@ def data_identity(dataroot):
 
 def check_same_data(opt, identity, run_dir):
     """A resumed run continues on the data it was trained on: with other data its validation history and best.pt
-    would compare PSNRs of two datasets. Runs saved before the identity was kept are not checked."""
+    would compare metrics of two datasets. Runs saved before the identity was kept are not checked."""
     saved = getattr(opt, 'data_identity', None)
     if opt.resume and saved is not None and saved != identity:
         raise UserError(f'--resume: {opt.dataroot} holds other data than {run_dir} was trained on (other tiles or '

@@ -233,6 +233,8 @@ def test_abbreviated_options_are_refused(capsys):
     (('--netD', 'n_layers', '--n_layers_D', '0'), '--n_layers_D must be >= 1, got 0'),
     (('--lr_policy', 'step', '--lr_decay_iters', '0'), '--lr_decay_iters must be >= 1, got 0'),
     (('--n_display', '0'), '--n_display must be >= 1, got 0'),
+    (('--stop_epoch', '0'), '--stop_epoch must be >= 1, got 0'),
+    (('--stop_epoch', '-1'), '--stop_epoch must be >= 1, got -1'),
     (('--content_loss', 'l1+vgg', '--lambda_VGG', '10', '--vgg_weights', 'no_such.pth'),
      '--vgg_weights: VGG19 weights file not found: no_such.pth'),
 ])
