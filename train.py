@@ -298,6 +298,14 @@ def describe_best(trainer):
     return f'best val {trainer.opt.best_metric} {best[trainer.opt.best_metric]:.4g} at epoch {best["epoch"]}'
 
 
+def hparam_metrics(trainer):
+    """The final epoch's metrics and those of best.pt's epoch: runs are compared by the checkpoint one would use."""
+    final = trainer.history[-1]  # the last epoch trained was validated
+    best = best_validation(trainer.history, trainer.opt.best_metric)
+    metrics = {f'hparam/{k}': v for k, v in final.items() if k != 'epoch'}
+    return metrics | {f'hparam/best_{k}': v for k, v in best.items()}
+
+
 def check_collapse(trainer, metrics, opt):
     """PSNR whatever --best_metric is: its fall off a cliff was the seed's collapse canary."""
     best = best_validation(trainer.history, 'PSNR')
@@ -477,9 +485,8 @@ def train(opt, stop):
         print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; '
               f'{describe_best(trainer)} so far')
     elif writer:
-        final = trainer.history[-1] if trainer.history else {}
         hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
-        writer.add_hparams(hparams, {f'hparam/{k}': v for k, v in final.items() if k != 'epoch'}, run_name='hparams')
+        writer.add_hparams(hparams, hparam_metrics(trainer), run_name='hparams')
         writer.close()
         print(f'done: {run_dir} ({describe_best(trainer)}); '
               f'tensorboard --logdir {opt.runs_dir}')

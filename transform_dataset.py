@@ -81,6 +81,8 @@ def check_options(opt):
         raise UserError(f'--split {opt.split}: must be between 1 and 64 (N×N tiles per source)')
     if not 0.0 <= opt.min_building <= 1.0:
         raise UserError(f'--min_building {opt.min_building}: must be a fraction between 0 and 1')
+    if opt.min_building > 0 and opt.format == 'aligned':
+        raise UserError('--min_building needs binary building masks; aligned colour label maps have none')
     try:
         re.compile(opt.val_pattern)
     except re.error as err:
@@ -350,8 +352,6 @@ def transform(opt):
     sources = find_inria_sources(opt) if opt.format == 'inria' else find_aligned_sources(opt)
     check_sources_in_both_splits(sources, opt)
     check_headers(sources, opt)
-    if opt.min_building > 0 and opt.format == 'aligned':
-        raise UserError('--min_building needs binary building masks; aligned colour label maps have none')
     prepare_output(opt)
     todo = [s for s in sources if not is_done(s, opt)]
     if len(todo) < len(sources):

@@ -116,6 +116,10 @@ def test_best_pt_is_the_epoch_with_the_best_chosen_metric(transformed_root, tmp_
     assert all(torch.equal(best['G'][key], epoch2[key]) for key in epoch2)
     assert best['sched_G']['mode'] == 'min'  # plateau watches the same metric: lower L1 is better
     assert '(best val L1 0.08 at epoch 2)' in capsys.readouterr().out
+    logged = {tag: events(tmp_path / 'l1' / 'hparams').Scalars(tag)[0].value
+              for tag in ('hparam/PSNR', 'hparam/best_PSNR', 'hparam/best_L1', 'hparam/best_epoch')}
+    assert logged == pytest.approx({'hparam/PSNR': 14.0, 'hparam/best_PSNR': 16.0, 'hparam/best_L1': 0.08,
+                                    'hparam/best_epoch': 2})  # final and best.pt's epoch, for comparing runs
 
 
 def test_psnr_falling_off_a_cliff_warns_whatever_picks_best_pt(transformed_root, tmp_path, capsys, monkeypatch):

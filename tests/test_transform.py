@@ -361,6 +361,7 @@ def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
     (['--size', '8'], '--size 8'),
     (['--size', '64', '--crop_size', '128'], '--size 64 is smaller than --crop_size 128'),
     (['--min_building', '2'], '--min_building'),
+    (['--format', 'aligned', '--min_building', '0.25'], '--min_building needs binary building masks'),
     (['--val_pattern', '(['], 'not a valid regex'),
 ])
 def test_bad_options(tmp_path, options, message):
