@@ -9,7 +9,7 @@ test.py is the command line over these; they are also the Python API for growing
     with torch.autocast('cuda', dtype=torch.bfloat16):
         image = generate_sliding(G, mask, cfg['crop_size'], overlap=0.5, batch_size=16, device=device)
 
-`mask` is an H×W uint8 array of 0/255 (utils.read_image_file + utils.check_binary_mask read one); `image` is
+`mask` is an H×W uint8 array of 0/255 (utils.read_binary_mask reads one); `image` is
 H×W×3 uint8, exactly the mask's size. Trained on 2×2 tiles of 5000² masks resized to 286²? Resize the mask by
 the same factor first (test.py --scale 0.114), or the buildings come out at a scale the model never saw.
 """

@@ -14,7 +14,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from utils import write_tiff_atomic
+from utils import UserError, make_writable_dir, one_line_write_errors, write_tiff_atomic
 
 CITIES = ('austin', 'chicago', 'kitsap', 'tyrol-w', 'vienna')
 # Scene colours (RGB). Roofs: red-brown tiles, grey, light grey (concrete/metal), dark (tar).
@@ -210,12 +210,22 @@ def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):
     <out_dir>/gt/<name>.tif (uint8 {0,255}, LZW), both with GeoTIFF tags; returns the names."""
     names = synthetic_tile_names(n_tiles)
     for sub in ('images', 'gt'):
-        os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
+        check_holds_nothing(os.path.join(out_dir, sub))
+        make_writable_dir(os.path.join(out_dir, sub), 'folder for the synthetic tiles')
     for i, name in enumerate(tqdm(names, desc='synthetic tiles', disable=not progress)):
         mask, image = synthetic_pair(size, tile_seed(seed, i))
         tags = geotiff_tags(i, size)
-        write_tiff_atomic(os.path.join(out_dir, 'images', f'{name}.tif'), image,
-                          photometric='rgb', extratags=tags)
-        write_tiff_atomic(os.path.join(out_dir, 'gt', f'{name}.tif'), mask,
-                          photometric='minisblack', compression='lzw', extratags=tags)
+        image_path, mask_path = (os.path.join(out_dir, sub, f'{name}.tif') for sub in ('images', 'gt'))
+        with one_line_write_errors(image_path):
+            write_tiff_atomic(image_path, image, photometric='rgb', extratags=tags)
+        with one_line_write_errors(mask_path):
+            write_tiff_atomic(mask_path, mask, photometric='minisblack', compression='lzw', extratags=tags)
     return names
+
+
+def check_holds_nothing(folder):
+    """The tiles have real Inria names: written into a folder of real (or other synthetic) tiles, they would
+    replace some and mix with the rest."""
+    if os.path.isdir(folder) and any(not name.startswith('.') for name in os.listdir(folder)):
+        raise UserError(f'{folder}: already holds files; synthetic tiles (named as real Inria ones) go into a new '
+                        f'or empty folder')

@@ -31,8 +31,8 @@ from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan)
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score
-from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_binary_mask,
-                   check_counts, free_space, make_writable_dir, pick_device, read_image_file, remove_stale_temp_files,
+from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts,
+                   free_space, make_writable_dir, pick_device, read_binary_mask, read_image_file, remove_stale_temp_files,
                    resize_image, resize_mask, run_cli, save_png, to_uint8_hwc, without_opaque_alpha, write_json_atomic,
                    write_text_atomic, write_tiff_atomic)
 
@@ -89,6 +89,8 @@ def check_options(opt):
         raise UserError('--scale only applies to --mode sliding (full and tiles resize to the model size anyway)')
     if opt.num_test is not None and opt.num_test < 1:
         raise UserError(f'--num_test must be >= 1, got {opt.num_test}')
+    if not 0 <= opt.mask_tolerance <= 1:
+        raise UserError(f'--mask_tolerance {opt.mask_tolerance}: must be a fraction between 0 and 1')
     if opt.max_memory_gb is not None and not opt.max_memory_gb > 0:
         raise UserError(f'--max_memory_gb must be positive, got {opt.max_memory_gb}')
     if opt.masks and opt.dataroot:
@@ -144,9 +146,9 @@ def mask_fidelity(segmenter, image, mask, batch_size):
 
 def read_mask(path, input_nc, tolerance):
     """A raw mask file -> H×W {0,255} uint8 (1-channel models) or H×W×3 uint8 label map, else UserError."""
-    array = read_image_file(path)
     if input_nc == 1:
-        return check_binary_mask(array, path, tolerance)
+        return read_binary_mask(path, tolerance)
+    array = read_image_file(path)
     if array.dtype != np.uint8:
         raise UserError(f'{path}: label map must be 8-bit (uint8), got {array.dtype}')
     if array.ndim == 3:

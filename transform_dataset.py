@@ -14,12 +14,14 @@ import multiprocessing
 import os
 import re
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
 from synthetic_inria import make_synthetic_inria
-from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_binary_mask, check_rgb_format,
-                   check_rgb_image, read_image_file, read_image_header, read_json, remove_stale_temp_files,
+from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_rgb_format,
+                   check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json, remove_stale_temp_files,
                    resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds, write_json_atomic)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
@@ -46,8 +48,9 @@ def parse_args(argv=None):
     p.add_argument('--split', type=int, default=1,
                    help='cut every source into N×N tiles before resizing (1, 2, 5: more detail, N² more data)')
     p.add_argument('--val_pattern', default=INRIA_VAL_PATTERN,
-                   help='regex on the source file stem selecting validation sources (default: images 1-5 of each '
-                        'Inria city). For aligned data with train/ and val|test/ folders the folders decide')
+                   help='regex searched in each source file stem; a match is a validation source (default: images '
+                        '1-5 of each Inria city). Unanchored: vienna1 also matches vienna10, ^vienna1$ does not. '
+                        'For aligned data with train/ and val|test/ folders the folders decide')
     p.add_argument('--min_building', type=float, default=0.0,
                    help='leave tiles whose building fraction is below this out of the manifests (the seed used '
                         '0.25; the arrays are kept, so another value re-runs in seconds); 0 keeps all')
@@ -65,8 +68,8 @@ def parse_args(argv=None):
 
 def check_options(opt):
     if opt.make_synthetic:
-        if opt.n_tiles < 1 or opt.tile_size < 16:
-            raise UserError('--make_synthetic needs --n_tiles >= 1 and --tile_size >= 16')
+        if opt.n_tiles < 1 or opt.tile_size < 16 or opt.seed < 0:
+            raise UserError('--make_synthetic needs --n_tiles >= 1, --tile_size >= 16 and --seed >= 0')
         return
     if not opt.dataroot or not opt.out:
         raise UserError('--dataroot and --out are required (or use --make_synthetic DIR)')
@@ -79,8 +82,9 @@ def check_options(opt):
                         f'these arrays (use --size >= {opt.crop_size}, e.g. 286 for 256 crops)')
     if opt.split < 1 or opt.split > 64:
         raise UserError(f'--split {opt.split}: must be between 1 and 64 (N×N tiles per source)')
-    if not 0.0 <= opt.min_building <= 1.0:
-        raise UserError(f'--min_building {opt.min_building}: must be a fraction between 0 and 1')
+    for name in ('min_building', 'mask_tolerance'):
+        if not 0.0 <= getattr(opt, name) <= 1.0:
+            raise UserError(f'--{name} {getattr(opt, name)}: must be a fraction between 0 and 1')
     if opt.min_building > 0 and opt.format == 'aligned':
         raise UserError('--min_building needs binary building masks; aligned colour label maps have none')
     try:
@@ -92,6 +96,10 @@ def check_options(opt):
     dataroot, out = os.path.realpath(opt.dataroot), os.path.realpath(opt.out)
     if out == dataroot or out.startswith(dataroot + os.sep):
         raise UserError(f'{opt.out}: output folder is inside the input folder {opt.dataroot}; choose another --out')
+    for folder in list(output_folders(out))[1:]:  # out/ itself may hold the input: nothing is written beside it
+        if dataroot == folder or dataroot.startswith(folder + os.sep):
+            raise UserError(f'{opt.dataroot}: the input folder is inside {folder}, where --out {opt.out} writes '
+                            f'arrays; choose another --out')
 
 
 # ---------------------------------------------------------------- finding sources
@@ -178,7 +186,9 @@ def check_headers(sources, opt):
             width //= 2
         else:
             check_rgb_format(channels, dtype, image_path)
-            mask_h, mask_w, _, _ = read_image_header(mask_path)
+            mask_h, mask_w, _, mask_dtype = read_image_header(mask_path)
+            if mask_dtype.name not in ('uint8', 'bool'):  # found now, not after decoding every source before it
+                raise UserError(f'{mask_path}: mask must be 8-bit (uint8) with values 0/255, got {mask_dtype}')
             if (mask_h, mask_w) != (height, width):
                 raise UserError(f'{mask_path}: mask is {mask_w}×{mask_h} but its image {image_path} is {width}×{height}')
         if min(height, width) // opt.split < 8:
@@ -197,7 +207,7 @@ def load_pair(source, opt):
         left, right = both[:, :half], both[:, half:]
         return (left, right) if opt.direction == 'AtoB' else (right, left)
     image = check_rgb_image(read_image_file(image_path), image_path)
-    mask = check_binary_mask(read_image_file(mask_path), mask_path, opt.mask_tolerance)
+    mask = read_binary_mask(mask_path, opt.mask_tolerance)
     if mask.shape != image.shape[:2]:
         raise UserError(f'{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is '
                         f'{image.shape[1]}×{image.shape[0]}')
@@ -228,7 +238,6 @@ def transform_source(source, opt):
             tiles.append({'name': name, 'source': os.path.basename(image_path), 'mask_source': os.path.basename(mask_path),
                           'tile': [row, col], 'building_fraction': building_fraction(tile_mask)})
     write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'version': RECORD_VERSION, 'tiles': tiles})
-    return stem
 
 
 def is_done(source, opt):
@@ -243,19 +252,11 @@ def is_done(source, opt):
         for t in record['tiles'] for kind in ('images', 'masks'))
 
 
-def _worker(args):
-    source, opt = args
-    try:
-        return transform_source(source, opt), None
-    except UserError as err:
-        return source[0], str(err)
-
-
 # ---------------------------------------------------------------- whole dataset
 
 def output_settings(opt):
     """What the arrays are made from: the options and the input folder (is_done matches sources by name only)."""
-    return dict({k: getattr(opt, k) for k in OUTPUT_DEFINING_OPTIONS}, dataroot=os.path.abspath(opt.dataroot))
+    return dict({k: getattr(opt, k) for k in OUTPUT_DEFINING_OPTIONS}, dataroot=os.path.realpath(opt.dataroot))
 
 
 def has_finished_sources(out):
@@ -271,6 +272,9 @@ def check_same_settings(opt, settings, config_path):
         return
     previous = read_json(config_path, 'transform config')
     changed = [k for k in settings if previous.get(k) != settings[k]]
+    old_root = previous.get('dataroot')
+    if 'dataroot' in changed and old_root and os.path.realpath(old_root) == settings['dataroot']:
+        changed.remove('dataroot')  # the same folder: older versions saved the path through its symlinks
     if not changed:
         return
     old = ', '.join(f'--{k} {previous.get(k)}' for k in changed)
@@ -356,23 +360,30 @@ def transform(opt):
     todo = [s for s in sources if not is_done(s, opt)]
     if len(todo) < len(sources):
         print(f'resuming: {len(sources) - len(todo)} of {len(sources)} sources already done')
-    jobs = [(s, opt) for s in todo]
-    bar = tqdm(total=len(todo), desc='transforming', unit='source')
-    if opt.workers > 1 and len(todo) > 1:
-        # spawn: a fork of a process that already imported torch/threads can deadlock
-        with multiprocessing.get_context('spawn').Pool(min(opt.workers, len(todo))) as pool:
-            for stem, error in pool.imap_unordered(_worker, jobs):
-                if error:
-                    raise UserError(error)
+    with tqdm(total=len(todo), desc='transforming', unit='source') as bar:  # closed before an error line
+        if opt.workers > 1 and len(todo) > 1:
+            transform_in_processes(todo, opt, bar)
+        else:
+            for source in todo:
+                transform_source(source, opt)
                 bar.update()
-    else:
-        for job in jobs:
-            stem, error = _worker(job)
-            if error:
-                raise UserError(error)
-            bar.update()
-    bar.close()
     write_manifests(sources, opt)
+
+
+def transform_in_processes(todo, opt, bar):
+    """Sources in --workers processes. A worker killed (out of memory, a crashing decoder) is an error, not a
+    hang; after any error the running sources finish (their records are written) and the queued ones are dropped."""
+    # spawn: a fork of a process that already imported torch/threads can deadlock
+    pool = ProcessPoolExecutor(min(opt.workers, len(todo)), mp_context=multiprocessing.get_context('spawn'))
+    try:
+        for done in as_completed([pool.submit(transform_source, source, opt) for source in todo]):
+            done.result()  # re-raises a worker's UserError
+            bar.update()
+    except BrokenProcessPool:
+        raise UserError(f'{opt.out}: a worker process died (killed, probably out of memory); finished sources are '
+                        f'kept: re-run, with fewer --workers if memory is short') from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main(argv=None):

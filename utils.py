@@ -6,6 +6,7 @@ functions that need it, so transform_dataset.py (and its worker processes) start
 """
 import argparse
 import contextlib
+import io
 import json
 import os
 import random
@@ -23,6 +24,10 @@ TIFF_SUFFIXES = ('.tif', '.tiff')
 JPEG_SUFFIXES = ('.jpg', '.jpeg')
 IMAGE_SUFFIXES = TIFF_SUFFIXES + ('.png',) + JPEG_SUFFIXES
 JPEG_NOISE = 32  # levels a JPEG mask's pixel may be off 0/255 and still count as clean (quality 75: edges only)
+# TIFF compressions that change pixel values: a mask stored with them is judged like a JPEG
+LOSSY_TIFF_COMPRESSIONS = {getattr(tifffile.COMPRESSION, name) for name in (
+    'OJPEG', 'JPEG', 'JPEG_99', 'JPEG_LOSSY', 'JPEG_2000_LOSSY', 'JPEG2000', 'JPEGXR', 'JPEGXR_NDPI', 'JPEGXL',
+    'WEBP', 'WEBP_DEPRECATED') if hasattr(tifffile.COMPRESSION, name)}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -62,12 +67,16 @@ def check_counts(opt, keys):
 
 
 def run_cli(main):
-    """Run a script's main(); turn UserError into one clear line on stderr and exit status 2."""
+    """Run a script's main(); turn UserError into one clear line on stderr and exit status 2, and Ctrl-C into
+    one line and 130 (every output is written atomically, so nothing is left half-written)."""
     try:
         return main()
     except UserError as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print('interrupted (Ctrl-C): what was finished is kept', file=sys.stderr)
+        sys.exit(130)
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -107,19 +116,30 @@ def make_writable_dir(path, option):
         raise UserError(f'{path}: cannot write there ({err.strerror or err}); choose another {option}') from None
 
 
+@contextlib.contextmanager
+def one_line_write_errors(path):
+    """A failed write (full disk, no permission, a file in the way) as one line naming the file."""
+    try:
+        yield
+    except OSError as err:
+        raise UserError(f'{path}: could not write ({err.strerror or first_line(err)}; {free_space(path)})') from None
+
+
 def save_npy_atomic(path, array):
-    with atomic_open(path) as f:
-        np.save(f, array)
+    buffer = io.BytesIO()  # np.save into a real file uses tofile(), which ignores a failed flush: a full disk
+    np.save(buffer, array)  # left a truncated .npy with no error (seen with numpy 2.4 under a file-size limit)
+    with one_line_write_errors(path), atomic_open(path) as f:
+        f.write(buffer.getbuffer())
 
 
 def write_json_atomic(path, obj):
-    with atomic_open(path, 'w') as f:
+    with one_line_write_errors(path), atomic_open(path, 'w') as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write('\n')
 
 
 def write_text_atomic(path, text):
-    with atomic_open(path, 'w') as f:
+    with one_line_write_errors(path), atomic_open(path, 'w') as f:
         f.write(text)
 
 
@@ -156,8 +176,9 @@ def first_line(err):
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-def read_image_file(path):
-    """Decode a TIFF/PNG/JPEG into a numpy array (H×W or H×W×C), or raise UserError naming the file."""
+def decode_image(path):
+    """(array H×W or H×W×C, lossy) from a TIFF/PNG/JPEG, or UserError naming the file. `lossy`: the compression
+    changed pixel values (JPEG, or a TIFF compressed with JPEG, WebP, ...), whatever the file's extension."""
     path = os.fspath(path)
     check_nonempty_file(path)
     try:
@@ -167,15 +188,29 @@ def read_image_file(path):
                 array = page.asarray()  # values as stored, as GDAL reads them: PhotometricInterpretation is display
                 if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
                     array = np.ascontiguousarray(np.moveaxis(array, 0, -1))  # GDAL INTERLEAVE=BAND: bands first
-        else:
-            with Image.open(path) as im:
-                im.load()
-                array = np.asarray(im.convert('RGB') if im.mode in ('P', 'CMYK', 'YCbCr') else im)
+                return array, page.compression in LOSSY_TIFF_COMPRESSIONS
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ('P', 'L', 'RGB') and 'transparency' in im.info:
+                im = im.convert('RGBA')  # a transparent colour (PNG tRNS) is an alpha channel: checked as one
+            elif im.mode in ('P', 'CMYK', 'YCbCr'):
+                im = im.convert('RGB')
+            return np.asarray(im), im.format in ('JPEG', 'MPO')
     except UserError:
         raise
     except Exception as err:  # decoders raise many types for truncated or foreign files
         raise UserError(f'{path}: cannot decode image ({first_line(err)}); the file may be truncated or not an image') from None
-    return array
+
+
+def read_image_file(path):
+    """Decode a TIFF/PNG/JPEG into a numpy array (H×W or H×W×C), or raise UserError naming the file."""
+    return decode_image(path)[0]
+
+
+def read_binary_mask(path, tolerance=0.01):
+    """A building mask file -> H×W uint8 {0, 255}, or UserError naming the file (see check_binary_mask)."""
+    array, lossy = decode_image(path)
+    return check_binary_mask(array, path, tolerance, lossy)
 
 
 def read_image_header(path):
@@ -208,20 +243,19 @@ def check_rgb_image(array, path):
     return array
 
 
-def check_binary_mask(array, path, tolerance=0.01):
+def check_binary_mask(array, path, tolerance=0.01, lossy=False):
     """Return an H×W uint8 mask in {0, 255}.
 
     Accepts 1-bit masks, 1-channel masks and 3-channel masks whose channels agree (Inria samples as PNG), and
     0/1 masks from lossless files. An alpha channel only when fully opaque: paint tools store arbitrary colour
     (often white) under transparent pixels, which would silently become buildings.
-    Up to `tolerance` of the pixels may be off (antialiasing; in a JPEG, more than JPEG_NOISE levels from both
-    0 and 255); all are thresholded at 128. More than that means the file is not a building mask.
+    Up to `tolerance` of the pixels may be off (antialiasing; from a `lossy` file such as a JPEG, more than
+    JPEG_NOISE levels from both 0 and 255); all are thresholded at 128. More means it is not a building mask.
     """
     if array.dtype == bool:  # a 1-bit (bilevel) PNG or TIFF
         return np.where(array, np.uint8(255), np.uint8(0))
     if array.dtype != np.uint8:
         raise UserError(f'{path}: mask must be 8-bit (uint8) with values 0/255, got {array.dtype}')
-    lossy = os.fspath(path).lower().endswith(JPEG_SUFFIXES)
     if array.ndim == 3:
         array = without_opaque_alpha(array, path)
         channels = array.shape[2]

@@ -161,6 +161,64 @@ def test_transform_killed_and_rerun_equals_one_clean_run(tmp_path):
         assert json.load(open(out / split / 'manifest.json')) == json.load(open(tmp_path / 'clean' / split / 'manifest.json'))
 
 
+def worker_processes_of(pid):
+    """The multiprocessing spawn workers whose parent is `pid` (Linux /proc)."""
+    workers = []
+    for stat in glob.glob('/proc/[0-9]*/stat'):
+        try:
+            parent = int(open(stat).read().rsplit(')', 1)[1].split()[1])
+            command = open(stat[:-len('stat')] + 'cmdline', 'rb').read()
+        except (OSError, IndexError, ValueError):  # the process ended while being read
+            continue
+        if parent == pid and b'spawn_main' in command:
+            workers.append(int(stat.split('/')[2]))
+    return workers
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
+def test_transform_worker_killed_is_one_clear_error_not_a_hang(tmp_path):
+    """An out-of-memory kill of one --workers process: multiprocessing.Pool waited for its result forever."""
+    source = tmp_path / 'inria'
+    make_synthetic_inria(str(source), n_tiles=20, size=200, seed=3, progress=False)
+    proc = subprocess.Popen(TRANSFORM + ['--dataroot', str(source), '--out', str(tmp_path / 'out'), '--size', '64',
+                                         '--crop_size', '64', '--workers', '2'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: worker_processes_of(proc.pid), timeout=60)
+    os.kill(worker_processes_of(proc.pid)[0], signal.SIGKILL)  # while it starts: 20 sources are still to do
+    try:
+        stderr = proc.communicate(timeout=120)[1]
+    except subprocess.TimeoutExpired:
+        kill_9(proc)
+        pytest.fail('transform_dataset.py hung after a worker was killed')
+    assert proc.returncode == 2
+    assert stderr.splitlines()[-1] == (f'error: {tmp_path / "out"}: a worker process died (killed, probably out of '
+                                       'memory); finished sources are kept: re-run, with fewer --workers if memory '
+                                       'is short')
+    assert 'Traceback' not in stderr
+
+
+@pytest.mark.parametrize('workers', ['1', '2'])
+def test_transform_write_limit_is_one_clear_error(tmp_path, workers):
+    """A real failed write (a file-size limit, like a full disk): one line naming the file, exit 2, no temp file.
+    np.save into the file itself wrote a truncated .npy here and went on (numpy's tofile ignores the failed flush)."""
+    def limit_file_size():  # in the child: workers inherit it; the write fails with EFBIG instead of a signal
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY))  # a 32² image .npy is 3200 B
+
+    source = tmp_path / 'inria'
+    make_synthetic_inria(str(source), n_tiles=6, size=100, seed=3, progress=False)
+    out = tmp_path / 'out'
+    proc = subprocess.run(TRANSFORM + ['--dataroot', str(source), '--out', str(out), '--size', '32', '--crop_size',
+                                       '32', '--workers', workers],
+                          capture_output=True, text=True, preexec_fn=limit_file_size)
+    assert proc.returncode == 2, proc.stderr
+    assert re.fullmatch(rf'error: {re.escape(str(out))}/(train|val)/images/\w+\.npy: could not write '
+                        r'\(File too large; \d+ MB free there\)', proc.stderr.splitlines()[-1]), proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert not glob.glob(str(out / '**' / '*.tmp'), recursive=True, include_hidden=True)
+
+
 def test_atomic_write_killed_mid_write_leaves_old_file(tmp_path):
     target = tmp_path / 'latest.pt'
     target.write_bytes(b'old and complete')

@@ -7,7 +7,8 @@ import tifffile
 
 from synthetic_inria import (CITIES, make_synthetic_inria, render_aerial_image, synthetic_layout,
                              synthetic_pair, synthetic_tile_names, tile_seed)
-from utils import write_tiff_atomic
+import transform_dataset
+from utils import UserError, write_tiff_atomic
 
 GEOTIFF_TAGS = (33550, 33922, 34735)  # ModelPixelScale, ModelTiepoint, GeoKeyDirectory
 
@@ -132,6 +133,32 @@ def test_make_synthetic_inria_is_deterministic_and_prefix_stable(tmp_path):
             bytes_a = (tmp_path / 'a' / sub / f'{name}.tif').read_bytes()
             assert bytes_a == (tmp_path / 'b' / sub / f'{name}.tif').read_bytes()
             assert bytes_a != (tmp_path / 'c' / sub / f'{name}.tif').read_bytes()
+
+
+def test_a_folder_that_holds_tiles_is_refused_and_left_as_it_was(tmp_path):
+    make_synthetic_inria(str(tmp_path / 'real'), n_tiles=1, size=32, seed=0, progress=False)  # stands in for Inria
+    before = (tmp_path / 'real' / 'images' / 'austin1.tif').read_bytes()
+    with pytest.raises(UserError, match=f'{tmp_path / "real" / "images"}: already holds files; synthetic tiles'):
+        make_synthetic_inria(str(tmp_path / 'real'), n_tiles=2, size=64, seed=1, progress=False)
+    assert (tmp_path / 'real' / 'images' / 'austin1.tif').read_bytes() == before
+    assert sorted(os.listdir(tmp_path / 'real' / 'images')) == ['austin1.tif']
+
+
+@pytest.mark.parametrize('options, message', [
+    (['--seed', '-1'], '--seed >= 0'),
+    (['--tile_size', '8'], '--tile_size >= 16'),
+])
+def test_bad_make_synthetic_options_are_one_line_errors(tmp_path, options, message):
+    with pytest.raises(UserError, match=message):
+        transform_dataset.main(['--make_synthetic', str(tmp_path / 'syn'), *options])
+    assert not os.path.exists(tmp_path / 'syn')
+
+
+def test_make_synthetic_onto_a_file_is_one_line_error(tmp_path):
+    (tmp_path / 'afile').write_text('not a folder')
+    with pytest.raises(UserError, match=f'{tmp_path / "afile" / "images"}: cannot write there'):
+        transform_dataset.main(['--make_synthetic', str(tmp_path / 'afile')])
+    assert (tmp_path / 'afile').read_text() == 'not a folder'
 
 
 def test_write_tiff_atomic_leaves_nothing_on_failure(tmp_path):

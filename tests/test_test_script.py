@@ -331,6 +331,7 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
                                '.npy: --tiles 100, but the mask is only 72×72 pixels'),
     'name too long for outputs': (bad_mask('b' * 230 + '.png', BLOCK), 'file name too long for its outputs'),
     'bad overlap': (options('--mode', 'sliding', '--overlap', '1'), '--overlap 1.0'),
+    'negative mask tolerance': (options('--mask_tolerance', '-1'), '--mask_tolerance -1.0: must be a fraction'),
     'load size not a multiple': (options('--load_size', '6'), '--load_size 6: --netG resnet_6blocks needs a multiple'),
     'load size too small': (options('--load_size', '4'), '--load_size 4: --netG resnet_6blocks needs a multiple of 4, '
                                                          'at least 8'),

@@ -14,7 +14,7 @@ from PIL import Image
 import transform_dataset
 from conftest import DATA, REPO
 from synthetic_inria import make_synthetic_inria
-from utils import UserError, resize_image, resize_mask
+from utils import UserError, resize_image, resize_mask, write_json_atomic
 
 
 def make_inria_dir(root, names=('austin1', 'austin6', 'chicago7'), size=64, seed=0):
@@ -256,6 +256,34 @@ def test_rerun_with_other_dataroot_is_refused(tmp_path):
         run(make_inria_dir(tmp_path / 'second', seed=1), tmp_path / 'out', '--size', '32')
 
 
+def test_the_same_input_through_a_symlink_resumes(tmp_path, capsys):
+    first = make_inria_dir(tmp_path / 'first')
+    run(first, tmp_path / 'out', '--size', '32')
+    os.symlink(first, tmp_path / 'link')
+    run(tmp_path / 'link', tmp_path / 'out', '--size', '32')
+    config = json.load(open(tmp_path / 'out' / 'transform.json'))
+    config['dataroot'] = str(tmp_path / 'link')  # as versions that saved the absolute path did
+    write_json_atomic(str(tmp_path / 'out' / 'transform.json'), config)
+    run(first, tmp_path / 'out', '--size', '32')
+    assert capsys.readouterr().out.count('resuming: 3 of 3 sources already done') == 2
+
+
+def test_input_inside_a_folder_that_out_writes_is_refused(tmp_path):
+    root = make_inria_dir(tmp_path / 'data' / 'train')  # --out data would write data/train/images/*.npy there
+    with pytest.raises(UserError, match=f'{root}: the input folder is inside {tmp_path / "data" / "train"}, where'):
+        run(root, tmp_path / 'data')
+    assert sorted(os.listdir(tmp_path / 'data')) == ['train']
+    run(root, tmp_path / 'data' / 'arrays')  # beside the input is fine
+
+
+def test_a_mask_of_the_wrong_depth_is_found_before_any_decoding(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')  # chicago7, the last source, gets a 16-bit mask
+    tifffile.imwrite(os.path.join(root, 'gt', 'chicago7.tif'), np.zeros((64, 64), np.uint16), compression='lzw')
+    with pytest.raises(UserError, match=r'chicago7\.tif: mask must be 8-bit \(uint8\) with values 0/255, got uint16'):
+        run(root, tmp_path / 'out')
+    assert not os.path.exists(tmp_path / 'out')
+
+
 def test_run_that_finished_no_source_does_not_lock_its_options(tmp_path):
     root = make_inria_dir(tmp_path / 'in', names=('austin6', 'vienna1'))  # austin6 is transformed first
     break_input(root, 'non-binary mask')
@@ -361,6 +389,7 @@ def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
     (['--size', '8'], '--size 8'),
     (['--size', '64', '--crop_size', '128'], '--size 64 is smaller than --crop_size 128'),
     (['--min_building', '2'], '--min_building'),
+    (['--mask_tolerance', '-1'], '--mask_tolerance -1.0: must be a fraction between 0 and 1'),
     (['--format', 'aligned', '--min_building', '0.25'], '--min_building needs binary building masks'),
     (['--val_pattern', '(['], 'not a valid regex'),
 ])

@@ -11,29 +11,35 @@ import torch
 from PIL import Image
 
 from conftest import DATA, REPO
-from utils import ArgumentParser, UserError, check_binary_mask, read_image_file, read_image_header, rng_states, set_rng_states
+from utils import (ArgumentParser, UserError, check_binary_mask, read_binary_mask, read_image_file, read_image_header,
+                   rng_states, set_rng_states)
 
 SAMPLE_MASKS = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'gt', '*.png')))
 
 
-def read_mask(path):
-    return check_binary_mask(read_image_file(path), path)
+def save_jpeg(mask, path, quality):
+    Image.fromarray(mask).save(path, quality=quality)
+
+
+def save_jpeg_compressed_tiff(mask, path, quality):
+    tifffile.imwrite(path, mask, photometric='minisblack', compression='jpeg', compressionargs={'level': quality})
 
 
 @pytest.mark.parametrize('quality', [75, 95])
-def test_real_masks_saved_as_jpeg_read_like_the_png(tmp_path, quality):
+@pytest.mark.parametrize('suffix, save', [('.jpg', save_jpeg), ('.tif', save_jpeg_compressed_tiff)])
+def test_real_masks_saved_as_jpeg_read_like_the_png(tmp_path, quality, suffix, save):
     assert len(SAMPLE_MASKS) == 10
     for png in SAMPLE_MASKS:
-        jpeg = str(tmp_path / (os.path.basename(png)[:-4] + '.jpg'))
-        Image.fromarray(read_mask(png)).save(jpeg, quality=quality)
-        np.testing.assert_array_equal(read_mask(jpeg), read_mask(png))
+        lossy = str(tmp_path / (os.path.basename(png)[:-4] + suffix))
+        save(read_binary_mask(png), lossy, quality)
+        np.testing.assert_array_equal(read_binary_mask(lossy), read_binary_mask(png))
 
 
 def test_a_photo_saved_as_jpeg_is_not_a_mask(tmp_path):
     photo = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'images', '*.png')))[0]
     Image.open(photo).convert('L').save(tmp_path / 'photo.jpg', quality=95)
     with pytest.raises(UserError, match=r'photo\.jpg: mask has .* far from both 0 and 255 .*--mask_tolerance 1\.0%'):
-        read_mask(str(tmp_path / 'photo.jpg'))
+        read_binary_mask(str(tmp_path / 'photo.jpg'))
 
 
 def test_mask_noise_within_tolerance_is_accepted():
@@ -47,11 +53,11 @@ def test_zero_one_masks_are_scaled_but_class_maps_are_refused(tmp_path):
     labels = np.zeros((40, 50), np.uint8)
     labels[5:15, 10:30] = 1  # under 10 % buildings: must not pass as noise around an empty mask
     Image.fromarray(labels).save(tmp_path / 'zero_one.png')
-    np.testing.assert_array_equal(read_mask(str(tmp_path / 'zero_one.png')), labels * 255)
+    np.testing.assert_array_equal(read_binary_mask(str(tmp_path / 'zero_one.png')), labels * 255)
     labels[20:22, 0:5] = 3  # a class-id map (0, 1, 3): not a building mask, even though every value is small
     Image.fromarray(labels).save(tmp_path / 'classes.png')
     with pytest.raises(UserError, match=r'classes\.png: mask has 10\.5% pixels that are neither 0 nor 255'):
-        read_mask(str(tmp_path / 'classes.png'))
+        read_binary_mask(str(tmp_path / 'classes.png'))
 
 
 def test_band_interleaved_tiff_reads_like_pixel_interleaved(tmp_path):
@@ -73,6 +79,19 @@ def save_png(array, mode=None):
     return lambda path: Image.fromarray(array).convert(mode or Image.fromarray(array).mode).save(path)
 
 
+def save_palette_png(indices, transparent_index):
+    """Palette 0 black, 1 and 2 white; `transparent_index` in a tRNS chunk, as GIMP saves an indexed PNG."""
+    def save(path):
+        image = Image.frombytes('P', indices.shape[::-1], np.ascontiguousarray(indices, np.uint8).tobytes())
+        image.putpalette([0, 0, 0, 255, 255, 255, 255, 255, 255])
+        image.save(path, transparency=transparent_index)
+    return save
+
+
+WHITE_LEFT_EDGE = np.where(MASK > 0, 1, 0)
+WHITE_LEFT_EDGE[:, :3] = 2  # white (building) colour, but transparent
+
+
 MASK_FILES = {  # name: (writer, None if accepted as MASK, else the expected error)
     '1-bit.png': (save_png(MASK, '1'), None),
     # tifffile tags bool data MinIsWhite yet stores True as 1: values are data (1 = building), as GDAL reads them
@@ -82,6 +101,10 @@ MASK_FILES = {  # name: (writer, None if accepted as MASK, else the expected err
     # white under a transparent background would otherwise read as one big building
     'transparent.png': (save_png(np.stack([MASK, MASK, MASK, np.where(MASK > 0, 255, 0).astype(np.uint8)], 2)),
                         'transparent.png: mask has transparent pixels'),
+    'palette-transparent.png': (save_palette_png(WHITE_LEFT_EDGE, 2), 'palette-transparent.png: mask has transparent'),
+    'palette-unused-transparency.png': (save_palette_png(np.where(MASK > 0, 1, 0), 2), None),
+    'grey-transparent-white.png': (lambda path: Image.fromarray(MASK).save(path, transparency=255),
+                                   'grey-transparent-white.png: mask has transparent pixels'),
     'five-channel.tif': (lambda path: tifffile.imwrite(path, np.stack([MASK] * 5, 2), photometric='minisblack',
                                                        planarconfig='contig'), 'got 5 channels'),
 }
@@ -93,10 +116,10 @@ def test_mask_file_formats(tmp_path, name):
     path = str(tmp_path / name)
     write(path)
     if error is None:
-        np.testing.assert_array_equal(read_mask(path), MASK)
+        np.testing.assert_array_equal(read_binary_mask(path), MASK)
     else:
         with pytest.raises(UserError, match=error):
-            read_mask(path)
+            read_binary_mask(path)
 
 
 @pytest.mark.parametrize('labels', [1, 5])
@@ -104,14 +127,14 @@ def test_zero_one_and_class_id_masks_saved_as_jpeg_are_refused(tmp_path, labels)
     array = (np.arange(40 * 50).reshape(40, 50) % (labels + 1)).astype(np.uint8)  # every label, 0 included
     Image.fromarray(array).save(tmp_path / 'labels.jpg', quality=95)
     with pytest.raises(UserError, match=r'labels\.jpg: mask values only reach \d+, not 255: a 0/1 or class-id'):
-        read_mask(str(tmp_path / 'labels.jpg'))
+        read_binary_mask(str(tmp_path / 'labels.jpg'))
 
 
 def test_multi_page_tiff_is_read_as_its_first_page(tmp_path):
     with tifffile.TiffWriter(tmp_path / 'pages.tif') as tif:
         tif.write(MASK, photometric='minisblack')
         tif.write(np.zeros_like(MASK), photometric='minisblack')  # another page of the same size: not stacked in
-    np.testing.assert_array_equal(read_mask(str(tmp_path / 'pages.tif')), MASK)
+    np.testing.assert_array_equal(read_binary_mask(str(tmp_path / 'pages.tif')), MASK)
     assert read_image_header(tmp_path / 'pages.tif') == (20, 30, 1, np.uint8)
 
 
