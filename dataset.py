@@ -62,8 +62,9 @@ class EpochPlan:
         self.top = torch.randint(0, size - crop + 1, (n,), generator=g)
         self.left = torch.randint(0, size - crop + 1, (n,), generator=g)
         self.hflip = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-        # Aerial images have no "up": vertical flips and 90° turns are label-preserving augmentations.
-        self.vflip = torch.rand(n, generator=g) < 0.5 if rotate else torch.zeros(n, dtype=torch.bool)
+        # Aerial images have no "up": vertical flips and 90° turns are label-preserving augmentations. Without
+        # horizontal flips, no vertical ones either: a vertical flip is a horizontal one turned by 180°.
+        self.vflip = torch.rand(n, generator=g) < 0.5 if rotate and flip else torch.zeros(n, dtype=torch.bool)
         self.quarter_turns = torch.randint(0, 4, (n,), generator=g) if rotate else torch.zeros(n, dtype=torch.long)
         self.host_order = self.order  # stays in RAM: picks samples from a split kept there (batch_on_device)
 

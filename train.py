@@ -294,13 +294,15 @@ def best_validation(history, metric):
 
 
 def describe_best(trainer):
-    best = best_validation(trainer.history, trainer.opt.best_metric)  # the last epoch trained was validated
+    best = best_validation(trainer.history, trainer.opt.best_metric)
+    if best is None:  # stopped (--stop_epoch) before the first --val_freq epoch
+        return 'no scheduled validation yet'
     return f'best val {trainer.opt.best_metric} {best[trainer.opt.best_metric]:.4g} at epoch {best["epoch"]}'
 
 
 def hparam_metrics(trainer):
     """The final epoch's metrics and those of best.pt's epoch: runs are compared by the checkpoint one would use."""
-    final = trainer.history[-1]  # the last epoch trained was validated
+    final = trainer.history[-1]  # the last epoch was validated
     best = best_validation(trainer.history, trainer.opt.best_metric)
     metrics = {f'hparam/{k}': v for k, v in final.items() if k != 'epoch'}
     return metrics | {f'hparam/best_{k}': v for k, v in best.items()}
@@ -370,6 +372,9 @@ def train(opt, stop):
     opt.input_nc = opt.input_nc or train_masks.shape[1]
     if opt.input_nc != train_masks.shape[1]:
         raise UserError(f'--input_nc {opt.input_nc} but the masks in {opt.dataroot} have {train_masks.shape[1]} channels')
+    if opt.output_nc != train_images.shape[1]:
+        raise UserError(f'--output_nc {opt.output_nc} but the images in {opt.dataroot} have {train_images.shape[1]} '
+                        f'channels')
     size = train_masks.shape[-1]
     if opt.crop_size > size:
         raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
@@ -399,10 +404,11 @@ def train(opt, stop):
     n_batches = len(train_masks) // opt.batch_size
     layout = memory_format(opt)
     metrics, stopping = None, False
+    # loss sums since the last log step: a log interval may span epochs (after a resume, it starts at the resume)
+    running, running_n = torch.zeros(len(LOSS_NAMES), device=device), 0
     while trainer.epoch < last_epoch:
         plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip,
                          opt.rotate).to(device)
-        running, running_n = torch.zeros(len(LOSS_NAMES), device=device), 0
         started, data_seconds, images = time.perf_counter(), 0.0, 0
         bar = tqdm(range(trainer.next_batch, n_batches), desc=f'epoch {trainer.epoch + 1}/{total_epochs}',
                    disable=rank != 0, leave=False)
@@ -444,10 +450,14 @@ def train(opt, stop):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
         trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
-        validated = (trainer.epoch + 1) % opt.val_freq == 0 or trainer.epoch + 1 == last_epoch
+        validated = (trainer.epoch + 1) % opt.val_freq == 0 or trainer.epoch + 1 == total_epochs
+        # a job ended by --stop_epoch between validations reports one, kept out of the history, best.pt and the
+        # plateau schedule: those see the validations of the uninterrupted run
+        report_only = not validated and trainer.epoch + 1 == last_epoch
         is_best = False
-        if validated:
+        if validated or report_only:
             metrics = validate(trainer, val_masks, val_images, max(opt.batch_size, 8))
+        if validated:
             check_collapse(trainer, metrics, opt)
             trainer.history.append({'epoch': trainer.epoch + 1, **metrics})
             is_best = best_validation(trainer.history, opt.best_metric) is trainer.history[-1]
@@ -466,8 +476,10 @@ def train(opt, stop):
                                  trainer.iteration)
             writer.flush()
         summary = f'epoch {trainer.epoch + 1}/{total_epochs}: {seconds:.1f} s, {images / max(seconds, 1e-9):.1f} img/s'
-        if validated:
+        if validated or report_only:
             summary += f', val PSNR {metrics["PSNR"]:.2f} dB SSIM {metrics["SSIM"]:.3f} L1 {metrics["L1"]:.4f}'
+        if report_only:
+            summary += f' (reported only: the history, best.pt and plateau keep to --val_freq {opt.val_freq})'
         trainer.epoch, trainer.next_batch = trainer.epoch + 1, 0
         state = trainer.state()
         if rank == 0:

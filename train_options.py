@@ -71,8 +71,9 @@ def build_parser(description=None):
     a('--lr_decay_iters', type=int, default=50, help='step policy: multiply lr by 0.1 every this many epochs')
     a('--batch_size', type=int, default=1, help='global batch size (split across processes under torchrun)')
     a('--crop_size', type=int, default=256, help='random crop side for training, centre crop for validation')
-    a('--no_flip', action='store_true', help='no random horizontal flips')
-    a('--rotate', action='store_true', help='also vertical flips and 90° turns (aerial images have no "up")')
+    a('--no_flip', action='store_true', help='no mirrored samples: no random horizontal flips (nor vertical ones '
+                                             'with --rotate)')
+    a('--rotate', action='store_true', help='also 90° turns and vertical flips (aerial images have no "up")')
     a('--seed', type=int, default=0, help='seed for weights, data order, augmentation and dropout')
     a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
     a('--amp', default='auto', choices=('auto', 'on', 'off'), help='bf16 autocast; auto = on for CUDA')
@@ -172,6 +173,15 @@ def check_options(opt):
         raise UserError(f'--stop_epoch must be >= 1, got {opt.stop_epoch}')
     if not math.isfinite(opt.lr) or opt.lr <= 0:
         raise UserError(f'--lr must be a positive number, got {opt.lr}')
+    if not 0 <= opt.beta1 < 1:
+        raise UserError(f'--beta1 must be in [0, 1), got {opt.beta1}')
+    for name in ('lambda_L1', 'lambda_VGG', 'psnr_drop_warn'):
+        if not getattr(opt, name) >= 0:  # also refuses nan
+            raise UserError(f'--{name} must be >= 0, got {getattr(opt, name)}')
+    if not opt.init_gain > 0:
+        raise UserError(f'--init_gain must be positive, got {opt.init_gain}')
+    if not 0 <= opt.seed < 2 ** 32:
+        raise UserError(f'--seed must be in [0, 2**32), got {opt.seed}')
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)
     if problem:
         raise UserError(f'--crop_size {opt.crop_size}: {problem}'
@@ -232,8 +242,9 @@ def discriminator_min_size(opt):
 
 
 def warn_unused_loss_weights(opt, given):
-    """A weight given for a loss term that --content_loss leaves out would otherwise be ignored in silence."""
-    for key, term in LOSS_WEIGHTS.items():
+    """A weight (or the VGG weights file) given for a loss term that --content_loss leaves out would otherwise be
+    ignored in silence."""
+    for key, term in {**LOSS_WEIGHTS, 'vgg_weights': 'vgg'}.items():
         if key in given and term not in opt.content_loss.split('+'):
             print(f'warning: --{key} {getattr(opt, key)} is unused: --content_loss {opt.content_loss} has no '
                   f'{term} term', file=sys.stderr)

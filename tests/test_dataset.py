@@ -72,6 +72,15 @@ def test_epoch_plan_is_a_function_of_seed_and_epoch():
     assert sorted(a.order.tolist()) == list(range(50))
 
 
+def test_no_flip_with_rotate_turns_without_mirroring():
+    # a vertical flip is a horizontal one turned by 180°: --no_flip --rotate must draw neither
+    plan = EpochPlan(400, 72, 64, seed=0, epoch=0, flip=False, rotate=True)
+    assert not plan.hflip.any() and not plan.vflip.any()
+    assert set(plan.quarter_turns.tolist()) == {0, 1, 2, 3}
+    plan = EpochPlan(400, 72, 64, seed=0, epoch=0, flip=True, rotate=True)
+    assert plan.hflip.any() and plan.vflip.any()
+
+
 def test_batch_shards_partition_the_global_batch():
     plan = EpochPlan(16, 72, 64, seed=0, epoch=0)
     shards = [plan.batch(1, 8, rank, 2) for rank in range(2)]

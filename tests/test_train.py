@@ -122,6 +122,40 @@ def test_best_pt_is_the_epoch_with_the_best_chosen_metric(transformed_root, tmp_
                                     'hparam/best_epoch': 2})  # final and best.pt's epoch, for comparing runs
 
 
+def test_a_stop_between_validations_reports_one_but_changes_no_schedule(transformed_root, tmp_path, capsys,
+                                                                      monkeypatch):
+    # epoch 1's validation would be the best: it must not become best.pt, enter the history or step plateau
+    scripted = {1: 20.0, 2: 15.0, 3: 16.0, 4: 15.5}
+    monkeypatch.setattr(train, 'validate', lambda trainer, *args: {'PSNR': scripted[trainer.epoch + 1], 'SSIM': 0.3,
+                                                                   'L1': 0.1})
+    options = ('--val_freq', '2', '--lr_policy', 'plateau', '--n_epochs', '4', '--n_epochs_decay', '0')
+    train.main(tiny(transformed_root, tmp_path, 'straight', *options))
+    train.main(tiny(transformed_root, tmp_path, 'stopped', *options, '--stop_epoch', '1'))
+    out = capsys.readouterr().out
+    assert ('val PSNR 20.00 dB SSIM 0.300 L1 0.1000 (reported only: the history, best.pt and plateau keep to '
+            '--val_freq 2)') in out
+    assert 'no scheduled validation yet so far' in out
+    wait_for_the_next_second()
+    train.main(tiny(transformed_root, tmp_path, 'stopped', *options, '--resume'))
+    for checkpoint in ('latest.pt', 'best.pt'):
+        straight, stopped = (torch.load(tmp_path / run / checkpoint, weights_only=True)
+                             for run in ('straight', 'stopped'))
+        assert stopped['epoch'] == straight['epoch'] and stopped['history'] == straight['history']
+        assert stopped['sched_G'] == straight['sched_G']
+        assert all(torch.equal(stopped['G'][k], straight['G'][k]) for k in straight['G'])
+    assert [e['epoch'] for e in straight['history']] == [2, 4] and straight['epoch'] == 4  # best.pt: 15.5 dB
+
+
+def test_logged_losses_are_means_over_log_freq_iterations_across_epochs(transformed_root, tmp_path):
+    common = ('--n_epochs', '3', '--n_epochs_decay', '0')  # 5 iterations per epoch: intervals of 4 span epochs
+    train.main(tiny(transformed_root, tmp_path, 'every', *common))
+    train.main(tiny(transformed_root, tmp_path, 'fours', *common, '--log_freq', '4'))
+    every = [e.value for e in events(tmp_path / 'every').Scalars('loss/G_L1')]
+    fours = events(tmp_path / 'fours').Scalars('loss/G_L1')
+    assert [e.step for e in fours] == [4, 8, 12]
+    assert [e.value for e in fours] == pytest.approx([np.mean(every[i - 4:i]) for i in (4, 8, 12)], rel=1e-5)
+
+
 def test_psnr_falling_off_a_cliff_warns_whatever_picks_best_pt(transformed_root, tmp_path, capsys, monkeypatch):
     # the seed's collapse canary: 2 dB below the best PSNR is noise, 4 dB (> --psnr_drop_warn 3) is a warning
     scripted = iter([{'PSNR': 20.0, 'SSIM': 0.3, 'L1': 0.10}, {'PSNR': 21.0, 'SSIM': 0.3, 'L1': 0.09},
@@ -170,6 +204,10 @@ def test_unused_loss_weight_is_a_warning(transformed_root, tmp_path, capsys):
                            '--n_epochs', '1', '--n_epochs_decay', '0')) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
     assert warnings == ['warning: --lambda_VGG 10.0 is unused: --content_loss l1 has no vgg term']
+    assert train.main(tiny(transformed_root, tmp_path, 'warn2', '--vgg_weights', 'vgg.pth', '--n_epochs', '1',
+                           '--n_epochs_decay', '0')) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
+    assert warnings == ['warning: --vgg_weights vgg.pth is unused: --content_loss l1 has no vgg term']
 
 
 def test_tensorboard_curves_share_the_iteration_axis_across_a_stale_start_and_resume(transformed_root, tmp_path):
@@ -241,6 +279,12 @@ def test_abbreviated_options_are_refused(capsys):
     (('--stop_epoch', '-1'), '--stop_epoch must be >= 1, got -1'),
     (('--content_loss', 'l1+vgg', '--lambda_VGG', '10', '--vgg_weights', 'no_such.pth'),
      '--vgg_weights: VGG19 weights file not found: no_such.pth'),
+    (('--beta1', '1.5'), r'--beta1 must be in \[0, 1\), got 1.5'),
+    (('--lambda_L1', '-1'), '--lambda_L1 must be >= 0, got -1.0'),
+    (('--psnr_drop_warn', '-1'), '--psnr_drop_warn must be >= 0, got -1.0'),  # crashed at the first validation
+    (('--init_gain', '0'), '--init_gain must be positive, got 0.0'),
+    (('--seed', '99999999999999'), r'--seed must be in \[0, 2\*\*32\), got 99999999999999'),
+    (('--output_nc', '1'), '--output_nc 1 but the images in .* have 3 channels'),  # crashed in the first D step
 ])
 def test_bad_option_combinations_are_one_line_errors(transformed_root, tmp_path, capsys, extra, message):
     line = cli_error(tiny(transformed_root, tmp_path, 'bad', '--n_epochs', '1', '--n_epochs_decay', '0', *extra),
