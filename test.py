@@ -38,8 +38,9 @@ from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
-# ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams, GDAL_METADATA, GDAL_NODATA.
-GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
+# ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams. Not GDAL_METADATA nor
+# GDAL_NODATA: they describe the mask (its statistics; a nodata 0 would hide every black pixel of the image).
+GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 REPORTS = ('index.html', 'metrics.csv', 'metrics.json')
 OUTPUT_PREFIXES = ('Generated-', 'MaskResized-', 'Grid-', 'OriginalResized-')  # output_names' prefixes
 MAX_NAME_BYTES = 255 - len('.OriginalResized-.png.12345678.tmp')  # the longest output's temp file name
@@ -53,7 +54,8 @@ def build_parser():
     a('--epoch', default='latest', help="which checkpoint: latest, best (the run's --best_metric) or N (epoch_<N>.pt)")
     a('--mode', default='full', choices=MODES, help='full, tiles or sliding (see above)')
     a('--tiles', type=int, default=2, help='N: tiles mode cuts N×N tiles; every mode scores seams on this grid')
-    a('--overlap', type=float, default=0.5, help='sliding: overlap of neighbouring windows, fraction in [0, 1)')
+    a('--overlap', type=float, default=None,
+      help='sliding: overlap of neighbouring windows, fraction in [0, 1) (default: 0.5)')
     a('--scale', type=float, default=1.0,
       help='sliding: resample the mask by this first (a model trained on 5000->286 tiles: 286/5000); '
            'the result is resized back to the input size')
@@ -81,8 +83,14 @@ def build_parser():
 
 def check_options(opt):
     check_counts(opt, ('tiles', 'batch_size'))
-    if not 0 <= opt.overlap < 1:
-        raise UserError(f'--overlap {opt.overlap}: must be a fraction in [0, 1)')
+    if opt.load_size is not None:
+        check_counts(opt, ('load_size',))
+    if opt.overlap is not None and opt.mode != 'sliding':
+        raise UserError('--overlap only applies to --mode sliding (full and tiles generate without overlap)')
+    if opt.mode == 'sliding':
+        opt.overlap = 0.5 if opt.overlap is None else opt.overlap
+        if not 0 <= opt.overlap < 1:
+            raise UserError(f'--overlap {opt.overlap}: must be a fraction in [0, 1)')
     if not (math.isfinite(opt.scale) and opt.scale > 0):
         raise UserError(f'--scale {opt.scale}: must be a positive number')
     if opt.scale != 1 and opt.mode != 'sliding':
@@ -104,7 +112,7 @@ def checkpoint_path(run_dir, epoch):
         raise UserError(f'{run_dir}: run folder not found (--run)')
     if epoch in ('latest', 'best'):
         name = f'{epoch}.pt'
-    elif epoch.isdigit():
+    elif epoch.isdecimal():  # not isdigit(): '²' is a digit that int() refuses
         name = f'epoch_{int(epoch)}.pt'
     else:
         raise UserError(f'--epoch {epoch!r}: use latest, best or an epoch number')
@@ -215,7 +223,7 @@ def check_memory(opt, G, cfg, size, inputs, device):
     per_window = peak_window_bytes(G, cfg['input_nc'], size, device)
     _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
     if opt.mode == 'sliding':
-        h, w = max(1, round(height * opt.scale)), max(1, round(width * opt.scale))
+        h, w = scaled_size((height, width), opt.scale)
         stride = max(1, round(size * (1 - opt.overlap)))
         padded = [sliding_plan(n, size, stride) for n in (h, w)]
         hp, wp = (a + b + n for (a, b, _), n in zip(padded, (h, w)))
@@ -247,9 +255,14 @@ def generate(opt, G, cfg, mask, size, device):
     if opt.mode == 'tiles':
         return generate_tiles(G, mask, opt.tiles, size, opt.batch_size, device), mask
     height, width = mask.shape[:2]
-    scaled = resize_mask(mask, (max(1, round(height * opt.scale)), max(1, round(width * opt.scale))))
+    scaled = resize_mask(mask, scaled_size((height, width), opt.scale))
     fake = generate_sliding(G, scaled, size, opt.overlap, opt.batch_size, device, cfg['output_nc'])
     return resize_image(fake, (height, width)), mask  # back on the input's pixel grid (and its geo-referencing)
+
+
+def scaled_size(shape, scale):
+    """(height, width) of an H×W input resampled by --scale, at least one pixel each."""
+    return tuple(max(1, round(n * scale)) for n in shape[:2])
 
 
 # ---------------------------------------------------------------- metrics
@@ -266,6 +279,10 @@ def image_scores(generated, real, mask, opt, segmenter=None):
         # PSNR of a perfect copy is inf, which strict JSON cannot hold: stored as null
         scores.update({key: float(value[0]) if torch.isfinite(value[0]) else None for key, value in metrics.items()})
     if segmenter is not None:
+        if opt.scale != 1:  # judged at the scale the segmenter, like the generator, was trained at
+            size = scaled_size(mask.shape, opt.scale)
+            generated, mask = resize_image(generated, size), resize_mask(mask, size)
+            real = None if real is None else resize_image(real, size)
         for key, value in mask_fidelity(segmenter, generated, mask, opt.batch_size).items():
             scores[f'fidelity_{key}'] = value
         if real is not None:  # the same segmenter on the real image: the score generated images aim for
@@ -338,8 +355,10 @@ def save_geotiff(path, array, source):
     writeonce); metadata=None: no tifffile JSON description."""
     with tifffile.TiffFile(source) as tif:
         tags = tif.pages[0].tags
-        extratags = [(code, tags[code].dtype, tags[code].count, tags[code].value, True) for code in GEO_TAGS
-                     if code in tags]
+        # ASCII values as bytes: tifffile reads them as UTF-8 text (GDAL writes UTF-8) but writes text as 7-bit only
+        extratags = [(code, tags[code].dtype, tags[code].count,
+                      tags[code].value.encode() if isinstance(tags[code].value, str) else tags[code].value, True)
+                     for code in GEO_TAGS if code in tags]
     write_tiff_atomic(path, array, photometric='rgb' if array.ndim == 3 else 'minisblack', compression='zlib',
                       extratags=extratags)
 

@@ -206,15 +206,21 @@ def test_geotiff_tags_are_copied(run_dir, tmp_path):
     tags = [(33550, dt.DOUBLE, 3, (0.3, 0.3, 0.0), True),
             (33922, dt.DOUBLE, 6, (0.0, 0.0, 0.0, 620000.0, 3350000.0, 0.0), True),
             (34735, dt.SHORT, 8, (1, 1, 0, 1, 3072, 0, 1, 26914), True),
-            (34737, dt.ASCII, 0, 'NAD83 / UTM zone 14N|', True)]
+            (34737, dt.ASCII, 0, 'NAD83 / UTM zone 14N, Zürich|'.encode(), True)]  # UTF-8, as GDAL writes
+    mask_only = [(42112, dt.ASCII, 0, b'<GDALMetadata><Item name="STATISTICS_MEAN" sample="0">40</Item>'
+                                      b'</GDALMetadata>', True),
+                 (42113, dt.ASCII, 0, b'0', True)]  # the mask's nodata: it would hide the image's black pixels
     mask = ramp_mask(90, 110, 2)
-    tifffile.imwrite(tmp_path / 'geo.tif', mask, compression='lzw', extratags=tags, metadata=None)
+    tifffile.imwrite(tmp_path / 'geo.tif', mask, compression='lzw', extratags=tags + mask_only, metadata=None)
     generate(run_dir, tmp_path / 'out', '--mode', 'sliding', '--masks', str(tmp_path / 'geo.tif'))
-    with tifffile.TiffFile(tmp_path / 'out' / 'Generated-geo.tif') as tif:
+    with tifffile.TiffFile(tmp_path / 'out' / 'Generated-geo.tif') as tif, \
+            tifffile.TiffFile(tmp_path / 'geo.tif') as source:
         page = tif.pages[0]
         assert page.shape == (90, 110, 3)
         for code, _, _, value, _ in tags:
-            assert page.tags[code].value == value
+            assert page.tags[code].value == source.pages[0].tags[code].value
+        assert page.tags[34737].value == 'NAD83 / UTM zone 14N, Zürich|'
+        assert 42112 not in page.tags and 42113 not in page.tags
     page = Links()
     page.feed(open(tmp_path / 'out' / 'index.html').read())
     assert 'Generated-geo.tif' in page.refs and all((tmp_path / 'out' / ref).is_file() for ref in page.refs)
@@ -331,6 +337,10 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
                                '.npy: --tiles 100, but the mask is only 72×72 pixels'),
     'name too long for outputs': (bad_mask('b' * 230 + '.png', BLOCK), 'file name too long for its outputs'),
     'bad overlap': (options('--mode', 'sliding', '--overlap', '1'), '--overlap 1.0'),
+    'overlap without sliding': (options('--mode', 'tiles', '--overlap', '0.25'), '--overlap only applies to --mode '
+                                                                                  'sliding'),
+    'load size 0': (options('--load_size', '0'), '--load_size must be >= 1, got 0'),
+    'superscript epoch': (options('--epoch', '²'), "--epoch '²': use latest, best or an epoch number"),
     'negative mask tolerance': (options('--mask_tolerance', '-1'), '--mask_tolerance -1.0: must be a fraction'),
     'load size not a multiple': (options('--load_size', '6'), '--load_size 6: --netG resnet_6blocks needs a multiple'),
     'load size too small': (options('--load_size', '4'), '--load_size 4: --netG resnet_6blocks needs a multiple of 4, '
@@ -439,3 +449,17 @@ def test_mask_fidelity_with_a_segmenter(run_dir, transformed_root, tmp_path):
         for key in ('fidelity_IoU', 'fidelity_F1', 'fidelity_IoU_real', 'fidelity_F1_real'):
             assert 0.0 <= image['metrics'][key] <= 1.0, key
     assert 'fidelity_IoU' in metrics['mean'] and 'fidelity_IoU_real' in metrics['mean']
+
+
+def test_mask_fidelity_is_judged_at_the_scale_generated(run_dir, tmp_path, monkeypatch):
+    """With --scale the segmenter, trained like the generator on the transformed arrays, sees the generated
+    image at that scale, not resized back to the input's resolution."""
+    seen = []
+    monkeypatch.setattr(ts, 'load_segmenter', lambda path, cfg, device: 'segmenter')
+    monkeypatch.setattr(ts, 'mask_fidelity', lambda segmenter, image, mask, batch_size: seen.append(
+        (image.shape, mask.shape)) or {'IoU': 1.0, 'F1': 1.0})
+    Image.fromarray(ramp_mask(90, 110, 2)).save(tmp_path / 'm.png')
+    generate(run_dir, tmp_path / 'out', '--mode', 'sliding', '--scale', '0.5', '--masks', str(tmp_path / 'm.png'),
+             '--segmenter', 'seg.pt')
+    assert seen == [((45, 55, 3), (45, 55))]
+    assert Image.open(tmp_path / 'out' / 'Generated-m.png').size == (110, 90)  # the output keeps the input's size
