@@ -28,8 +28,13 @@ def load_split(root, split):
     for name in names:
         masks.append(_load_array(os.path.join(split_dir, 'masks', name + '.npy')))
         images.append(_load_array(os.path.join(split_dir, 'images', name + '.npy')))
-    masks = np.stack([m[..., None] if m.ndim == 2 else m for m in masks])
-    images = np.stack(images)
+    masks = [m[..., None] if m.ndim == 2 else m for m in masks]
+    for kind, arrays in (('masks', masks), ('images', images)):
+        for name, array in zip(names, arrays):
+            if array.shape != arrays[0].shape:  # hand-mixed folders: transform_dataset.py makes one size
+                raise UserError(f'{split_dir}/{kind}/{name}.npy: shape {array.shape}, but {names[0]}.npy is '
+                                f'{arrays[0].shape}; re-run transform_dataset.py into a new --out')
+    masks, images = np.stack(masks), np.stack(images)
     if masks.shape[1:3] != images.shape[1:3] or images.shape[3] != 3:
         raise UserError(f'{split_dir}: masks {masks.shape[1:]} and images {images.shape[1:]} do not pair up')
     to_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()

@@ -32,9 +32,9 @@ from generation import (available_bytes, generate_sliding, generate_tiles, load_
                         run_generator, sliding_plan)
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score
 from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts,
-                   free_space, make_writable_dir, pick_device, read_binary_mask, read_image_file, remove_stale_temp_files,
-                   resize_image, resize_mask, run_cli, save_png, to_uint8_hwc, without_opaque_alpha, write_json_atomic,
-                   write_text_atomic, write_tiff_atomic)
+                   free_space, make_writable_dir, pick_device, read_binary_mask, read_image_file,
+                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, to_uint8_hwc,
+                   without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -224,6 +224,9 @@ def check_memory(opt, G, cfg, size, inputs, device):
     _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
     if opt.mode == 'sliding':
         h, w = scaled_size((height, width), opt.scale)
+        if (cfg['input_nc'] + 3) * h * w > available_bytes(torch.device('cpu')):  # before planning its windows
+            raise UserError(f'{largest}: --scale {opt.scale} makes the {width}×{height} mask {w}×{h}, more than '
+                            f'this machine\'s memory holds')
         stride = max(1, round(size * (1 - opt.overlap)))
         padded = [sliding_plan(n, size, stride) for n in (h, w)]
         hp, wp = (a + b + n for (a, b, _), n in zip(padded, (h, w)))

@@ -23,7 +23,8 @@ from tqdm import tqdm
 import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
 from metrics import image_metrics
-from train_options import BEST_METRICS, check_mid_epoch_resume, check_same_data, data_identity, parse_options
+from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
+                           parse_options)
 from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, load_checkpoint, pick_device,
                    remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
 
@@ -369,19 +370,8 @@ def train(opt, stop):
     val_masks, val_images, _ = load_split(opt.dataroot, 'val')
     run_dir = os.path.join(opt.runs_dir, opt.name)
     check_same_data(opt, data_identity(opt.dataroot), run_dir)
-    opt.input_nc = opt.input_nc or train_masks.shape[1]
-    if opt.input_nc != train_masks.shape[1]:
-        raise UserError(f'--input_nc {opt.input_nc} but the masks in {opt.dataroot} have {train_masks.shape[1]} channels')
-    if opt.output_nc != train_images.shape[1]:
-        raise UserError(f'--output_nc {opt.output_nc} but the images in {opt.dataroot} have {train_images.shape[1]} '
-                        f'channels')
+    check_options_fit(opt, train_masks, train_images, device, world_size)
     size = train_masks.shape[-1]
-    if opt.crop_size > size:
-        raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
-    if opt.batch_size > len(train_masks):
-        raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
-    if opt.batch_size % world_size:
-        raise UserError(f'--batch_size {opt.batch_size} must be divisible by the {world_size} processes')
     total_epochs = opt.n_epochs + opt.n_epochs_decay
     last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
     trainer = Trainer(opt, device, rank, world_size)

@@ -226,6 +226,27 @@ def check_same_data(opt, identity, run_dir):
     opt.data_identity = identity
 
 
+def check_options_fit(opt, train_masks, train_images, device, world_size):
+    """The options against the training data, the device and the number of processes (--input_nc defaults to
+    the masks' channels)."""
+    opt.input_nc = opt.input_nc or train_masks.shape[1]
+    if opt.input_nc != train_masks.shape[1]:
+        raise UserError(f'--input_nc {opt.input_nc} but the masks in {opt.dataroot} have {train_masks.shape[1]} '
+                        f'channels')
+    if opt.output_nc != train_images.shape[1]:
+        raise UserError(f'--output_nc {opt.output_nc} but the images in {opt.dataroot} have {train_images.shape[1]} '
+                        f'channels')
+    size = train_masks.shape[-1]
+    if opt.crop_size > size:
+        raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
+    if opt.batch_size > len(train_masks):
+        raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
+    if opt.batch_size % world_size:
+        raise UserError(f'--batch_size {opt.batch_size} must be divisible by the {world_size} processes')
+    if opt.data_device == 'cuda' and device.type != 'cuda':
+        raise UserError('--data_device cuda needs a CUDA training device (this run trains on the CPU)')
+
+
 def discriminator_min_size(opt):
     """The smallest crop side D can take: its strided 4×4 convs shrink the input, every norm layer needs more
     than one value per channel (a 1×1 map cannot be instance-normalised) and the last conv must leave a pixel.

@@ -53,7 +53,7 @@ def check_options(opt):
         raise UserError(f'--crop_size {opt.crop_size}: {problem}')
     if not os.path.isdir(opt.dataroot):
         raise UserError(f'{opt.dataroot}: --dataroot not found')
-    if os.path.isdir(opt.out):
+    if os.path.isdir(opt.out) or opt.out.endswith(os.sep):  # a folder, or one to be made: after training, too late
         raise UserError(f'{opt.out}: --out is a folder; give the checkpoint file name, e.g. {opt.out}/segmenter.pt')
 
 

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from synthetic_inria import make_synthetic_inria
 from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_rgb_format,
-                   check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json, remove_stale_temp_files,
-                   resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds, write_json_atomic)
+                   check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json,
+                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds,
+                   write_json_atomic)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')

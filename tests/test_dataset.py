@@ -137,6 +137,14 @@ def test_missing_split_and_missing_manifest_entry(tmp_path):
         PairedDataset(str(tmp_path), 'train', crop=16)
 
 
+def test_arrays_of_two_sizes_name_the_odd_file(tmp_path):
+    masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
+    write_array_dataset(str(tmp_path), 'train', masks, images)
+    np.save(tmp_path / 'train' / 'images' / 's1.npy', np.zeros((24, 24, 3), np.uint8))  # from another --size
+    with pytest.raises(UserError, match=r'train/images/s1\.npy: shape \(24, 24, 3\), but s0\.npy is \(20, 20, 3\)'):
+        load_split(str(tmp_path), 'train')
+
+
 def test_crop_larger_than_arrays(tmp_path):
     masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
     write_array_dataset(str(tmp_path), 'train', masks, images)

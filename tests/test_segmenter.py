@@ -124,6 +124,8 @@ def test_bad_options_are_user_errors(transformed_root, tmp_path):
     with pytest.raises(UserError, match='--batch_size 64 is larger than the 5 training samples'):
         train_segmenter.main(seg_args(transformed_root, tmp_path / 's.pt', '--batch_size', '64'))
     with pytest.raises(UserError, match='--out is a folder'):
+        train_segmenter.main(seg_args(transformed_root, str(tmp_path / 'new_folder') + os.sep))
+    with pytest.raises(UserError, match='--out is a folder'):
         train_segmenter.main(seg_args(transformed_root, tmp_path))
     (tmp_path / 'a_file').write_text('x')
     with pytest.raises(UserError, match=r'a_file: cannot write there \(.*\); choose another --out'):

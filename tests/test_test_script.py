@@ -340,6 +340,8 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'overlap without sliding': (options('--mode', 'tiles', '--overlap', '0.25'), '--overlap only applies to --mode '
                                                                                   'sliding'),
     'load size 0': (options('--load_size', '0'), '--load_size must be >= 1, got 0'),
+    'absurd scale': (options('--mode', 'sliding', '--scale', '1e9'), "--scale 1000000000.0 makes the 72×72 mask "
+                                                                      "72000000000×72000000000, more than this"),
     'superscript epoch': (options('--epoch', '²'), "--epoch '²': use latest, best or an epoch number"),
     'negative mask tolerance': (options('--mask_tolerance', '-1'), '--mask_tolerance -1.0: must be a fraction'),
     'load size not a multiple': (options('--load_size', '6'), '--load_size 6: --netG resnet_6blocks needs a multiple'),

@@ -285,6 +285,7 @@ def test_abbreviated_options_are_refused(capsys):
     (('--init_gain', '0'), '--init_gain must be positive, got 0.0'),
     (('--seed', '99999999999999'), r'--seed must be in \[0, 2\*\*32\), got 99999999999999'),
     (('--output_nc', '1'), '--output_nc 1 but the images in .* have 3 channels'),  # crashed in the first D step
+    (('--data_device', 'cuda'), '--data_device cuda needs a CUDA training device'),  # the suite runs on the CPU
 ])
 def test_bad_option_combinations_are_one_line_errors(transformed_root, tmp_path, capsys, extra, message):
     line = cli_error(tiny(transformed_root, tmp_path, 'bad', '--n_epochs', '1', '--n_epochs_decay', '0', *extra),
