@@ -41,6 +41,15 @@ def load_split(root, split):
     return to_nchw(masks), to_nchw(images), names
 
 
+def check_crop_and_batch_fit(train_masks, opt):
+    """--crop_size and --batch_size that the training split (from --dataroot) can give."""
+    size = train_masks.shape[-1]
+    if opt.crop_size > size:
+        raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
+    if opt.batch_size > len(train_masks):
+        raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
+
+
 def _load_array(path):
     if not os.path.exists(path):
         raise UserError(f'{path}: listed in the manifest but missing; re-run transform_dataset.py')

@@ -11,6 +11,7 @@ import sys
 import torch
 
 import networks
+from dataset import check_crop_and_batch_fit
 from utils import ArgumentParser, UserError, check_counts, read_json
 
 # Options that define the networks or the data they see: a resumed run must keep them.
@@ -236,11 +237,7 @@ def check_options_fit(opt, train_masks, train_images, device, world_size):
     if opt.output_nc != train_images.shape[1]:
         raise UserError(f'--output_nc {opt.output_nc} but the images in {opt.dataroot} have {train_images.shape[1]} '
                         f'channels')
-    size = train_masks.shape[-1]
-    if opt.crop_size > size:
-        raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
-    if opt.batch_size > len(train_masks):
-        raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
+    check_crop_and_batch_fit(train_masks, opt)
     if opt.batch_size % world_size:
         raise UserError(f'--batch_size {opt.batch_size} must be divisible by the {world_size} processes')
     if opt.data_device == 'cuda' and device.type != 'cuda':

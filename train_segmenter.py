@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import networks
-from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
+from dataset import EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, load_split
 from metrics import building_scores
 from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, make_writable_dir, pick_device, run_cli,
                    save_checkpoint)
@@ -64,11 +64,7 @@ def load_data(opt):
     if train_masks.shape[1] != 1:
         raise UserError(f'{opt.dataroot}: masks have {train_masks.shape[1]} channels; the segmenter needs binary '
                         f'building masks (1 channel)')
-    size = train_masks.shape[-1]
-    if opt.crop_size > size:
-        raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
-    if opt.batch_size > len(train_masks):
-        raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
+    check_crop_and_batch_fit(train_masks, opt)
     return train_masks, train_images, val_masks, val_images
 
 
