@@ -104,6 +104,8 @@ def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
     Windows run row by row in batches. Only a band of `window` rows is kept in float: once the windows reach
     row y, padded rows above y get no more contributions, so they are normalised, cropped and written into the
     uint8 output. The weights form a full separable grid, so the weight sum is row_sum[y] · col_sum[x]."""
+    if mask.dtype != np.uint8:  # a bool or 0/1 mask would silently read as background everywhere
+        raise TypeError(f'mask must be a uint8 array of 0/255 (utils.read_binary_mask reads one), got {mask.dtype}')
     height, width = mask.shape[:2]
     stride = max(1, round(window * (1 - overlap)))
     top, bottom, ys = sliding_plan(height, window, stride)

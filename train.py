@@ -461,7 +461,8 @@ def train(opt, stop):
         if writer:
             log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
                       images / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
-            if validated and ((trainer.epoch + 1) // opt.val_freq) % opt.display_freq == 0:
+            if validated and (((trainer.epoch + 1) // opt.val_freq) % opt.display_freq == 0
+                              or trainer.epoch + 1 == total_epochs):  # the final model's grid, whatever the freq
                 writer.add_image('val/mask|generated|real', image_grid(trainer, val_masks, val_images, opt.n_display),
                                  trainer.iteration)
             writer.flush()
@@ -480,7 +481,8 @@ def train(opt, stop):
                 save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
             # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
             save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
-        if stopping or stop_everywhere(stop, world_size, device):
+        # a stop during the last epoch's end finishes the run: the hparams and the end message are its last steps
+        if trainer.epoch < last_epoch and (stopping or stop_everywhere(stop, world_size, device)):
             return stop_exit_status(stop)
     if writer and last_epoch < total_epochs:
         writer.close()

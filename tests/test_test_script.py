@@ -155,6 +155,12 @@ def test_sliding_blend_puts_every_window_in_place(height, width, overlap, batch_
                                                       torch.device('cpu')), label_map)
 
 
+def test_the_python_api_refuses_a_mask_that_is_not_0_255_uint8():
+    for mask in (np.ones((40, 40), bool), np.ones((40, 40), np.int64)):  # would read as background everywhere
+        with pytest.raises(TypeError, match=f'mask must be a uint8 array of 0/255 .*got {mask.dtype}'):
+            generate_sliding(Copy(), mask, WINDOW, 0.5, 4, torch.device('cpu'))
+
+
 def test_sliding_scores_far_fewer_seams_than_tiles(run_dir, tmp_path):
     masks = [save_mask(tmp_path / f'ramp{seed}.png', ramp_mask(128, 160, seed)) for seed in range(4)]
     scores = {}

@@ -146,6 +146,20 @@ def test_a_stop_between_validations_reports_one_but_changes_no_schedule(transfor
     assert [e['epoch'] for e in straight['history']] == [2, 4] and straight['epoch'] == 4  # best.pt: 15.5 dB
 
 
+def test_a_stop_during_the_last_epochs_end_still_finishes_the_run(transformed_root, tmp_path, capsys, monkeypatch):
+    def validate_then_sigterm(trainer, *args):
+        if trainer.epoch + 1 == 2:  # the last epoch: a scheduler's SIGTERM arrives during its validation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {'PSNR': 15.0, 'SSIM': 0.3, 'L1': 0.1}
+    monkeypatch.setattr(train, 'validate', validate_then_sigterm)
+    assert train.main(tiny(transformed_root, tmp_path, 'last', '--n_epochs', '2', '--n_epochs_decay', '0',
+                           '--val_freq', '2', '--display_freq', '3')) == 0
+    assert os.path.isdir(tmp_path / 'last' / 'hparams')  # it was never written: a resume had nothing to train
+    assert 'done: ' in capsys.readouterr().out
+    grids = events(tmp_path / 'last').Images('val/mask|generated|real')
+    assert [grid.step for grid in grids] == [10]  # the final model's grid, though --display_freq 3 skips it
+
+
 def test_logged_losses_are_means_over_log_freq_iterations_across_epochs(transformed_root, tmp_path):
     common = ('--n_epochs', '3', '--n_epochs_decay', '0')  # 5 iterations per epoch: intervals of 4 span epochs
     train.main(tiny(transformed_root, tmp_path, 'every', *common))
