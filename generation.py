@@ -104,8 +104,9 @@ def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
     Windows run row by row in batches. Only a band of `window` rows is kept in float: once the windows reach
     row y, padded rows above y get no more contributions, so they are normalised, cropped and written into the
     uint8 output. The weights form a full separable grid, so the weight sum is row_sum[y] · col_sum[x]."""
-    if mask.dtype != np.uint8:  # a bool or 0/1 mask would silently read as background everywhere
-        raise TypeError(f'mask must be a uint8 array of 0/255 (utils.read_binary_mask reads one), got {mask.dtype}')
+    if mask.dtype != np.uint8 or (mask.ndim == 2 and mask.max() not in (0, 255)):  # bool or 0/1: all background
+        got = mask.dtype if mask.dtype != np.uint8 else f'values up to {mask.max()}'
+        raise ValueError(f'mask must be a uint8 array of 0/255 (utils.read_binary_mask reads one), got {got}')
     height, width = mask.shape[:2]
     stride = max(1, round(window * (1 - overlap)))
     top, bottom, ys = sliding_plan(height, window, stride)
@@ -189,4 +190,6 @@ def available_bytes(device):
             for line in f:
                 if line.startswith('MemAvailable:'):
                     return int(line.split()[1]) * 1024
-    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    with contextlib.suppress(OSError, ValueError):
+        return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+    return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')  # macOS counts no available pages: all of RAM

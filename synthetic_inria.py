@@ -14,9 +14,10 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from utils import UserError, make_writable_dir, one_line_write_errors, write_tiff_atomic
+from utils import UserError, make_writable_dir, one_line_write_errors, read_json, write_json_atomic, write_tiff_atomic
 
 CITIES = ('austin', 'chicago', 'kitsap', 'tyrol-w', 'vienna')
+SETTINGS_FILE = 'synthetic.json'  # beside images/ and gt/: what the tiles were made with
 # Scene colours (RGB). Roofs: red-brown tiles, grey, light grey (concrete/metal), dark (tar).
 ROOF_PALETTE = np.array([[150, 78, 60], [128, 126, 132], [196, 194, 188], [78, 74, 82]], np.float32)
 GRASS = np.array([88, 112, 58], np.float32)
@@ -207,15 +208,16 @@ def geotiff_tags(index, size):
 
 def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):
     """Write n_tiles synthetic pairs as <out_dir>/images/<name>.tif (RGB, uncompressed) and
-    <out_dir>/gt/<name>.tif (uint8 {0,255}, LZW), both with GeoTIFF tags; returns the names."""
+    <out_dir>/gt/<name>.tif (uint8 {0,255}, LZW), both with GeoTIFF tags; returns the names. Re-run with the same
+    settings, it writes only the tiles missing (a killed run is completed)."""
     names = synthetic_tile_names(n_tiles)
-    for sub in ('images', 'gt'):
-        check_holds_nothing(os.path.join(out_dir, sub))
-        make_writable_dir(os.path.join(out_dir, sub), 'folder for the synthetic tiles')
+    claim_folder(out_dir, {'n_tiles': n_tiles, 'size': size, 'seed': seed})
     for i, name in enumerate(tqdm(names, desc='synthetic tiles', disable=not progress)):
+        image_path, mask_path = (os.path.join(out_dir, sub, f'{name}.tif') for sub in ('images', 'gt'))
+        if os.path.exists(image_path) and os.path.exists(mask_path):  # written atomically: complete
+            continue
         mask, image = synthetic_pair(size, tile_seed(seed, i))
         tags = geotiff_tags(i, size)
-        image_path, mask_path = (os.path.join(out_dir, sub, f'{name}.tif') for sub in ('images', 'gt'))
         with one_line_write_errors(image_path):
             write_tiff_atomic(image_path, image, photometric='rgb', extratags=tags)
         with one_line_write_errors(mask_path):
@@ -223,9 +225,22 @@ def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):
     return names
 
 
-def check_holds_nothing(folder):
-    """The tiles have real Inria names: written into a folder of real (or other synthetic) tiles, they would
-    replace some and mix with the rest."""
-    if os.path.isdir(folder) and any(not name.startswith('.') for name in os.listdir(folder)):
-        raise UserError(f'{folder}: already holds files; synthetic tiles (named as real Inria ones) go into a new '
-                        f'or empty folder')
+def claim_folder(out_dir, settings):
+    """A new or empty folder, or one this function filled with the same settings (recorded in SETTINGS_FILE).
+    The tiles have real Inria names: in a folder of real (or other synthetic) tiles they would replace some and
+    mix with the rest."""
+    record = os.path.join(out_dir, SETTINGS_FILE)
+    if os.path.exists(record):
+        previous = read_json(record, 'synthetic tile settings')
+        if previous != settings:
+            raise UserError(f'{out_dir}: holds synthetic tiles made with other settings ({previous}, not {settings}); '
+                            f'use a new folder')
+    else:
+        for sub in ('images', 'gt'):
+            folder = os.path.join(out_dir, sub)
+            if os.path.isdir(folder) and any(not name.startswith('.') for name in os.listdir(folder)):
+                raise UserError(f'{folder}: already holds files; synthetic tiles (named as real Inria ones) go into '
+                                f'a new or empty folder')
+    for sub in ('images', 'gt'):
+        make_writable_dir(os.path.join(out_dir, sub), 'folder for the synthetic tiles')
+    write_json_atomic(record, settings)

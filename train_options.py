@@ -181,8 +181,8 @@ def check_options(opt):
             raise UserError(f'--{name} must be >= 0, got {getattr(opt, name)}')
     if not opt.init_gain > 0:
         raise UserError(f'--init_gain must be positive, got {opt.init_gain}')
-    if not 0 <= opt.seed < 2 ** 32:
-        raise UserError(f'--seed must be in [0, 2**32), got {opt.seed}')
+    if not abs(opt.seed) < 2 ** 40:  # dataset.EpochPlan seeds a torch generator with seed * 1_000_003 + epoch
+        raise UserError(f'--seed must be within ±2**40, got {opt.seed}')
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)
     if problem:
         raise UserError(f'--crop_size {opt.crop_size}: {problem}'

@@ -25,9 +25,10 @@ JPEG_SUFFIXES = ('.jpg', '.jpeg')
 IMAGE_SUFFIXES = TIFF_SUFFIXES + ('.png',) + JPEG_SUFFIXES
 JPEG_NOISE = 32  # levels a JPEG mask's pixel may be off 0/255 and still count as clean (quality 75: edges only)
 # TIFF compressions that change pixel values: a mask stored with them is judged like a JPEG
-LOSSY_TIFF_COMPRESSIONS = {getattr(tifffile.COMPRESSION, name) for name in (
-    'OJPEG', 'JPEG', 'JPEG_99', 'JPEG_LOSSY', 'JPEG_2000_LOSSY', 'JPEG2000', 'JPEGXR', 'JPEGXR_NDPI', 'JPEGXL',
-    'WEBP', 'WEBP_DEPRECATED') if hasattr(tifffile.COMPRESSION, name)}
+# (only the always-lossy ones: JPEG 2000, WebP and JPEG XL may be lossless, and then values are exact)
+LOSSY_TIFF_COMPRESSIONS = {getattr(tifffile.COMPRESSION, name) for name in ('OJPEG', 'JPEG', 'JPEG_LOSSY',
+                                                                            'JPEG_2000_LOSSY')
+                           if hasattr(tifffile.COMPRESSION, name)}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -176,9 +177,10 @@ def first_line(err):
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
-def decode_image(path):
+def decode_image(path, transparency_as_alpha=False):
     """(array H×W or H×W×C, lossy) from a TIFF/PNG/JPEG, or UserError naming the file. `lossy`: the compression
-    changed pixel values (JPEG, or a TIFF compressed with JPEG, WebP, ...), whatever the file's extension."""
+    changed pixel values (JPEG, or a JPEG-compressed TIFF), whatever the file's extension. transparency_as_alpha:
+    a PNG's transparent colour (tRNS) becomes an alpha channel (for masks; images keep their colours)."""
     path = os.fspath(path)
     check_nonempty_file(path)
     try:
@@ -191,11 +193,12 @@ def decode_image(path):
                 return array, page.compression in LOSSY_TIFF_COMPRESSIONS
         with Image.open(path) as im:
             im.load()
-            if im.mode in ('P', 'L', 'RGB') and 'transparency' in im.info:
-                im = im.convert('RGBA')  # a transparent colour (PNG tRNS) is an alpha channel: checked as one
+            lossy = im.format in ('JPEG', 'MPO')  # before a conversion, which forgets the format
+            if transparency_as_alpha and im.mode in ('1', 'P', 'L', 'RGB') and 'transparency' in im.info:
+                im = im.convert('RGBA')
             elif im.mode in ('P', 'CMYK', 'YCbCr'):
                 im = im.convert('RGB')
-            return np.asarray(im), im.format in ('JPEG', 'MPO')
+            return np.asarray(im), lossy
     except UserError:
         raise
     except Exception as err:  # decoders raise many types for truncated or foreign files
@@ -209,7 +212,7 @@ def read_image_file(path):
 
 def read_binary_mask(path, tolerance=0.01):
     """A building mask file -> H×W uint8 {0, 255}, or UserError naming the file (see check_binary_mask)."""
-    array, lossy = decode_image(path)
+    array, lossy = decode_image(path, transparency_as_alpha=True)
     return check_binary_mask(array, path, tolerance, lossy)
 
 
@@ -247,8 +250,9 @@ def check_binary_mask(array, path, tolerance=0.01, lossy=False):
     """Return an H×W uint8 mask in {0, 255}.
 
     Accepts 1-bit masks, 1-channel masks and 3-channel masks whose channels agree (Inria samples as PNG), and
-    0/1 masks from lossless files. An alpha channel only when fully opaque: paint tools store arbitrary colour
-    (often white) under transparent pixels, which would silently become buildings.
+    0/1 masks from lossless files. Transparency (alpha, last) only over black, which flattening keeps as
+    background: paint tools store arbitrary colour (often white) under transparent pixels, which would silently
+    become buildings.
     Up to `tolerance` of the pixels may be off (antialiasing; from a `lossy` file such as a JPEG, more than
     JPEG_NOISE levels from both 0 and 255); all are thresholded at 128. More means it is not a building mask.
     """
@@ -257,7 +261,13 @@ def check_binary_mask(array, path, tolerance=0.01, lossy=False):
     if array.dtype != np.uint8:
         raise UserError(f'{path}: mask must be 8-bit (uint8) with values 0/255, got {array.dtype}')
     if array.ndim == 3:
-        array = without_opaque_alpha(array, path)
+        if array.shape[2] in (2, 4):  # grey or RGB, and alpha
+            colour, see_through = array[..., :-1], array[..., -1] != 255
+            if np.any(see_through & colour.any(axis=2)):
+                raise UserError(f'{path}: mask has transparent pixels over a colour that is not black; flatten it '
+                                f'onto black and save it without transparency (alpha or a transparent colour), so '
+                                f'no colour under transparency is taken for buildings')
+            array = colour
         channels = array.shape[2]
         if channels not in (1, 3):
             raise UserError(f'{path}: mask must have 1 channel (or 3 identical ones), got {channels} channels')

@@ -104,7 +104,7 @@ def _read(path):
 def test_make_synthetic_inria_layout_and_formats(tmp_path):
     names = make_synthetic_inria(str(tmp_path), n_tiles=5, size=200, seed=0, progress=False)
     assert names == ['austin1', 'chicago1', 'kitsap1', 'tyrol-w1', 'vienna1']
-    assert sorted(os.listdir(tmp_path)) == ['gt', 'images']
+    assert sorted(os.listdir(tmp_path)) == ['gt', 'images', 'synthetic.json']
     for sub in ('images', 'gt'):  # no temp files left behind
         assert sorted(os.listdir(tmp_path / sub)) == sorted(f'{n}.tif' for n in names)
     for i, name in enumerate(names):
@@ -136,12 +136,24 @@ def test_make_synthetic_inria_is_deterministic_and_prefix_stable(tmp_path):
 
 
 def test_a_folder_that_holds_tiles_is_refused_and_left_as_it_was(tmp_path):
-    make_synthetic_inria(str(tmp_path / 'real'), n_tiles=1, size=32, seed=0, progress=False)  # stands in for Inria
+    make_synthetic_inria(str(tmp_path / 'real'), n_tiles=1, size=32, seed=0, progress=False)
+    os.remove(tmp_path / 'real' / 'synthetic.json')  # now it stands in for real Inria tiles
     before = (tmp_path / 'real' / 'images' / 'austin1.tif').read_bytes()
     with pytest.raises(UserError, match=f'{tmp_path / "real" / "images"}: already holds files; synthetic tiles'):
-        make_synthetic_inria(str(tmp_path / 'real'), n_tiles=2, size=64, seed=1, progress=False)
+        make_synthetic_inria(str(tmp_path / 'real'), n_tiles=2, size=32, seed=0, progress=False)
     assert (tmp_path / 'real' / 'images' / 'austin1.tif').read_bytes() == before
     assert sorted(os.listdir(tmp_path / 'real' / 'images')) == ['austin1.tif']
+
+
+def test_a_rerun_completes_a_killed_one_and_other_settings_are_refused(tmp_path):
+    make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False)
+    complete = {p: p.read_bytes() for p in sorted(tmp_path.glob('syn/*/*.tif'))}
+    os.remove(tmp_path / 'syn' / 'gt' / 'kitsap1.tif')  # as a kill between a tile's two files leaves it
+    make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False)
+    assert {p: p.read_bytes() for p in sorted(tmp_path.glob('syn/*/*.tif'))} == complete
+    with pytest.raises(UserError, match=r"syn: holds synthetic tiles made with other settings \(.*'seed': 0.*"
+                                        r"'seed': 1.*\); use a new folder"):
+        make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=1, progress=False)
 
 
 @pytest.mark.parametrize('options, message', [

@@ -156,8 +156,9 @@ def test_sliding_blend_puts_every_window_in_place(height, width, overlap, batch_
 
 
 def test_the_python_api_refuses_a_mask_that_is_not_0_255_uint8():
-    for mask in (np.ones((40, 40), bool), np.ones((40, 40), np.int64)):  # would read as background everywhere
-        with pytest.raises(TypeError, match=f'mask must be a uint8 array of 0/255 .*got {mask.dtype}'):
+    for mask, got in ((np.ones((40, 40), bool), 'bool'), (np.ones((40, 40), np.float32), 'float32'),
+                      (np.ones((40, 40), np.uint8), 'values up to 1')):  # 0/1 masks
+        with pytest.raises(ValueError, match=f'mask must be a uint8 array of 0/255 .*got {got}$'):
             generate_sliding(Copy(), mask, WINDOW, 0.5, 4, torch.device('cpu'))
 
 

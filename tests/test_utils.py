@@ -21,12 +21,17 @@ def save_jpeg(mask, path, quality):
     Image.fromarray(mask).save(path, quality=quality)
 
 
+def save_cmyk_jpeg(mask, path, quality):
+    Image.fromarray(mask).convert('CMYK').save(path, quality=quality)
+
+
 def save_jpeg_compressed_tiff(mask, path, quality):
     tifffile.imwrite(path, mask, photometric='minisblack', compression='jpeg', compressionargs={'level': quality})
 
 
 @pytest.mark.parametrize('quality', [75, 95])
-@pytest.mark.parametrize('suffix, save', [('.jpg', save_jpeg), ('.tif', save_jpeg_compressed_tiff)])
+@pytest.mark.parametrize('suffix, save', [('.jpg', save_jpeg), ('.jpg', save_cmyk_jpeg),
+                                          ('.tif', save_jpeg_compressed_tiff)])
 def test_real_masks_saved_as_jpeg_read_like_the_png(tmp_path, quality, suffix, save):
     assert len(SAMPLE_MASKS) == 10
     for png in SAMPLE_MASKS:
@@ -58,6 +63,13 @@ def test_zero_one_masks_are_scaled_but_class_maps_are_refused(tmp_path):
     Image.fromarray(labels).save(tmp_path / 'classes.png')
     with pytest.raises(UserError, match=r'classes\.png: mask has 10\.5% pixels that are neither 0 nor 255'):
         read_binary_mask(str(tmp_path / 'classes.png'))
+
+
+def test_an_opaque_image_with_a_transparent_colour_reads_as_rgb(tmp_path):
+    # GDAL's PNG export writes nodata as a tRNS colour: the image keeps its 3 channels (masks check transparency)
+    image = np.random.default_rng(0).integers(1, 256, (30, 70, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / 'nodata.png', transparency=(0, 0, 0))
+    np.testing.assert_array_equal(read_image_file(tmp_path / 'nodata.png'), image)
 
 
 def test_band_interleaved_tiff_reads_like_pixel_interleaved(tmp_path):
@@ -99,8 +111,13 @@ MASK_FILES = {  # name: (writer, None if accepted as MASK, else the expected err
     'grey-alpha.png': (save_png(np.stack([MASK, OPAQUE], 2)), None),
     'rgba.png': (save_png(np.stack([MASK, MASK, MASK, OPAQUE], 2)), None),
     # white under a transparent background would otherwise read as one big building
-    'transparent.png': (save_png(np.stack([MASK, MASK, MASK, np.where(MASK > 0, 255, 0).astype(np.uint8)], 2)),
-                        'transparent.png: mask has transparent pixels'),
+    'transparent.png': (save_png(np.stack([OPAQUE, OPAQUE, OPAQUE, MASK], 2)),
+                        'transparent.png: mask has transparent pixels over a colour that is not black'),
+    # black under transparency is background once flattened: nothing to guess
+    'transparent-over-black.png': (save_png(np.stack([MASK, MASK, MASK, MASK], 2)), None),
+    'grey-transparent-black.png': (lambda path: Image.fromarray(MASK).save(path, transparency=0), None),
+    '1-bit-transparent-white.png': (lambda path: Image.fromarray(MASK).convert('1').save(path, transparency=1),
+                                    '1-bit-transparent-white.png: mask has transparent pixels'),
     'palette-transparent.png': (save_palette_png(WHITE_LEFT_EDGE, 2), 'palette-transparent.png: mask has transparent'),
     'palette-unused-transparency.png': (save_palette_png(np.where(MASK > 0, 1, 0), 2), None),
     'grey-transparent-white.png': (lambda path: Image.fromarray(MASK).save(path, transparency=255),
