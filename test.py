@@ -3,7 +3,7 @@
     python test.py --run runs/inria_unet                                   # val split, each mask -> model size
     python test.py --run runs/inria_unet --mode tiles --tiles 2            # the seed's "2x2": shows seams
     python test.py --run runs/inria_unet --mode sliding --masks my_masks/  # full resolution, no seams
-    python test.py --run runs/inria_unet --mode sliding --scale 0.0572 --masks AerialImageDataset/test/gt/x.tif
+    python test.py --run runs/inria_unet --mode sliding --scale 0.0572 --masks AerialImageDataset/train/gt/vienna1.tif
 
 Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles = N×N tiles generated apart and
 stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly, output exactly the input size (TIFF
