@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from tqdm import tqdm
 
 from synthetic_inria import make_synthetic_inria
-from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_rgb_format,
+from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_mask_format, check_rgb_format,
                    check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds,
                    write_json_atomic)
@@ -188,8 +188,7 @@ def check_headers(sources, opt):
         else:
             check_rgb_format(channels, dtype, image_path)
             mask_h, mask_w, _, mask_dtype = read_image_header(mask_path)
-            if mask_dtype.name not in ('uint8', 'bool'):  # found now, not after decoding every source before it
-                raise UserError(f'{mask_path}: mask must be 8-bit (uint8) with values 0/255, got {mask_dtype}')
+            check_mask_format(mask_dtype, mask_path)  # found now, not after decoding every source before it
             if (mask_h, mask_w) != (height, width):
                 raise UserError(f'{mask_path}: mask is {mask_w}×{mask_h} but its image {image_path} is {width}×{height}')
         if min(height, width) // opt.split < 8:

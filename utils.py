@@ -246,6 +246,12 @@ def check_rgb_image(array, path):
     return array
 
 
+def check_mask_format(dtype, path):
+    """A building mask must be 1-bit or 8-bit: checked from a header or a decoded array alike."""
+    if np.dtype(dtype) not in (np.uint8, np.bool_):
+        raise UserError(f'{path}: mask must be 8-bit (uint8) with values 0/255, got {np.dtype(dtype)}')
+
+
 def check_binary_mask(array, path, tolerance=0.01, lossy=False):
     """Return an H×W uint8 mask in {0, 255}.
 
@@ -256,10 +262,9 @@ def check_binary_mask(array, path, tolerance=0.01, lossy=False):
     Up to `tolerance` of the pixels may be off (antialiasing; from a `lossy` file such as a JPEG, more than
     JPEG_NOISE levels from both 0 and 255); all are thresholded at 128. More means it is not a building mask.
     """
+    check_mask_format(array.dtype, path)
     if array.dtype == bool:  # a 1-bit (bilevel) PNG or TIFF
         return np.where(array, np.uint8(255), np.uint8(0))
-    if array.dtype != np.uint8:
-        raise UserError(f'{path}: mask must be 8-bit (uint8) with values 0/255, got {array.dtype}')
     if array.ndim == 3:
         if array.shape[2] in (2, 4):  # grey or RGB, and alpha
             colour, see_through = array[..., :-1], array[..., -1] != 255
