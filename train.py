@@ -123,6 +123,15 @@ def adam(params, opt):
     return torch.optim.Adam(params, lr=opt.lr, betas=(opt.beta1, 0.999), fused=True)
 
 
+def lay_out_state_like_params(optimizer):
+    """A resume may switch --channels_last, and load_state_dict keeps the saved moments' memory layout: the fused
+    Adam step would then pair each weight with another element's moments (CPU, silently) or refuse the mix (CUDA)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param).copy_(value)
+
+
 # ---------------------------------------------------------------- checkpoints
 
 class Trainer:
@@ -170,6 +179,8 @@ class Trainer:
         self.D.load_state_dict(state['D'])
         for name in ('opt_G', 'opt_D', 'sched_G', 'sched_D'):
             getattr(self, name).load_state_dict(state[name])
+        for optimizer in (self.opt_G, self.opt_D):
+            lay_out_state_like_params(optimizer)
         self.epoch, self.next_batch, self.iteration = state['epoch'], state['next_batch'], state['iteration']
         self.history = state['history']
         if self.opt.lr_policy == 'linear':

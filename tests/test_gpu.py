@@ -98,17 +98,22 @@ def test_sliding_generation_on_the_gpu_matches_the_cpu(gpu_run):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             images[name] = generate_sliding(G, mask, cfg['crop_size'], 0.5, 8, device).astype(np.int16)
     assert all(image.shape == (300, 300, 3) for image in images.values())
-    tf32 = np.abs(images['gpu fp32'] - images['cpu'])  # cuDNN convolutions in TF32 (10-bit mantissa)
-    assert tf32.mean() < 0.5 and tf32.max() <= 8
-    assert np.abs(images['gpu bf16'] - images['gpu fp32']).mean() < 2  # bf16 keeps 8 bits of mantissa
+    # A barely trained G with many instance norms magnifies rounding: emulating TF32's 10-bit mantissa on the CPU
+    # moved a few pixels by up to 40 levels (mean 0.2), and bf16 moved the mean by 0.5-2.4 across masks. A wrong
+    # window, blend or layout moves the mean by tens, so the bounds are on means and shares, not on the maximum.
+    tf32 = np.abs(images['gpu fp32'] - images['cpu'])  # cuDNN convolutions in TF32
+    assert tf32.mean() < 1 and (tf32 > 8).mean() < 0.05
+    assert np.abs(images['gpu bf16'] - images['gpu fp32']).mean() < 4  # bf16 keeps 8 bits of mantissa
 
 
-def test_bench_runs_every_row_on_the_gpu():
+def test_bench_runs_the_plain_and_the_optimised_row_on_the_gpu():
+    # rows 1 and 5 only: each compiled row compiles unet_256 from cold, and .ci/gpu measures every row anyway
     train_rows = subprocess.run([sys.executable, 'bench.py', '--only', 'train', '--batches', '2', '--iters', '2',
-                                 '--warmup', '2'], cwd=REPO, capture_output=True, text=True, timeout=900)
+                                 '--warmup', '2', '--rows', '1', '5'], cwd=REPO, capture_output=True, text=True,
+                                timeout=900)
     assert train_rows.returncode == 0, train_rows.stderr[-2000:]
     rows = [line for line in train_rows.stdout.splitlines() if line.startswith('| 2 |')]
-    assert len(rows) == 5 and all(row.rstrip(' |').endswith('%') for row in rows), train_rows.stdout  # MFU known
+    assert len(rows) == 2 and all(row.rstrip(' |').endswith('%') for row in rows), train_rows.stdout  # MFU known
     generate = subprocess.run([sys.executable, 'bench.py', '--only', 'generate', '--mask_size', '1024', '--gen_amp'],
                               cwd=REPO, capture_output=True, text=True, timeout=900)
     assert generate.returncode == 0 and 'megapixels/s' in generate.stdout, generate.stderr[-2000:]

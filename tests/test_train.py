@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 import train
 import transform_dataset
 from conftest import DATA, tiny, write_array_dataset
-from train_options import build_parser
+from train_options import build_parser, parse_options
 from utils import UserError
 
 
@@ -472,6 +472,27 @@ def test_unknown_netG_is_rejected_by_the_parser(transformed_root, tmp_path, caps
 def test_resume_without_checkpoint(transformed_root, tmp_path):
     with pytest.raises(UserError, match='nothing to --resume'):
         train.main(tiny(transformed_root, tmp_path, 'never_ran', '--resume'))
+
+
+def test_resume_that_switches_channels_last_steps_adam_like_the_saved_layout(transformed_root, tmp_path):
+    """--channels_last may change on resume; the restored Adam moments must pair with the same weights as before."""
+    train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '2', '--n_epochs_decay', '0', '--stop_epoch', '1'))
+    stepped = {}
+    for layout in ('--channels_last', None):
+        opt = parse_options(tiny(transformed_root, tmp_path, 'run', '--resume', *filter(None, [layout])))
+        opt.input_nc = 1
+        trainer = train.Trainer(opt, torch.device('cpu'), 0, 1)
+        # loaded anew each time: the restored optimiser steps the loaded tensors in place
+        trainer.restore(torch.load(tmp_path / 'run' / 'latest.pt', map_location='cpu', weights_only=True))
+        torch.manual_seed(0)
+        for param in trainer.G.parameters():
+            param.grad = torch.empty_like(param).copy_(torch.randn(param.shape))
+        trainer.opt_G.step()
+        stepped[layout] = trainer.G.state_dict()
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in stepped['--channels_last'].values())  # the switch really changed the weights' layout
+    for key, value in stepped[None].items():
+        torch.testing.assert_close(stepped['--channels_last'][key], value, msg=lambda m: f'{key}: {m}')
 
 
 def test_resume_with_other_architecture_and_existing_run(transformed_root, tmp_path):
