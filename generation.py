@@ -4,14 +4,16 @@ test.py is the command line over these; they are also the Python API for growing
 
     import torch
     from generation import generate_sliding, load_generator
-    device = torch.device('cuda')
+    from utils import read_binary_mask
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     G, cfg, _ = load_generator('runs/inria_2x2/best.pt', device)
-    with torch.autocast('cuda', dtype=torch.bfloat16):
+    mask = read_binary_mask('forged/austin1.tif')  # H×W uint8 0/255, from any mask format transform reads
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
         image = generate_sliding(G, mask, cfg['crop_size'], overlap=0.5, batch_size=16, device=device)
 
-`mask` is an H×W uint8 array of 0/255 (utils.read_binary_mask reads one); `image` is
-H×W×3 uint8, exactly the mask's size. Trained on 2×2 tiles of 5000² masks resized to 286²? Resize the mask by
-the same factor first (test.py --scale 0.114), or the buildings come out at a scale the model never saw.
+`image` is H×W×3 uint8, exactly the mask's size (utils.save_png writes it atomically). Trained on 2×2 tiles of
+5000² masks resized to 286²? Resize the mask by the same factor first (test.py --scale 0.114), or the buildings
+come out at a scale the model never saw.
 """
 import contextlib
 import math
@@ -67,6 +69,7 @@ def run_generator(G, masks, device):
 
 def generate_tiles(G, mask, n, size, batch_size, device):
     """The seed's N×N mode: every tile resized to the model size alone, so neighbours disagree at the seams."""
+    check_input_channels(G, mask)
     height, width = mask.shape[:2]
     ys, xs = tile_bounds(height, n), tile_bounds(width, n)
     boxes = [(ys[r], ys[r + 1], xs[c], xs[c + 1]) for r in range(n) for c in range(n)]
@@ -80,6 +83,16 @@ def generate_tiles(G, mask, n, size, batch_size, device):
                 out = np.empty((height, width) + tile.shape[2:], np.uint8)
             out[t:b, l:r] = resize_image(tile, (b - t, r - l))
     return out
+
+
+def check_input_channels(G, mask):
+    """An RGB-read building mask into a 1-channel G is torch's 'expected input to have 1 channels' deep inside the
+    first convolution; say it in the caller's terms."""
+    takes = next((m.in_channels for m in G.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    has = 1 if mask.ndim == 2 else mask.shape[2]
+    if takes is not None and has != takes:
+        read_with = ' (utils.read_binary_mask reads a mask file as one)' if takes == 1 else ''
+        raise ValueError(f'the generator takes {takes}-channel input{read_with}, got an array of shape {mask.shape}')
 
 
 def window_weights(size):
@@ -107,6 +120,7 @@ def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
     if mask.dtype != np.uint8 or (mask.ndim == 2 and mask.max() not in (0, 255)):  # bool or 0/1: all background
         got = mask.dtype if mask.dtype != np.uint8 else f'values up to {mask.max()}'
         raise ValueError(f'mask must be a uint8 array of 0/255 (utils.read_binary_mask reads one), got {got}')
+    check_input_channels(G, mask)
     height, width = mask.shape[:2]
     stride = max(1, round(window * (1 - overlap)))
     top, bottom, ys = sliding_plan(height, window, stride)

@@ -108,6 +108,9 @@ def check_options(opt):
 # ---------------------------------------------------------------- model
 
 def checkpoint_path(run_dir, epoch):
+    if os.path.isfile(run_dir):
+        raise UserError(f'{run_dir}: --run takes the run folder, not a checkpoint in it (pick one with --epoch '
+                        f'latest|best|N)')
     if not os.path.isdir(run_dir):
         raise UserError(f'{run_dir}: run folder not found (--run)')
     if epoch in ('latest', 'best'):

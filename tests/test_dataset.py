@@ -135,6 +135,10 @@ def test_missing_split_and_missing_manifest_entry(tmp_path):
     os.remove(tmp_path / 'train' / 'images' / 's1.npy')
     with pytest.raises(UserError, match='s1.npy.*missing'):
         PairedDataset(str(tmp_path), 'train', crop=16)
+    os.remove(tmp_path / 'train' / 'manifest.json')  # a transform that stopped on a bad source writes none
+    with pytest.raises(UserError, match=r'train/manifest\.json: not found: transform_dataset\.py has not finished '
+                                        r'train/ here; run it again with the same options'):
+        load_split(str(tmp_path), 'train')
 
 
 def test_arrays_of_two_sizes_name_the_odd_file(tmp_path):

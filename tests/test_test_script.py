@@ -7,8 +7,10 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import textwrap
 import urllib.parse
 import warnings
 
@@ -18,9 +20,10 @@ import tifffile
 import torch
 from PIL import Image
 
+import generation
 import train
 from conftest import REPO
-from generation import generate_sliding, generate_tiles, run_generator
+from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from metrics import make_fid_kid, seam_score
 from utils import UserError
 
@@ -160,6 +163,28 @@ def test_the_python_api_refuses_a_mask_that_is_not_0_255_uint8():
                       (np.ones((40, 40), np.uint8), 'values up to 1')):  # 0/1 masks
         with pytest.raises(ValueError, match=f'mask must be a uint8 array of 0/255 .*got {got}$'):
             generate_sliding(Copy(), mask, WINDOW, 0.5, 4, torch.device('cpu'))
+
+
+def test_the_docstring_example_of_the_python_api_runs_as_written(run_dir, tmp_path, monkeypatch):
+    code = textwrap.dedent(next(part for part in generation.__doc__.split('\n\n') if part.startswith('    ')))
+    assert 'generate_sliding(' in code and 'read_binary_mask(' in code
+    monkeypatch.chdir(tmp_path)
+    os.makedirs('runs/inria_2x2')
+    shutil.copy(os.path.join(run_dir, 'latest.pt'), 'runs/inria_2x2/best.pt')
+    os.makedirs('forged')
+    tifffile.imwrite('forged/austin1.tif', ramp_mask(100, 140, 0), compression='lzw')
+    namespace = {}
+    exec(code, namespace)
+    assert namespace['image'].shape == (100, 140, 3) and namespace['image'].dtype == np.uint8
+
+
+def test_the_python_api_names_a_mask_read_in_colour(run_dir):
+    G, cfg, _ = load_generator(os.path.join(run_dir, 'latest.pt'), torch.device('cpu'))
+    rgb = np.repeat(ramp_mask(50, 60, 0)[..., None], 3, 2)  # a mask PNG read with PIL, not read_binary_mask
+    for generate_some in (lambda: generate_sliding(G, rgb, cfg['crop_size'], 0.5, 4, torch.device('cpu')),
+                          lambda: generate_tiles(G, rgb, 2, cfg['crop_size'], 4, torch.device('cpu'))):
+        with pytest.raises(ValueError, match=r'takes 1-channel input \(utils.read_binary_mask .*\(50, 60, 3\)$'):
+            generate_some()
 
 
 def test_sliding_scores_far_fewer_seams_than_tiles(run_dir, tmp_path):
@@ -323,6 +348,8 @@ def options(*extra, run=None):
 
 BAD_INPUTS = {  # case: (argv maker, expected message)
     'missing run': (lambda run, tmp: ['--run', str(tmp / 'nope')], 'run folder not found'),
+    'checkpoint as run': (options(run=lambda run, tmp: os.path.join(run, 'latest.pt')),
+                          'latest.pt: --run takes the run folder, not a checkpoint in it'),
     'missing epoch': (options('--epoch', '7'), 'epoch_7.pt: checkpoint not found; '),
     'corrupt checkpoint': (options(run=lambda run, tmp: broken_run(tmp, os.urandom(2000))),
                            'not a loadable checkpoint'),
