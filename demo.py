@@ -7,6 +7,7 @@ Every step is one of the repo's own commands, printed before it runs, so the dem
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,7 +28,17 @@ GPU_SETUP = {'size': 286, 'crop': 256, 'train': ['--netG', 'unet_256', '--batch_
 def run(script, *args):
     command = [sys.executable, os.path.join(HERE, script), *map(str, args)]
     print('\n$ ' + ' '.join(['python', script, *map(str, args)]), flush=True)
-    if subprocess.run(command).returncode != 0:
+    # Ctrl-C reaches the script too, which stops cleanly (train.py saves first): wait for it instead of dying with
+    # a traceback, after which subprocess would kill it a quarter-second later, mid-save
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        returncode = subprocess.call(command)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if returncode in (130, -signal.SIGINT, -signal.SIGTERM):  # the scripts exit 130 on Ctrl-C, keeping their work
+        print(f'demo interrupted during {script}: run the same demo command again to go on', file=sys.stderr)
+        sys.exit(130)
+    if returncode != 0:
         sys.exit(f'demo stopped: {script} failed (see its message above)')
 
 
@@ -71,6 +82,8 @@ def main(argv=None):
         mean = json.load(open(os.path.join(folder, 'metrics.json')))['mean']
         cells = [f'{mean[k]:.3f}' if k in mean else '—' for k in ('PSNR', 'SSIM', 'seam_score')]
         print(f'| {mode} | {" | ".join(cells)} | {os.path.join(folder, "index.html")} |')
+    print('\nScores are for the final model (latest.pt). best.pt, by val PSNR, is often an early, blurred one:')
+    print('pixel metrics reward blur (README, Quick start); compare with test.py --epoch best.')
     print(f'\nOpen a report in a browser, e.g. file://{os.path.abspath(results["sliding"])}/index.html')
     print(f'Training curves and image grids: tensorboard --logdir {runs}   (then http://localhost:6006)')
 

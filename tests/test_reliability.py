@@ -324,3 +324,24 @@ def test_checkpoint_of_another_project_is_refused(tmp_path):
     torch.save({'state_dict': {'w': torch.zeros(2)}}, tmp_path / 'other.pt')
     with pytest.raises(UserError, match='not a checkpoint of this project'):
         load_checkpoint(str(tmp_path / 'other.pt'))
+
+
+def test_ctrl_c_in_the_demo_lets_the_running_script_stop_cleanly(tmp_path):
+    """Ctrl-C goes to the terminal's whole process group: demo.py and the script it runs. The script stops cleanly
+    (train.py finishes saving); demo.py must wait for it, then say how to go on, without a traceback."""
+    (tmp_path / 'child.py').write_text(textwrap.dedent(f'''
+        import os, signal, sys, time
+        try:
+            os.killpg(os.getpgrp(), signal.SIGINT)  # the terminal's Ctrl-C
+            time.sleep(10)
+        except KeyboardInterrupt:
+            time.sleep(1)  # a clean stop takes a while: subprocess would have killed it after 0.25 s
+            open({str(tmp_path / 'saved')!r}, 'w').close()
+            sys.exit(130)
+    '''))
+    wrapper = f'import demo; demo.HERE = {str(tmp_path)!r}; demo.run("child.py")'
+    proc = subprocess.run([sys.executable, '-c', wrapper], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          start_new_session=True)  # its own process group: the SIGINT stays out of pytest's
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ['demo interrupted during child.py: run the same demo command again to go on']
+    assert (tmp_path / 'saved').exists()
