@@ -15,6 +15,7 @@ import pickle
 import signal
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -149,6 +150,10 @@ class Trainer:
         self.amp = amp_enabled(opt.amp, device)
         self.G_run, self.D_run = self.G, self.D  # what the step calls: maybe DDP-wrapped and/or compiled
         if world_size > 1:
+            # A 1-channel input's first conv: its grad is laid out [N, 1, k, k] with strides DDP's bucket does not
+            # expect, though the memory order is the same (the odd stride is on a size-1 axis); a harmless copy.
+            warnings.filterwarnings('ignore', r'(?s)Grad strides do not match bucket view strides.*'
+                                              r'grad\.sizes\(\) = \[\d+, 1, ', UserWarning)
             ids = [device.index] if device.type == 'cuda' else None
             self.G_run = torch.nn.parallel.DistributedDataParallel(self.G, device_ids=ids)
             self.D_run = torch.nn.parallel.DistributedDataParallel(self.D, device_ids=ids)

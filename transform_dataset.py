@@ -127,7 +127,10 @@ def find_inria_sources(opt):
     image_dir, mask_dir = os.path.join(opt.dataroot, 'images'), os.path.join(opt.dataroot, 'gt')
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
-            if os.path.isdir(os.path.join(opt.dataroot, 'train', 'images')):  # the Inria download's parent folder
+            parent = os.path.dirname(os.path.abspath(opt.dataroot))
+            if all(os.path.isdir(os.path.join(parent, name)) for name in ('images', 'gt')):  # one of the two given
+                hint = f'; give the folder that holds both: {parent}'
+            elif os.path.isdir(os.path.join(opt.dataroot, 'train', 'images')):  # the Inria download's parent folder
                 hint = f'; the Inria download holds train/ and test/: give {os.path.join(opt.dataroot, "train")}'
             elif os.path.isdir(os.path.join(opt.dataroot, 'train')) or list_images(opt.dataroot):
                 hint = '; for A|B images side by side (e.g. facades) use --format aligned'
@@ -179,6 +182,7 @@ def find_aligned_sources(opt):
 
 def check_headers(sources, opt):
     """Validate sizes, channels and dtypes from file headers before any output is written."""
+    enlarged = []  # (tile side, path) of sources whose tiles are smaller than --size
     for stem, image_path, mask_path, split in tqdm(sources, desc='checking headers', leave=False, disable=len(sources) < 50):
         height, width, channels, dtype = read_image_header(image_path)
         if opt.format == 'aligned':
@@ -194,6 +198,12 @@ def check_headers(sources, opt):
         if min(height, width) // opt.split < 8:
             raise UserError(f'{image_path}: {width}×{height} cannot be cut into {opt.split}×{opt.split} tiles '
                             f'(tiles would be under 8 px); use a smaller --split')
+        if min(height, width) // opt.split < opt.size:
+            enlarged.append((min(height, width) // opt.split, image_path))
+    if enlarged:
+        side, path = min(enlarged)
+        print(f'note: {len(enlarged)} of {len(sources)} sources have tiles under --size {opt.size} px, enlarged to it '
+              f'(e.g. {path}: {side} px tiles at --split {opt.split})')
 
 
 # ---------------------------------------------------------------- one source -> tiles

@@ -22,7 +22,7 @@ from PIL import Image
 
 import generation
 import train
-from conftest import REPO
+from conftest import DATA, REPO
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from metrics import make_fid_kid, seam_score
 from utils import UserError
@@ -360,6 +360,8 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'float TIFF mask': (bad_mask('float.tif', BLOCK.astype(np.float32)), 'float.tif: mask must be 8-bit'),
     'grey mask': (bad_mask('grey.png', BLOCK // 2 + 1), 'grey.png: mask has 100.0% pixels that are neither'),
     'missing mask': (lambda run, tmp: ['--run', run, '--masks', str(tmp / 'gone.png')], 'gone.png: mask file'),
+    'dataset root as masks': (lambda run, tmp: ['--run', run, '--masks', os.path.join(DATA, 'inria_samples')],
+                              'inria_samples: no mask images (.tif, .png, .jpg) in this folder; its masks are in gt/: give '),
     'missing segmenter': (options('--segmenter', 'seg.pt'), 'seg.pt: checkpoint not found'),
     'generator as segmenter': (lambda run, tmp: ['--run', run, '--segmenter', os.path.join(run, 'latest.pt')],
                                'a generator checkpoint, not a segmenter'),

@@ -166,9 +166,22 @@ def test_min_building_that_empties_the_val_split_is_a_warning(tmp_path, capsys):
     assert [t['name'] for t in manifest_tiles(tmp_path / 'out')] == ['austin6']
 
 
+def test_sources_enlarged_to_size_get_a_note(tmp_path, capsys):
+    root = make_inria_dir(tmp_path / 'in')
+    make_inria_dir(tmp_path / 'big', names=('chicago7',), size=96)
+    for sub in ('images', 'gt'):
+        os.replace(tmp_path / 'big' / sub / 'chicago7.tif', tmp_path / 'in' / sub / 'chicago7.tif')
+    run(root, tmp_path / 'out', '--size', '32')
+    assert 'note:' not in capsys.readouterr().out
+    run(root, tmp_path / 'out2', '--size', '40', '--split', '2')  # tiles: 32 px from 64², 48 px from 96²
+    assert (f'note: 2 of 3 sources have tiles under --size 40 px, enlarged to it (e.g. '
+            f'{os.path.join(root, "images", "austin1.tif")}: 32 px tiles at --split 2)') in capsys.readouterr().out
+
+
 @pytest.mark.parametrize('dataroot, options, hint', [
     ('facades', [], 'for A|B images side by side (e.g. facades) use --format aligned'),
     ('inria_samples', ['--format', 'aligned'], 'images/ and gt/ are the Inria layout: leave out --format aligned'),
+    ('inria_samples/gt', [], f'give the folder that holds both: {os.path.join(DATA, "inria_samples")}'),
 ])
 def test_the_wrong_format_gets_a_hint(tmp_path, dataroot, options, hint):
     with pytest.raises(UserError, match=re.escape(hint)):
