@@ -145,7 +145,7 @@ def bench_train(opt, device):
     print(f'one training step = {flops / 1e9:.1f} GFLOP per image (FlopCounterMode); MFU against a bf16 peak of '
           + (f'{peak:.0f} TFLOP/s' if peak else 'n/a (give --peak_tflops)'))
     if gpu:
-        print('the plain row keeps torch defaults, as the official repo does: cuDNN convolutions in TF32')
+        print('the plain row runs as the official repo does: cudnn.benchmark on, cuDNN convolutions in TF32')
     print()
     print('| batch | configuration | ms/iter | images/s | speed-up | data share | peak MB | TFLOP/s | MFU |')
     print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')

@@ -18,9 +18,12 @@ def load_split(root, split):
     manifest_path = os.path.join(split_dir, 'manifest.json')
     if not os.path.isdir(split_dir):
         raise UserError(f'{split_dir}: split folder not found; run transform_dataset.py to make {split}/')
-    if not os.path.exists(manifest_path):  # written last: transform_dataset.py stopped (an error, a kill) before
-        raise UserError(f'{manifest_path}: not found: transform_dataset.py has not finished {split}/ here; run it '
-                        f'again with the same options (it keeps the finished sources)')
+    if not os.path.exists(manifest_path):
+        if os.path.exists(os.path.join(root, 'transform.json')):  # manifests come last: the transform stopped
+            raise UserError(f'{manifest_path}: not found: transform_dataset.py has not finished {split}/ here; run '
+                            f'it again with the same options (it keeps the finished sources)')
+        raise UserError(f'{manifest_path}: not found: --dataroot takes the --out folder of transform_dataset.py, '
+                        f'not the images themselves')
     manifest = read_json(manifest_path, 'manifest')
     names = [t.get('name') for t in manifest.get('tiles', []) if isinstance(t, dict)]
     if None in names or len(names) != len(manifest.get('tiles', [])):

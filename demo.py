@@ -29,13 +29,15 @@ def run(script, *args):
     command = [sys.executable, os.path.join(HERE, script), *map(str, args)]
     print('\n$ ' + ' '.join(['python', script, *map(str, args)]), flush=True)
     # Ctrl-C reaches the script too, which stops cleanly (train.py saves first): wait for it instead of dying with
-    # a traceback, after which subprocess would kill it a quarter-second later, mid-save
-    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    # a traceback, after which subprocess would kill it a quarter-second later, mid-save. (Not passed on: a second
+    # SIGINT would cut that save short. A SIGINT sent to the demo alone stops it once the script ends.)
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
         returncode = subprocess.call(command)
     finally:
         signal.signal(signal.SIGINT, previous)
-    if returncode in (130, -signal.SIGINT, -signal.SIGTERM):  # the scripts exit 130 on Ctrl-C, keeping their work
+    if interrupted or returncode in (130, -signal.SIGINT, -signal.SIGTERM):  # scripts exit 130 on Ctrl-C
         print(f'demo interrupted during {script}: run the same demo command again to go on', file=sys.stderr)
         sys.exit(130)
     if returncode != 0:

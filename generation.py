@@ -88,7 +88,8 @@ def generate_tiles(G, mask, n, size, batch_size, device):
 def check_input_channels(G, mask):
     """An RGB-read building mask into a 1-channel G is torch's 'expected input to have 1 channels' deep inside the
     first convolution; say it in the caller's terms."""
-    takes = next((m.in_channels for m in G.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    modules = G.modules() if isinstance(G, torch.nn.Module) else ()  # a plain function may stand in for G
+    takes = next((m.in_channels for m in modules if isinstance(m, torch.nn.Conv2d)), None)
     has = 1 if mask.ndim == 2 else mask.shape[2]
     if takes is not None and has != takes:
         read_with = ' (utils.read_binary_mask reads a mask file as one)' if takes == 1 else ''

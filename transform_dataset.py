@@ -127,8 +127,8 @@ def find_inria_sources(opt):
     image_dir, mask_dir = os.path.join(opt.dataroot, 'images'), os.path.join(opt.dataroot, 'gt')
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
-            parent = os.path.dirname(os.path.abspath(opt.dataroot))
-            if all(os.path.isdir(os.path.join(parent, name)) for name in ('images', 'gt')):  # one of the two given
+            parent, given = os.path.split(os.path.abspath(opt.dataroot))
+            if given in ('images', 'gt') and all(os.path.isdir(os.path.join(parent, n)) for n in ('images', 'gt')):
                 hint = f'; give the folder that holds both: {parent}'
             elif os.path.isdir(os.path.join(opt.dataroot, 'train', 'images')):  # the Inria download's parent folder
                 hint = f'; the Inria download holds train/ and test/: give {os.path.join(opt.dataroot, "train")}'

@@ -135,7 +135,11 @@ def test_missing_split_and_missing_manifest_entry(tmp_path):
     os.remove(tmp_path / 'train' / 'images' / 's1.npy')
     with pytest.raises(UserError, match='s1.npy.*missing'):
         PairedDataset(str(tmp_path), 'train', crop=16)
-    os.remove(tmp_path / 'train' / 'manifest.json')  # a transform that stopped on a bad source writes none
+    os.remove(tmp_path / 'train' / 'manifest.json')
+    with pytest.raises(UserError, match=r'train/manifest\.json: not found: --dataroot takes the --out folder of '
+                                        r'transform_dataset\.py, not the images themselves'):
+        load_split(str(tmp_path), 'train')  # e.g. the facades download, whose train/ holds JPEGs
+    (tmp_path / 'transform.json').write_text('{}')  # written first: a transform stopped by a bad source
     with pytest.raises(UserError, match=r'train/manifest\.json: not found: transform_dataset\.py has not finished '
                                         r'train/ here; run it again with the same options'):
         load_split(str(tmp_path), 'train')

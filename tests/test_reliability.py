@@ -326,10 +326,21 @@ def test_checkpoint_of_another_project_is_refused(tmp_path):
         load_checkpoint(str(tmp_path / 'other.pt'))
 
 
+def demo_step(tmp_path, child_code):
+    """demo.run on a stand-in script, in a process group of its own (signals sent to it stay out of pytest's)."""
+    (tmp_path / 'child.py').write_text(textwrap.dedent(child_code))
+    wrapper = f'import demo; demo.HERE = {str(tmp_path)!r}; demo.run("child.py"); print("went on")'
+    return subprocess.Popen([sys.executable, '-c', wrapper], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+DEMO_INTERRUPTED = 'demo interrupted during child.py: run the same demo command again to go on'
+
+
 def test_ctrl_c_in_the_demo_lets_the_running_script_stop_cleanly(tmp_path):
     """Ctrl-C goes to the terminal's whole process group: demo.py and the script it runs. The script stops cleanly
     (train.py finishes saving); demo.py must wait for it, then say how to go on, without a traceback."""
-    (tmp_path / 'child.py').write_text(textwrap.dedent(f'''
+    proc = demo_step(tmp_path, f'''
         import os, signal, sys, time
         try:
             os.killpg(os.getpgrp(), signal.SIGINT)  # the terminal's Ctrl-C
@@ -338,10 +349,21 @@ def test_ctrl_c_in_the_demo_lets_the_running_script_stop_cleanly(tmp_path):
             time.sleep(1)  # a clean stop takes a while: subprocess would have killed it after 0.25 s
             open({str(tmp_path / 'saved')!r}, 'w').close()
             sys.exit(130)
-    '''))
-    wrapper = f'import demo; demo.HERE = {str(tmp_path)!r}; demo.run("child.py")'
-    proc = subprocess.run([sys.executable, '-c', wrapper], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          start_new_session=True)  # its own process group: the SIGINT stays out of pytest's
-    assert proc.returncode == 130, proc.stderr
-    assert proc.stderr.splitlines() == ['demo interrupted during child.py: run the same demo command again to go on']
+    ''')
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
     assert (tmp_path / 'saved').exists()
+
+
+def test_sigint_to_the_demo_alone_stops_it_after_the_running_script(tmp_path):
+    proc = demo_step(tmp_path, f'''
+        import time
+        open({str(tmp_path / 'started')!r}, 'w').close()
+        time.sleep(2)
+        open({str(tmp_path / 'finished')!r}, 'w').close()
+    ''')
+    assert wait_for(lambda: (tmp_path / 'started').exists(), timeout=30)
+    proc.send_signal(signal.SIGINT)  # kill -INT <demo>, as a job supervisor or an IDE's stop button does
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
+    assert (tmp_path / 'finished').exists()

@@ -185,6 +185,8 @@ def test_the_python_api_names_a_mask_read_in_colour(run_dir):
                           lambda: generate_tiles(G, rgb, 2, cfg['crop_size'], 4, torch.device('cpu'))):
         with pytest.raises(ValueError, match=r'takes 1-channel input \(utils.read_binary_mask .*\(50, 60, 3\)$'):
             generate_some()
+    as_function = generate_sliding(lambda x: G(x), rgb[..., 0], cfg['crop_size'], 0.5, 4, torch.device('cpu'))
+    assert as_function.shape == (50, 60, 3)  # a plain function stands in for G, as before the check
 
 
 def test_sliding_scores_far_fewer_seams_than_tiles(run_dir, tmp_path):

@@ -182,6 +182,7 @@ def test_sources_enlarged_to_size_get_a_note(tmp_path, capsys):
     ('facades', [], 'for A|B images side by side (e.g. facades) use --format aligned'),
     ('inria_samples', ['--format', 'aligned'], 'images/ and gt/ are the Inria layout: leave out --format aligned'),
     ('inria_samples/gt', [], f'give the folder that holds both: {os.path.join(DATA, "inria_samples")}'),
+    ('inria_samples/gt/', [], f'give the folder that holds both: {os.path.join(DATA, "inria_samples")}'),
 ])
 def test_the_wrong_format_gets_a_hint(tmp_path, dataroot, options, hint):
     with pytest.raises(UserError, match=re.escape(hint)):
@@ -196,6 +197,13 @@ def test_no_train_source_is_a_warning_and_makes_a_val_only_dataset(tmp_path, cap
     err = capsys.readouterr().err
     assert "warning: " in err and "no source is in the train split (sources are split by --val_pattern" in err
     assert [len(json.load(open(tmp_path / 'out' / s / 'manifest.json'))['tiles']) for s in ('train', 'val')] == [0, 2]
+
+
+def test_a_folder_beside_images_and_gt_gets_no_hint_to_them(tmp_path):
+    root = make_inria_dir(tmp_path / 'data')
+    os.makedirs(tmp_path / 'data' / 'facades' / 'train')  # another dataset beside images/ and gt/
+    with pytest.raises(UserError, match=re.escape('use --format aligned')):
+        run(os.path.join(root, 'facades'), tmp_path / 'out')
 
 
 def test_inria_download_folder_gets_a_hint(tmp_path):
