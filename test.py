@@ -176,7 +176,8 @@ def list_mask_files(paths):
             found = sorted(os.path.join(path, n) for n in os.listdir(path)
                            if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
             if not found:
-                hint = f'; its masks are in gt/: give {os.path.join(path, "gt")}' * os.path.isdir(os.path.join(path, 'gt'))
+                gt = os.path.join(path, 'gt')  # a dataset root given for its mask folder
+                hint = f'; its masks are in gt/: give {gt}' if os.path.isdir(gt) else ''
                 raise UserError(f'{path}: no mask images (.tif, .png, .jpg) in this folder{hint}')
             files += found
         elif os.path.isfile(path):
