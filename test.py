@@ -32,7 +32,7 @@ from generation import (available_bytes, generate_sliding, generate_tiles, load_
                         run_generator, sliding_plan)
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score
 from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts,
-                   free_space, make_writable_dir, pick_device, read_binary_mask, read_image_file,
+                   check_fractions, free_space, make_writable_dir, pick_device, read_binary_mask, read_image_file,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, to_uint8_hwc,
                    without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic)
 
@@ -97,8 +97,7 @@ def check_options(opt):
         raise UserError('--scale only applies to --mode sliding (full and tiles resize to the model size anyway)')
     if opt.num_test is not None and opt.num_test < 1:
         raise UserError(f'--num_test must be >= 1, got {opt.num_test}')
-    if not 0 <= opt.mask_tolerance <= 1:
-        raise UserError(f'--mask_tolerance {opt.mask_tolerance}: must be a fraction between 0 and 1')
+    check_fractions(opt, ('mask_tolerance',))
     if opt.max_memory_gb is not None and not opt.max_memory_gb > 0:
         raise UserError(f'--max_memory_gb must be positive, got {opt.max_memory_gb}')
     if opt.masks and opt.dataroot:

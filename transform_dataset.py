@@ -20,8 +20,8 @@ from concurrent.futures.process import BrokenProcessPool
 from tqdm import tqdm
 
 from synthetic_inria import make_synthetic_inria
-from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_mask_format, check_rgb_format,
-                   check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json,
+from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_fractions, check_mask_format,
+                   check_rgb_format, check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds,
                    write_json_atomic)
 
@@ -83,9 +83,7 @@ def check_options(opt):
                         f'these arrays (use --size >= {opt.crop_size}, e.g. 286 for 256 crops)')
     if opt.split < 1 or opt.split > 64:
         raise UserError(f'--split {opt.split}: must be between 1 and 64 (N×N tiles per source)')
-    for name in ('min_building', 'mask_tolerance'):
-        if not 0.0 <= getattr(opt, name) <= 1.0:
-            raise UserError(f'--{name} {getattr(opt, name)}: must be a fraction between 0 and 1')
+    check_fractions(opt, ('min_building', 'mask_tolerance'))
     if opt.min_building > 0 and opt.format == 'aligned':
         raise UserError('--min_building needs binary building masks; aligned colour label maps have none')
     try:
@@ -195,11 +193,12 @@ def check_headers(sources, opt):
             check_mask_format(mask_dtype, mask_path)  # found now, not after decoding every source before it
             if (mask_h, mask_w) != (height, width):
                 raise UserError(f'{mask_path}: mask is {mask_w}×{mask_h} but its image {image_path} is {width}×{height}')
-        if min(height, width) // opt.split < 8:
+        tile_side = min(height, width) // opt.split
+        if tile_side < 8:
             raise UserError(f'{image_path}: {width}×{height} cannot be cut into {opt.split}×{opt.split} tiles '
                             f'(tiles would be under 8 px); use a smaller --split')
-        if min(height, width) // opt.split < opt.size:
-            enlarged.append((min(height, width) // opt.split, image_path))
+        if tile_side < opt.size:
+            enlarged.append((tile_side, image_path))
     if enlarged:
         side, path = min(enlarged)
         print(f'note: {len(enlarged)} of {len(sources)} sources have tiles under --size {opt.size} px, enlarged to it '

@@ -67,6 +67,13 @@ def check_counts(opt, keys):
             raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
 
 
+def check_fractions(opt, keys):
+    """Options that are a share of pixels or tiles must lie in [0, 1] (nan is refused too)."""
+    for key in keys:
+        if not 0.0 <= getattr(opt, key) <= 1.0:
+            raise UserError(f'--{key} {getattr(opt, key)}: must be a fraction between 0 and 1')
+
+
 def run_cli(main):
     """Run a script's main(); turn UserError into one clear line on stderr and exit status 2, and Ctrl-C into
     one line and 130 (every output is written atomically, so nothing is left half-written)."""
