@@ -32,9 +32,9 @@ from generation import (available_bytes, generate_sliding, generate_tiles, load_
                         run_generator, sliding_plan)
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score
 from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts,
-                   check_fractions, free_space, make_writable_dir, pick_device, read_binary_mask, read_image_file,
+                   check_fractions, free_space, pick_device, read_binary_mask, read_image_file,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, to_uint8_hwc,
-                   without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic)
+                   without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -301,11 +301,10 @@ def image_scores(generated, real, mask, opt, segmenter=None):
 # ---------------------------------------------------------------- outputs
 
 def prepare_results_dir(path, inputs):
-    """A writable folder without a previous run's reports and images: a re-run on other masks (the default folder
-    depends only on the run, mode and epoch) must not leave old images beside the new ones, and a run that stops
-    early must not leave an index.html or metrics.* describing images that are gone. Only this script's own file
-    names are removed, and never one of this run's inputs (earlier MaskResized- files fed back as --masks)."""
-    make_writable_dir(path, '--results_dir')
+    """Clear the (locked) results folder of a previous run's reports and images: a re-run on other masks (the
+    default folder depends only on the run, mode and epoch) must not leave old images beside the new ones, and a run
+    that stops early must not leave an index.html or metrics.* describing images that are gone. Only this script's
+    own file names are removed, and never one of this run's inputs (earlier MaskResized- files fed back as --masks)."""
     remove_stale_temp_files(path)
     keep = {os.path.realpath(source) for _, source, *_ in inputs}
     for name in os.listdir(path):
@@ -445,33 +444,33 @@ def main(argv=None):
     if opt.inception_weights and inputs[0][3] is None:
         print('FID/KID skipped: raw --masks have no ground-truth images')
     check_outputs_spare_inputs(results_dir, opt.mode, inputs)
-    prepare_results_dir(results_dir, inputs)
+    with writing_alone(results_dir, '--results_dir'):  # a second test.py into this folder stops here
+        prepare_results_dir(results_dir, inputs)
+        rows = []
+        for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):
+            if mask is None:
+                mask = read_mask(source, cfg['input_nc'], opt.mask_tolerance)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
+                generated, mask_out = generate(opt, G, cfg, mask, size, device)
+            if real is not None and real.shape[:2] != generated.shape[:2]:
+                real = resize_image(real, generated.shape[:2])
+            files = save_outputs(results_dir, opt.mode, name, source, generated, mask_out, real)
+            if real is not None and fid_kid:
+                for metric in fid_kid:
+                    metric.update(as_tensor(generated).to(device), real=False)
+                    metric.update(as_tensor(real).to(device), real=True)
+            rows.append({'name': name, 'source': source, 'size': list(generated.shape[:2]), 'files': files,
+                         'metrics': image_scores(generated, real, mask_out, opt, segmenter)})
 
-    rows = []
-    for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):
-        if mask is None:
-            mask = read_mask(source, cfg['input_nc'], opt.mask_tolerance)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
-            generated, mask_out = generate(opt, G, cfg, mask, size, device)
-        if real is not None and real.shape[:2] != generated.shape[:2]:
-            real = resize_image(real, generated.shape[:2])
-        files = save_outputs(results_dir, opt.mode, name, source, generated, mask_out, real)
-        if real is not None and fid_kid:
-            for metric in fid_kid:
-                metric.update(as_tensor(generated).to(device), real=False)
-                metric.update(as_tensor(real).to(device), real=True)
-        rows.append({'name': name, 'source': source, 'size': list(generated.shape[:2]), 'files': files,
-                     'metrics': image_scores(generated, real, mask_out, opt, segmenter)})
-
-    mean = mean_scores(rows)
-    set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
-    title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained)'
-    write_index_html(os.path.join(results_dir, 'index.html'), title, rows, {**mean, **set_metrics})
-    write_metrics_csv(os.path.join(results_dir, 'metrics.csv'), rows, mean)
-    write_json_atomic(os.path.join(results_dir, 'metrics.json'), {
-        'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs, 'mode': opt.mode,
-        'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
-        'mean': mean, **set_metrics, 'images': rows})
+        mean = mean_scores(rows)
+        set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
+        title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained)'
+        write_index_html(os.path.join(results_dir, 'index.html'), title, rows, {**mean, **set_metrics})
+        write_metrics_csv(os.path.join(results_dir, 'metrics.csv'), rows, mean)
+        write_json_atomic(os.path.join(results_dir, 'metrics.json'), {
+            'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs, 'mode': opt.mode,
+            'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
+            'mean': mean, **set_metrics, 'images': rows})
     summary = ', '.join(f'{k} {fmt(v)}' for k, v in {**mean, **set_metrics}.items())
     print(f'{len(rows)} result{"" if len(rows) == 1 else "s"} in {results_dir}' + (f' ({summary})' if summary else ''))
     return 0

@@ -27,7 +27,8 @@ from metrics import image_metrics
 from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
                            parse_options)
 from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, load_checkpoint, pick_device,
-                   remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic)
+                   remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic,
+                   writing_alone)
 
 # ---------------------------------------------------------------- setup
 
@@ -276,10 +277,11 @@ def image_grid(trainer, val_masks, val_images, n):
     return ((rows + 1) / 2).clamp(0, 1).cpu()
 
 
-def open_run_dir(run_dir, opt, iteration):
-    """Create the run folder, write config.json, open TensorBoard; unwritable -> one clear error."""
+def open_run_dir(run_dir, opt, iteration, held):
+    """Create and lock the run folder (for as long as `held` is), write config.json, open TensorBoard; unwritable
+    -> one clear error."""
+    held.enter_context(writing_alone(run_dir, '--runs_dir or --name'))
     try:
-        os.makedirs(run_dir, exist_ok=True)
         remove_stale_temp_files(run_dir)  # checkpoint writes cut short by a kill
         write_json_atomic(os.path.join(run_dir, 'config.json'), vars(opt))
     except OSError as err:
@@ -379,7 +381,7 @@ def stop_exit_status(stop):
 
 # ---------------------------------------------------------------- main loop
 
-def train(opt, stop):
+def train(opt, stop, held):
     device = setup_device(opt)  # first: each process must be on its own GPU before NCCL starts
     rank, world_size = setup_distributed(device)
     train_masks, train_images, _ = load_split(opt.dataroot, 'train')
@@ -405,7 +407,7 @@ def train(opt, stop):
         seed_dropout_noise(opt, rank)
     writer = None
     if rank == 0:
-        writer = open_run_dir(run_dir, opt, trainer.iteration)
+        writer = open_run_dir(run_dir, opt, trainer.iteration, held)
     train_masks, train_images = place_training_data(train_masks, train_images, opt, device)
     n_batches = len(train_masks) // opt.batch_size
     layout = memory_format(opt)
@@ -516,8 +518,8 @@ def train(opt, stop):
 def main(argv=None):
     opt = parse_options(sys.argv[1:] if argv is None else argv, description=__doc__)
     try:
-        with StopRequest() as stop:
-            return train(opt, stop)
+        with StopRequest() as stop, contextlib.ExitStack() as held:
+            return train(opt, stop, held)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

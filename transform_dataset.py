@@ -23,7 +23,7 @@ from synthetic_inria import make_synthetic_inria
 from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_fractions, check_mask_format,
                    check_rgb_format, check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds,
-                   write_json_atomic)
+                   write_json_atomic, writing_alone)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
@@ -304,7 +304,7 @@ def output_folders(out):
 
 def prepare_output(opt):
     """Create the output folders, clear temp files a kill left behind, record the settings; refuse to mix
-    outputs made with different settings."""
+    outputs made with different settings. Called holding out/.lock: no other process writes there meanwhile."""
     settings = output_settings(opt)
     config_path = os.path.join(opt.out, 'transform.json')
     check_same_settings(opt, settings, config_path)
@@ -365,18 +365,19 @@ def transform(opt):
     sources = find_inria_sources(opt) if opt.format == 'inria' else find_aligned_sources(opt)
     check_sources_in_both_splits(sources, opt)
     check_headers(sources, opt)
-    prepare_output(opt)
-    todo = [s for s in sources if not is_done(s, opt)]
-    if len(todo) < len(sources):
-        print(f'resuming: {len(sources) - len(todo)} of {len(sources)} sources already done')
-    with tqdm(total=len(todo), desc='transforming', unit='source') as bar:  # closed before an error line
-        if opt.workers > 1 and len(todo) > 1:
-            transform_in_processes(todo, opt, bar)
-        else:
-            for source in todo:
-                transform_source(source, opt)
-                bar.update()
-    write_manifests(sources, opt)
+    with writing_alone(opt.out, '--out'):
+        prepare_output(opt)
+        todo = [s for s in sources if not is_done(s, opt)]
+        if len(todo) < len(sources):
+            print(f'resuming: {len(sources) - len(todo)} of {len(sources)} sources already done')
+        with tqdm(total=len(todo), desc='transforming', unit='source') as bar:  # closed before an error line
+            if opt.workers > 1 and len(todo) > 1:
+                transform_in_processes(todo, opt, bar)
+            else:
+                for source in todo:
+                    transform_source(source, opt)
+                    bar.update()
+        write_manifests(sources, opt)
 
 
 def transform_in_processes(todo, opt, bar):

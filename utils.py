@@ -6,6 +6,7 @@ functions that need it, so transform_dataset.py (and its worker processes) start
 """
 import argparse
 import contextlib
+import errno
 import io
 import json
 import os
@@ -18,6 +19,11 @@ import tempfile
 import numpy as np
 import tifffile
 from PIL import Image
+
+try:
+    import fcntl
+except ImportError:  # Windows: no folder locks (see writing_alone)
+    fcntl = None
 
 Image.MAX_IMAGE_PIXELS = None  # Inria tiles are 25 MP; PIL's bomb guard would refuse them
 TIFF_SUFFIXES = ('.tif', '.tiff')
@@ -119,9 +125,49 @@ def make_writable_dir(path, option):
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix='.write-test-', suffix='.tmp', dir=path)
         os.close(fd)
-        os.remove(probe)
+        with contextlib.suppress(FileNotFoundError):  # already cleared by a process writing there too
+            os.remove(probe)
     except OSError as err:
         raise UserError(f'{path}: cannot write there ({err.strerror or err}); choose another {option}') from None
+
+
+@contextlib.contextmanager
+def writing_alone(folder, option):
+    """Create `folder` and hold folder/.lock while this process writes there. Two processes writing one folder (a
+    job started twice, a requeued job while the first still runs) would interleave checkpoints or outputs and delete
+    each other's temp files; the second stops with one line instead. The OS drops the lock with the process, so a
+    kill leaves nothing stale."""
+    make_writable_dir(folder, option)
+    if fcntl is None:  # Windows: no lock
+        yield
+        return
+    path = os.path.join(folder, '.lock')
+    try:
+        f = open(path, 'a+')
+    except OSError as err:
+        raise UserError(f'{path}: cannot open the lock file ({err.strerror or err})') from None
+    with f:
+        if lock_exclusively(f, folder, option):
+            f.truncate(0)
+            f.write(f'{os.getpid()}\n')  # for a second process's message: which one to wait for
+            f.flush()
+        yield
+
+
+def lock_exclusively(f, folder, option):
+    """flock the open lock file; False where the file system has no locks (some network mounts): write unguarded."""
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip()
+        raise UserError(f'{folder}: another process{f" (pid {holder})" if holder.isdigit() else ""} is writing '
+                        f'there; wait for it to end, or choose another {option}') from None
+    except OSError as err:
+        if err.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise UserError(f'{f.name}: cannot lock it ({err.strerror or err})') from None
 
 
 @contextlib.contextmanager

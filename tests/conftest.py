@@ -1,5 +1,9 @@
+import contextlib
 import os
+import signal
+import subprocess
 import sys
+import textwrap
 
 # The test models are tiny: one thread each is fastest, and it avoids OpenMP spin-wait storms when the test's
 # subprocesses (inheriting this) share the CI machine's 2 cores. Set before anything imports torch.
@@ -64,3 +68,23 @@ def write_array_dataset(root, split, masks, images):
         np.save(os.path.join(root, split, 'images', name + '.npy'), im)
         tiles.append({'name': name, 'source': name, 'tile': [0, 0], 'building_fraction': None})
     utils.write_json_atomic(os.path.join(root, split, 'manifest.json'), {'split': split, 'tiles': tiles})
+
+
+@contextlib.contextmanager
+def another_process_writing(folder):
+    """A second process holding `folder` as train.py, transform_dataset.py or test.py do while they write there;
+    yields its pid. It is killed with -9 at the end: the OS must drop the lock with it."""
+    holder = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {REPO!r})
+        from utils import writing_alone
+        with writing_alone(sys.argv[1], '--out'):
+            print('holding', flush=True)
+            time.sleep(600)
+        """), str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'holding\n'
+        yield holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

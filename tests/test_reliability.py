@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, tiny
+import transform_dataset
+from conftest import REPO, another_process_writing, tiny
 from synthetic_inria import make_synthetic_inria
-from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint
+from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint, writing_alone
 
 TRAIN = [sys.executable, os.path.join(REPO, 'train.py')]
 TRANSFORM = [sys.executable, os.path.join(REPO, 'transform_dataset.py')]
@@ -124,6 +125,40 @@ def test_sigterm_saves_latest_mid_epoch_and_exits_0(many_tiles_root, tmp_path):
     proc = subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'preempted', '--resume'), capture_output=True)
     assert proc.returncode == 0
     assert_same_weights(final_generator(tmp_path / 'reference'), final_generator(run_dir))
+
+
+def test_a_training_started_twice_stops_before_touching_the_running_one(many_tiles_root, tmp_path):
+    """The same job started twice, or requeued while the first still runs: the second must neither interleave
+    checkpoints with the first nor delete its temp files. It stops with one line naming the first."""
+    run_dir = tmp_path / 'twice'
+    first = start(TRAIN + tiny(many_tiles_root, tmp_path, 'twice', '--n_epochs', '100', '--n_epochs_decay', '0'))
+    try:
+        assert wait_for(lambda: (run_dir / 'latest.pt').exists(), timeout=120, step=0.05)
+        in_flight = run_dir / '.epoch_9.pt.k2x8.tmp'  # a checkpoint the first one is writing (as atomic_open names it)
+        in_flight.write_bytes(b'half a checkpoint')
+        with pytest.raises(UserError, match=rf'twice: another process \(pid {first.pid}\) is writing there; wait for '
+                                            rf'it to end, or choose another --runs_dir or --name$'):
+            train.main(tiny(many_tiles_root, tmp_path, 'twice', '--resume'))
+        assert in_flight.exists() and first.poll() is None
+    finally:
+        kill_9(first)
+    with writing_alone(str(run_dir), '--name'):  # the kill -9 left no stale lock
+        pass
+
+
+def test_a_transform_into_a_folder_another_process_writes_stops_before_touching_it(synthetic_root, tmp_path):
+    out = tmp_path / 'out'
+    out.mkdir()
+    in_flight = out / '.transform.json.q7w3.tmp'
+    in_flight.write_text('{"size"')
+    args = ['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--crop_size', '64', '--workers', '1']
+    with another_process_writing(out) as pid:
+        with pytest.raises(UserError, match=rf'out: another process \(pid {pid}\) is writing there; wait for it to '
+                                            rf'end, or choose another --out$'):
+            transform_dataset.main(args)
+        assert sorted(os.listdir(out)) == ['.lock', in_flight.name]
+    transform_dataset.main(args)  # that process is gone: its lock with it, and its temp file is now stale
+    assert not in_flight.exists() and (out / 'val' / 'manifest.json').exists()
 
 
 def finished_sources(out):
@@ -280,7 +315,7 @@ def test_write_limit_while_saving_is_one_clear_error(tmp_path):
 def test_unwritable_runs_dir_is_a_clear_error(transformed_root, tmp_path):
     blocker = tmp_path / 'not_a_folder'
     blocker.write_text('a file where the runs folder should be')
-    with pytest.raises(UserError, match='cannot write the run folder'):
+    with pytest.raises(UserError, match=r'not_a_folder/x: cannot write there \(.*\); choose another --runs_dir or --name'):
         train.main(tiny(transformed_root, blocker, 'x', '--n_epochs', '1', '--n_epochs_decay', '0'))
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 import generation
 import train
-from conftest import DATA, REPO
+from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from metrics import make_fid_kid, seam_score
 from utils import UserError
@@ -503,3 +503,14 @@ def test_mask_fidelity_is_judged_at_the_scale_generated(run_dir, tmp_path, monke
              '--segmenter', 'seg.pt')
     assert seen == [((45, 55, 3), (45, 55))]
     assert Image.open(tmp_path / 'out' / 'Generated-m.png').size == (110, 90)  # the output keeps the input's size
+
+
+def test_a_test_py_into_a_results_folder_another_process_writes_stops_before_touching_it(run_dir, tmp_path):
+    out = tmp_path / 'res'
+    generate(run_dir, out)
+    with another_process_writing(out) as pid:
+        before = {name: os.path.getmtime(out / name) for name in os.listdir(out)}
+        with pytest.raises(UserError, match=rf'res: another process \(pid {pid}\) is writing there; wait for it to '
+                                            rf'end, or choose another --results_dir$'):
+            ts.main(['--run', run_dir, '--results_dir', str(out), '--mode', 'sliding'])
+        assert {name: os.path.getmtime(out / name) for name in os.listdir(out)} == before
