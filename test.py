@@ -202,6 +202,7 @@ def collect_inputs(opt, cfg):
             seen[name] = path
             shape = read_mask(path, input_nc, opt.mask_tolerance).shape[:2]
             inputs.append((name, path, None, None, shape))
+        note_side_by_side_pairs(inputs, input_nc)
         return inputs
     dataroot = opt.dataroot or cfg.get('dataroot')
     if not dataroot or not os.path.isdir(dataroot):
@@ -215,6 +216,16 @@ def collect_inputs(opt, cfg):
         inputs.append((name, os.path.join(dataroot, opt.split, 'masks', name + '.npy'),
                        mask[..., 0] if input_nc == 1 else mask, image.permute(1, 2, 0).numpy(), mask.shape[:2]))
     return inputs
+
+
+def note_side_by_side_pairs(inputs, input_nc):
+    """Label maps twice as wide as tall look like raw aligned A|B files (facades/test/*.jpg), which would be
+    generated from as one label map, photo half included. A note, not an error: a wide label map is possible."""
+    pairs = [source for _, source, _, _, (height, width) in inputs if input_nc == 3 and width == 2 * height]
+    if pairs:
+        print(f'note: {len(pairs)} of {len(inputs)} --masks (e.g. {pairs[0]}) are twice as wide as tall, like '
+              f'aligned A|B pairs; each is read as one label map. For A|B files, transform their folder '
+              f'(transform_dataset.py --format aligned) and pass its --out as --dataroot')
 
 
 # ---------------------------------------------------------------- memory check

@@ -2,6 +2,7 @@
 scores, GeoTIFF tags, and one-line errors for bad input. One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) is
 trained once for the module; CPU only.
 """
+import argparse
 import html.parser
 import importlib.util
 import json
@@ -309,6 +310,19 @@ def test_label_map_models_take_rgb_masks(tmp_path):
     Image.fromarray(label_map[..., 0]).save(tmp_path / 'grey.png')
     with pytest.raises(UserError, match='grey.png: this model takes 3-channel label maps'):
         ts.read_mask(str(tmp_path / 'grey.png'), 3, 0.01)
+
+
+def test_raw_aligned_pairs_given_as_label_maps_get_a_note(tmp_path, capsys):
+    shutil.copy(os.path.join(DATA, 'facades', 'test', sorted(os.listdir(os.path.join(DATA, 'facades', 'test')))[0]),
+                tmp_path / 'pair.jpg')  # photo | label map, 512×256
+    Image.fromarray(np.zeros((256, 256, 3), np.uint8)).save(tmp_path / 'label.png')
+    opt = argparse.Namespace(masks=[str(tmp_path)], num_test=10, mask_tolerance=0.01)
+    inputs = ts.collect_inputs(opt, {'input_nc': 3})
+    assert [shape for *_, shape in inputs] == [(256, 256), (256, 512)]
+    assert f'note: 1 of 2 --masks (e.g. {tmp_path / "pair.jpg"}) are twice as wide as tall' in capsys.readouterr().out
+    ts.collect_inputs(argparse.Namespace(masks=[str(tmp_path / 'label.png')], num_test=10, mask_tolerance=0.01),
+                      {'input_nc': 3})
+    assert 'note' not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- bad input: one clear error, nothing written
