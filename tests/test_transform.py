@@ -178,6 +178,16 @@ def test_sources_enlarged_to_size_get_a_note(tmp_path, capsys):
             f'{os.path.join(root, "images", "austin1.tif")}: 32 px tiles at --split 2)') in capsys.readouterr().out
 
 
+def test_sources_that_are_not_square_get_a_note(tmp_path, capsys):
+    root = make_inria_dir(tmp_path / 'in')
+    image = np.zeros((64, 96, 3), np.uint8)
+    tifffile.imwrite(tmp_path / 'in' / 'images' / 'chicago7.tif', image, photometric='rgb')
+    tifffile.imwrite(tmp_path / 'in' / 'gt' / 'chicago7.tif', image[..., 0], compression='lzw')
+    run(root, tmp_path / 'out', '--size', '32')
+    assert (f'note: 1 of 3 sources are not square (e.g. {os.path.join(root, "images", "chicago7.tif")}: 96×64); '
+            f'their tiles are stretched to 32²') in capsys.readouterr().out
+
+
 @pytest.mark.parametrize('dataroot, options, hint', [
     ('facades', [], 'for A|B images side by side (e.g. facades) use --format aligned'),
     ('inria_samples', ['--format', 'aligned'], 'images/ and gt/ are the Inria layout: leave out --format aligned'),
