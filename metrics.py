@@ -52,13 +52,19 @@ FID_RELIABLE_SAMPLES = 50
 
 
 def seam_score(image, n, reach=SEAM_REACH):
-    """Mean |difference| of neighbouring pixels across the inner lines of an n×n grid (tile_bounds) ÷ the same
-    on the `reach` parallel lines either side. ≈1: the grid lines are invisible; > 1: seams. The reference is
-    local so that texture varying across the image (dense city vs fields) does not read as a seam. Rows are
-    read in chunks: a 5000² image needs no full-size copy."""
+    """seam_score_at the inner lines of an n×n grid (tile_bounds): where tiles mode stitches its tiles."""
     height, width = image.shape[:2]
     if n < 2 or n > min(height, width) - 1:
         return None
+    return seam_score_at(image, tile_bounds(height, n)[1:-1], tile_bounds(width, n)[1:-1], reach)
+
+
+def seam_score_at(image, rows, cols, reach=SEAM_REACH):
+    """Mean |difference| of neighbouring pixels across the given lines (a row y: between rows y - 1 and y) ÷ the
+    same on the `reach` parallel lines either side. ≈1: the lines are invisible; > 1: seams. The reference is
+    local so that texture varying across the image (dense city vs fields) does not read as a seam. None without
+    lines, or without other lines near them. Rows are read in chunks: a 5000² image needs no full-size copy."""
+    height, width = image.shape[:2]
     img = image.reshape(height, width, -1)
     row_diff = np.zeros(height)  # row_diff[y] = mean |img[y] - img[y - 1]|
     col_diff = np.zeros(width)  # col_diff[x] = mean |img[:, x] - img[:, x - 1]|
@@ -69,11 +75,13 @@ def seam_score(image, n, reach=SEAM_REACH):
         col_diff[1:] += np.abs(np.diff(own_rows, axis=1)).sum(axis=(0, 2))
     col_diff /= height * img.shape[2]
     totals = np.zeros(4)  # pixel-weighted: seam sum, seam pixels, reference sum, reference pixels
-    for diff, length, line_length in ((row_diff, height, width), (col_diff, width, height)):
-        lines = set(tile_bounds(length, n)[1:-1])
+    for diff, length, line_length, lines in ((row_diff, height, width, set(rows)),
+                                             (col_diff, width, height, set(cols))):
         near = [i for i in {b + d for b in lines for d in range(-reach, reach + 1)} - lines if 1 <= i < length]
         totals += line_length * np.array([diff[sorted(lines)].sum(), len(lines), diff[near].sum(), len(near)])
-    seam, reference = totals[0] / totals[1], totals[2] / max(totals[3], 1)
+    if totals[1] == 0 or totals[3] == 0:
+        return None
+    seam, reference = totals[0] / totals[1], totals[2] / totals[3]
     if seam == 0 and reference == 0:
         return 1.0  # a flat image has no seams
     return float(seam / max(reference, 1e-3))

@@ -9,7 +9,7 @@ Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles 
 stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly, output exactly the input size (TIFF
 in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-, OriginalResized-
 (with ground truth) and Grid- (mask | generated | real) <name>.png, index.html, metrics.csv, metrics.json (last).
-Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see seam_score),
+Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see generate),
 FID/KID only with --inception_weights.
 """
 import contextlib
@@ -29,8 +29,8 @@ from tqdm import tqdm
 import networks
 from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
-                        run_generator, sliding_plan)
-from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score
+                        run_generator, sliding_plan, window_edges)
+from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score, seam_score_at
 from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts,
                    check_fractions, free_space, pick_device, read_binary_mask, read_image_file,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, to_uint8_hwc,
@@ -53,7 +53,8 @@ def build_parser():
     a('--run', required=True, help='run folder made by train.py (holds latest.pt, best.pt, epoch_<N>.pt)')
     a('--epoch', default='latest', help="which checkpoint: latest, best (the run's --best_metric) or N (epoch_<N>.pt)")
     a('--mode', default='full', choices=MODES, help='full, tiles or sliding (see above)')
-    a('--tiles', type=int, default=2, help='N: tiles mode cuts N×N tiles; every mode scores seams on this grid')
+    a('--tiles', type=int, default=2, help='N: tiles mode cuts N×N tiles; full and tiles score seams on this grid '
+                                           '(sliding: on its window edges)')
     a('--overlap', type=float, default=None,
       help='sliding: overlap of neighbouring windows, fraction in [0, 1) (default: 0.5)')
     a('--scale', type=float, default=1.0,
@@ -242,8 +243,7 @@ def check_memory(opt, G, cfg, size, inputs, device):
         if (cfg['input_nc'] + 3) * h * w > available_bytes(torch.device('cpu')):  # before planning its windows
             raise UserError(f'{largest}: --scale {opt.scale} makes the {width}×{height} mask {w}×{h}, more than '
                             f'this machine\'s memory holds')
-        stride = max(1, round(size * (1 - opt.overlap)))
-        padded = [sliding_plan(n, size, stride) for n in (h, w)]
+        padded = [sliding_plan(n, size, opt.overlap) for n in (h, w)]
         hp, wp = (a + b + n for (a, b, _), n in zip(padded, (h, w)))
         windows = len(padded[0][2]) * len(padded[1][2])
         band = 4 * cfg['output_nc'] * size * wp  # float accumulator of one band of rows
@@ -266,16 +266,22 @@ def check_memory(opt, G, cfg, size, inputs, device):
 # ---------------------------------------------------------------- generation
 
 def generate(opt, G, cfg, mask, size, device):
-    """(generated uint8 image, the mask at the output's size) for one input in --mode."""
+    """(generated uint8 image, the mask at the output's size, seam score) for one input in --mode. Seams are scored
+    where the mode could make them, at the resolution it generates at: the --tiles grid in tiles mode (and on the
+    same lines in full mode, which has none); the window edges in sliding mode, before --scale is undone (resizing
+    back up would spread a seam over many pixels)."""
     if opt.mode == 'full':
         small = resize_mask(mask, size)
-        return to_uint8_hwc(run_generator(G, small[None], device)[0]), small
+        image = to_uint8_hwc(run_generator(G, small[None], device)[0])
+        return image, small, seam_score(image, opt.tiles)
     if opt.mode == 'tiles':
-        return generate_tiles(G, mask, opt.tiles, size, opt.batch_size, device), mask
+        image = generate_tiles(G, mask, opt.tiles, size, opt.batch_size, device)
+        return image, mask, seam_score(image, opt.tiles)
     height, width = mask.shape[:2]
     scaled = resize_mask(mask, scaled_size((height, width), opt.scale))
     fake = generate_sliding(G, scaled, size, opt.overlap, opt.batch_size, device, cfg['output_nc'])
-    return resize_image(fake, (height, width)), mask  # back on the input's pixel grid (and its geo-referencing)
+    seams = seam_score_at(fake, *(window_edges(n, size, opt.overlap) for n in fake.shape[:2]))
+    return resize_image(fake, (height, width)), mask, seams  # back on the input's pixel grid (and geo-referencing)
 
 
 def scaled_size(shape, scale):
@@ -289,9 +295,9 @@ def as_tensor(hwc):
     return torch.from_numpy(np.array(hwc)).permute(2, 0, 1)[None]  # a copy: PIL's arrays are read-only
 
 
-def image_scores(generated, real, mask, opt, segmenter=None):
+def image_scores(generated, real, mask, seams, opt, segmenter=None):
     """Per-image metrics, a flat name -> number dict: a new metric is one more key."""
-    scores = {'seam_score': seam_score(generated, opt.tiles)}
+    scores = {'seam_score': seams}
     if real is not None:
         metrics = image_metrics(to_unit_range(as_tensor(generated)), to_unit_range(as_tensor(real)))
         # PSNR of a perfect copy is inf, which strict JSON cannot hold: stored as null
@@ -462,7 +468,7 @@ def main(argv=None):
             if mask is None:
                 mask = read_mask(source, cfg['input_nc'], opt.mask_tolerance)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
-                generated, mask_out = generate(opt, G, cfg, mask, size, device)
+                generated, mask_out, seams = generate(opt, G, cfg, mask, size, device)
             if real is not None and real.shape[:2] != generated.shape[:2]:
                 real = resize_image(real, generated.shape[:2])
             files = save_outputs(results_dir, opt.mode, name, source, generated, mask_out, real)
@@ -471,7 +477,7 @@ def main(argv=None):
                     metric.update(as_tensor(generated).to(device), real=False)
                     metric.update(as_tensor(real).to(device), real=True)
             rows.append({'name': name, 'source': source, 'size': list(generated.shape[:2]), 'files': files,
-                         'metrics': image_scores(generated, real, mask_out, opt, segmenter)})
+                         'metrics': image_scores(generated, real, mask_out, seams, opt, segmenter)})
 
         mean = mean_scores(rows)
         set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
