@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from utils import ArgumentParser
+from utils import ArgumentParser, load_checkpoint, read_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,6 +44,17 @@ def run(script, *args):
         sys.exit(f'demo stopped: {script} failed (see its message above)')
 
 
+def check_training_finished(run_dir):
+    """train.py exits 0 after a SIGTERM sent to it alone (a clean, resumable stop): the demo must not go on to
+    score a half-trained model as if it were the final one."""
+    config = read_json(os.path.join(run_dir, 'config.json'), 'run config')
+    trained = load_checkpoint(os.path.join(run_dir, 'latest.pt'))['epoch']
+    total = config['n_epochs'] + config['n_epochs_decay']
+    if trained < total:
+        sys.exit(f'demo stopped: train.py stopped after epoch {trained} of {total} (a SIGTERM?): run the same demo '
+                 f'command again to go on')
+
+
 def main(argv=None):
     p = ArgumentParser(__doc__)
     p.add_argument('--out', default='demo_out', help='folder for everything the demo writes')
@@ -65,6 +76,7 @@ def main(argv=None):
     resume = ['--resume'] if os.path.exists(os.path.join(run_dir, 'latest.pt')) else []
     run('train.py', '--dataroot', arrays, '--name', 'demo', '--runs_dir', runs, '--crop_size', setup['crop'],
         '--rotate', '--save_epoch_freq', 20, '--device', opt.device, *setup['train'], *resume)
+    check_training_finished(run_dir)
     # 4. the validation split in three modes; then forged-mask use: a full 1000² GeoTIFF mask at the training scale
     results = {}
     for mode in ('full', 'tiles', 'sliding'):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import demo
 import train
 import transform_dataset
 from conftest import REPO, another_process_writing, tiny
@@ -359,6 +360,16 @@ def test_checkpoint_of_another_project_is_refused(tmp_path):
     torch.save({'state_dict': {'w': torch.zeros(2)}}, tmp_path / 'other.pt')
     with pytest.raises(UserError, match='not a checkpoint of this project'):
         load_checkpoint(str(tmp_path / 'other.pt'))
+
+
+def test_the_demo_stops_when_training_stopped_early_without_an_error(transformed_root, tmp_path):
+    """A SIGTERM sent to train.py alone (not the demo) is a clean stop, exit 0; so is --stop_epoch, used here."""
+    args = tiny(transformed_root, tmp_path, 'demo', '--n_epochs', '1', '--n_epochs_decay', '1')
+    train.main([*args, '--stop_epoch', '1'])
+    with pytest.raises(SystemExit, match=r'^demo stopped: train.py stopped after epoch 1 of 2 \(a SIGTERM\?\)'):
+        demo.check_training_finished(str(tmp_path / 'demo'))
+    train.main([*args, '--resume'])
+    demo.check_training_finished(str(tmp_path / 'demo'))
 
 
 def demo_step(tmp_path, child_code):
