@@ -73,6 +73,9 @@ def build_parser():
     a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
     a('--amp', default='auto', choices=('auto', 'on', 'off'),
       help='bf16 autocast for the generator; auto = on for CUDA (on a bf16-capable CPU, on is ~1.7× faster)')
+    a('--no_eval', action='store_true',
+      help="keep G in train mode, as the official test.py does without its --eval: the pix2pix paper's inference, "
+           'dropout on (seeded) and batch norm on the statistics of each forward pass; default: eval mode')
     a('--inception_weights', default=None,
       help="FID/KID: torch-fidelity's pt_inception-2015-12-05 weights file (never downloaded; "
            'missing or unloadable stops the run)')
@@ -463,6 +466,9 @@ def main(argv=None):
     check_outputs_spare_inputs(results_dir, opt.mode, inputs)
     with writing_alone(results_dir, '--results_dir'):  # a second test.py into this folder stops here
         prepare_results_dir(results_dir, inputs)
+        if opt.no_eval:
+            G.train()
+            torch.manual_seed(0)  # the dropout noise: a re-run gives the same images
         rows = []
         for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):
             if mask is None:
@@ -481,11 +487,13 @@ def main(argv=None):
 
         mean = mean_scores(rows)
         set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
-        title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained)'
+        train_mode = ' · G in train mode (--no_eval)' if opt.no_eval else ''
+        title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained){train_mode}'
         write_index_html(os.path.join(results_dir, 'index.html'), title, rows, {**mean, **set_metrics})
         write_metrics_csv(os.path.join(results_dir, 'metrics.csv'), rows, mean)
         write_json_atomic(os.path.join(results_dir, 'metrics.json'), {
             'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs, 'mode': opt.mode,
+            'eval_mode': not opt.no_eval,
             'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
             'mean': mean, **set_metrics, 'images': rows})
     summary = ', '.join(f'{k} {fmt(v)}' for k, v in {**mean, **set_metrics}.items())

@@ -336,6 +336,21 @@ def test_label_map_models_take_rgb_masks(tmp_path):
         ts.read_mask(str(tmp_path / 'grey.png'), 3, 0.01)
 
 
+def test_no_eval_keeps_dropout_on_as_the_official_test_does_and_is_seeded(run_dir, tmp_path):
+    """The official test.py leaves G in train mode unless given --eval: the paper's inference, dropout as noise."""
+    def generated(out, *extra):
+        metrics = generate(run_dir, tmp_path / out, '--num_test', '2', *extra)
+        images = [np.asarray(Image.open(tmp_path / out / row['files']['generated'])) for row in metrics['images']]
+        return metrics, np.stack(images).astype(int)
+    eval_metrics, deterministic = generated('eval')
+    train_metrics, noisy = generated('train', '--no_eval')
+    _, noisy_again = generated('train_again', '--no_eval')
+    assert np.abs(noisy - deterministic).mean() > 1  # the run's resnet_6blocks has dropout in its blocks
+    np.testing.assert_array_equal(noisy, noisy_again)
+    assert eval_metrics['eval_mode'] and not train_metrics['eval_mode']
+    assert 'G in train mode (--no_eval)' in (tmp_path / 'train' / 'index.html').read_text()
+
+
 def test_raw_aligned_pairs_given_as_label_maps_get_a_note(tmp_path, capsys):
     shutil.copy(os.path.join(DATA, 'facades', 'test', sorted(os.listdir(os.path.join(DATA, 'facades', 'test')))[0]),
                 tmp_path / 'pair.jpg')  # photo | label map, 512×256
