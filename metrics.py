@@ -47,7 +47,7 @@ def building_scores(prob, mask, threshold=0.5):
     return {'IoU': iou.float(), 'F1': f1.float()}
 
 
-SEAM_REACH = 8  # seam_score compares each grid line with this many parallel lines either side
+SEAM_REACH = 8  # seam_score_at compares each line with this many parallel lines either side
 FID_RELIABLE_SAMPLES = 50
 
 

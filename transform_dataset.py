@@ -181,7 +181,7 @@ def find_aligned_sources(opt):
 def check_headers(sources, opt):
     """Validate sizes, channels and dtypes from file headers before any output is written."""
     enlarged = []  # (tile side, path) of sources whose tiles are smaller than --size
-    stretched = []  # (path, width, height) of sources that are not square
+    stretched = []  # (path, 'W×H') of sources that are not square
     for stem, image_path, mask_path, split in tqdm(sources, desc='checking headers', leave=False, disable=len(sources) < 50):
         height, width, channels, dtype = read_image_header(image_path)
         if opt.format == 'aligned':
@@ -201,16 +201,16 @@ def check_headers(sources, opt):
         if tile_side < opt.size:
             enlarged.append((tile_side, image_path))
         if height != width:
-            stretched.append((image_path, width, height))
+            stretched.append((image_path, f'{width}×{height}' + (' per A|B half' if opt.format == 'aligned' else '')))
     if enlarged:
         side, path = min(enlarged)
         print(f'note: {len(enlarged)} of {len(sources)} sources have tiles under --size {opt.size} px, enlarged to it '
               f'(e.g. {path}: {side} px tiles at --split {opt.split})')
     if stretched:
-        path, width, height = stretched[0]
-        print(f'note: {len(stretched)} of {len(sources)} sources are not square (e.g. {path}: {width}×{height}); '
-              f'their tiles are stretched to {opt.size}² as pix2pix does, so buildings change proportions: crop '
-              f'them square first to keep them')
+        path, size = stretched[0]
+        print(f'note: {len(stretched)} of {len(sources)} sources are not square (e.g. {path}: {size}); their tiles '
+              f'are stretched to {opt.size}² as pix2pix does, so shapes change proportions: crop them square first '
+              f'to keep them')
 
 
 # ---------------------------------------------------------------- one source -> tiles

@@ -143,15 +143,24 @@ def writing_alone(folder, option):
         return
     path = os.path.join(folder, '.lock')
     try:
-        f = open(path, 'a+')
+        f, writable = open_lock_file(path)
     except OSError as err:
         raise UserError(f'{path}: cannot open the lock file ({err.strerror or err})') from None
     with f:
-        if lock_exclusively(f, folder, option):
+        if lock_exclusively(f, folder, option) and writable:
             f.truncate(0)
             f.write(f'{os.getpid()}\n')  # for a second process's message: which one to wait for
             f.flush()
         yield
+
+
+def open_lock_file(path):
+    """(file, writable). Read-only where another user made it in a shared folder: flock needs no write access
+    (only the pid for the message is not recorded)."""
+    try:
+        return open(path, 'a+'), True
+    except PermissionError:
+        return open(path), False
 
 
 def lock_exclusively(f, folder, option):

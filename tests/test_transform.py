@@ -186,6 +186,11 @@ def test_sources_that_are_not_square_get_a_note(tmp_path, capsys):
     run(root, tmp_path / 'out', '--size', '32')
     assert (f'note: 1 of 3 sources are not square (e.g. {os.path.join(root, "images", "chicago7.tif")}: 96×64); '
             f'their tiles are stretched to 32²') in capsys.readouterr().out
+    for split in ('train', 'val'):  # aligned A|B files: the size of each half
+        os.makedirs(tmp_path / 'ab' / split)
+        Image.fromarray(np.zeros((40, 96, 3), np.uint8)).save(tmp_path / 'ab' / split / '1.png')
+    run(tmp_path / 'ab', tmp_path / 'out_ab', '--size', '32', '--format', 'aligned')
+    assert f'{tmp_path / "ab" / "train" / "1.png"}: 48×40 per A|B half)' in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('dataroot, options, hint', [

@@ -10,6 +10,7 @@ import tifffile
 import torch
 from PIL import Image
 
+import utils
 from conftest import DATA, REPO
 from utils import (ArgumentParser, UserError, check_binary_mask, read_binary_mask, read_image_file, read_image_header,
                    rng_states, set_rng_states)
@@ -215,3 +216,20 @@ def test_help_shows_defaults_once():
     assert '--size SIZE side (default: 286)' in text and '--seed SEED seed (default: 0)' in text
     assert 'already says it (default 4) ' in text + ' ' and text.count('default') == 3
     assert '--flag a switch' in text and '--maybe MAYBE optional' in text
+
+
+def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch):
+    """In a folder shared by several users, .lock belongs to whoever made it (0644 with umask 022): the others can
+    still take the lock, read-only (flock needs no write access), instead of being refused the folder."""
+    (tmp_path / '.lock').write_text('4242\n')
+
+    def open_as_another_user(path, mode='r', *args, **kwargs):
+        if os.path.basename(path) == '.lock' and mode != 'r':
+            raise PermissionError(13, 'Permission denied', path)
+        return open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(utils, 'open', open_as_another_user, raising=False)
+    with utils.writing_alone(str(tmp_path), '--out'):
+        with pytest.raises(UserError, match=r'another process \(pid 4242\) is writing there'):
+            with utils.writing_alone(str(tmp_path), '--out'):
+                pass
+    assert (tmp_path / '.lock').read_text() == '4242\n'  # not rewritten: it could not be
