@@ -147,11 +147,16 @@ def writing_alone(folder, option):
     except OSError as err:
         raise UserError(f'{path}: cannot open the lock file ({err.strerror or err})') from None
     with f:
-        if lock_exclusively(f, folder, option) and writable:
+        recorded = lock_exclusively(f, folder, option) and writable
+        if recorded:
             f.truncate(0)
             f.write(f'{os.getpid()}\n')  # for a second process's message: which one to wait for
             f.flush()
-        yield
+        try:
+            yield
+        finally:
+            if recorded:  # a read-only holder after this one (another user) must not be reported as this pid
+                f.truncate(0)
 
 
 def open_lock_file(path):

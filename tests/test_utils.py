@@ -233,3 +233,7 @@ def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch
             with utils.writing_alone(str(tmp_path), '--out'):
                 pass
     assert (tmp_path / '.lock').read_text() == '4242\n'  # not rewritten: it could not be
+    monkeypatch.undo()
+    with utils.writing_alone(str(tmp_path), '--out'):
+        assert (tmp_path / '.lock').read_text() == f'{os.getpid()}\n'
+    assert (tmp_path / '.lock').read_text() == ''  # gone: no later message names this process
