@@ -15,6 +15,8 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
+import traceback
 
 import numpy as np
 import tifffile
@@ -87,10 +89,27 @@ def run_cli(main):
         return main()
     except UserError as err:
         print(f'error: {err}', file=sys.stderr)
+        tell_torchrun(f'error: {err}')
         sys.exit(2)
     except KeyboardInterrupt:
         print('interrupted (Ctrl-C): what was finished is kept', file=sys.stderr)
         sys.exit(130)
+    except Exception as err:
+        tell_torchrun({'message': f'{type(err).__name__}: {err}',
+                       'extraInfo': {'py_callstack': traceback.format_exc(), 'timestamp': str(int(time.time()))}})
+        raise
+
+
+def tell_torchrun(message):
+    """Under torchrun, a failed process's own line scrolls away under ~60 lines of launcher output, whose summary
+    then says only "error_file: <N/A>". torchrun shows the file it names in TORCHELASTIC_ERROR_FILE there instead:
+    a string as it is, a traceback (the layout of torch's @record) indented."""
+    path = os.environ.get('TORCHELASTIC_ERROR_FILE')
+    if not path:
+        return
+    data = {'message': message, 'timestamp': str(int(time.time()))}
+    with contextlib.suppress(OSError), atomic_open(path, 'w') as f:  # best effort: the error itself comes first
+        json.dump(data, f)
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -122,6 +122,15 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
         train.setup_device(SimpleNamespace(device='auto'))
 
 
+def test_torchruns_summary_ends_with_the_processes_own_error_line(tmp_path):
+    """The one-line error is the last thing torchrun prints, not "error_file: <N/A>" under its traceback."""
+    missing = tmp_path / 'no_such_data'
+    run = subprocess.run(torchrun_command(missing, tmp_path / 'runs', 'x'), capture_output=True, text=True)
+    assert run.returncode != 0
+    root_cause = run.stderr.split('Root Cause (first observed failure):')[-1]
+    assert f'traceback : error: {missing}: --dataroot not found' in root_cause, run.stderr[-3000:]
+
+
 def test_nccl_only_for_gpu_training(monkeypatch):
     # --device cpu on a GPU machine: NCCL takes no CPU tensors, so the processes must talk over gloo
     backends = []

@@ -13,7 +13,7 @@ from PIL import Image
 import utils
 from conftest import DATA, REPO
 from utils import (ArgumentParser, UserError, check_binary_mask, read_binary_mask, read_image_file, read_image_header,
-                   rng_states, set_rng_states)
+                   rng_states, run_cli, set_rng_states)
 
 SAMPLE_MASKS = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'gt', '*.png')))
 
@@ -237,3 +237,18 @@ def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch
     with utils.writing_alone(str(tmp_path), '--out'):
         assert (tmp_path / '.lock').read_text() == f'{os.getpid()}\n'
     assert (tmp_path / '.lock').read_text() == ''  # gone: no later message names this process
+
+
+def test_a_crash_under_torchrun_leaves_its_traceback_for_torchruns_summary(tmp_path, monkeypatch):
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+    error_file = tmp_path / 'error.json'
+    monkeypatch.setenv('TORCHELASTIC_ERROR_FILE', str(error_file))
+
+    def crash():
+        raise RuntimeError('CUDA out of memory on rank 3')
+    with pytest.raises(RuntimeError):
+        run_cli(crash)
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(error_file))  # torchrun's reader
+    assert failure.message['message'] == 'RuntimeError: CUDA out of memory on rank 3'
+    assert 'in crash' in failure.message['extraInfo']['py_callstack']
+    assert not list(tmp_path.glob('.*.tmp'))
