@@ -9,6 +9,7 @@ Run folder runs/<name>/: config.json (every option), TensorBoard events, latest.
 epoch_<N>.pt (every --save_epoch_freq epochs), best.pt (the best validation --best_metric, PSNR by default).
 """
 import contextlib
+import glob
 import math
 import os
 import pickle
@@ -327,6 +328,17 @@ def hparam_metrics(trainer):
     return metrics | {f'hparam/best_{k}': v for k, v in best.items()}
 
 
+def write_hparams(writer, opt, trainer, run_dir):
+    """The run's options and final metrics for TensorBoard's HParams table, in `<run>/hparams/`. TensorBoard keeps
+    the first hparams it reads in a folder, so an extended run would be listed with its first finish's options
+    beside its new metrics: the earlier file goes once the new one is written."""
+    earlier = glob.glob(os.path.join(run_dir, 'hparams', 'events.out.tfevents.*'))
+    hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
+    writer.add_hparams(hparams, hparam_metrics(trainer), run_name='hparams')  # written and closed on return
+    for path in earlier:
+        os.remove(path)
+
+
 def check_collapse(trainer, metrics, opt):
     """PSNR whatever --best_metric is: its fall off a cliff was the seed's collapse canary."""
     best = best_validation(trainer.history, 'PSNR')
@@ -507,8 +519,7 @@ def train(opt, stop, held):
         print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; '
               f'{describe_best(trainer)} so far')
     elif writer:
-        hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
-        writer.add_hparams(hparams, hparam_metrics(trainer), run_name='hparams')
+        write_hparams(writer, opt, trainer, run_dir)
         writer.close()
         print(f'done: {run_dir} ({describe_best(trainer)}); '
               f'tensorboard --logdir {opt.runs_dir}')

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 
 import train
@@ -395,6 +396,17 @@ def test_messages_tell_a_stopped_run_from_a_finished_one(transformed_root, tmp_p
     assert capsys.readouterr().out.splitlines()[-1] == (f'nothing to train: {tmp_path / "run"} has finished its 2 '
                                                         'epochs; to extend it, resume with more --n_epochs or '
                                                         '--n_epochs_decay')
+
+
+def test_an_extended_run_shows_its_new_options_in_the_hparams_table(transformed_root, tmp_path):
+    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs_decay', '0')
+    train.main([*args, '--n_epochs', '1'])
+    wait_for_the_next_second()  # TensorBoard event files are named by the second
+    train.main([*args, '--n_epochs', '2', '--resume'])
+    hparams = events(tmp_path / 'run' / 'hparams')  # read as TensorBoard does: the first hparams in the folder
+    start = HParamsPluginData.FromString(hparams.PluginTagToContent('hparams')['_hparams_/session_start_info'])
+    assert start.session_start_info.hparams['n_epochs'].number_value == 2
+    assert len(hparams.Scalars('hparam/best_epoch')) == 1  # the second finish's metrics only
 
 
 def test_a_stop_epoch_behind_the_trained_epochs_changes_nothing(transformed_root, tmp_path, capsys):
