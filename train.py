@@ -214,13 +214,18 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
+    def pair(self, mask, image):
+        """D's input. A 1-channel mask counts as laid out either way, and torch.cat then returns NCHW: with
+        --channels_last every D call would convert its input."""
+        return torch.cat((mask, image), 1).contiguous(memory_format=memory_format(self.opt))
+
     def train_step(self, mask, real):
         """One D step on (mask, real) vs (mask, G(mask).detach()), then one G step with D frozen.
         Returns detached loss tensors: no host sync here."""
         with self.autocast():
             fake = self.G_run(mask)
-            loss_D_fake = self.gan_loss(self.D_run(torch.cat((mask, fake.detach()), 1)), False)
-            loss_D_real = self.gan_loss(self.D_run(torch.cat((mask, real), 1)), True)
+            loss_D_fake = self.gan_loss(self.D_run(self.pair(mask, fake.detach())), False)
+            loss_D_real = self.gan_loss(self.D_run(self.pair(mask, real)), True)
             loss_D = 0.5 * (loss_D_fake + loss_D_real)
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.backward()
@@ -228,7 +233,7 @@ class Trainer:
 
         self.D.requires_grad_(False)
         with self.autocast():
-            loss_G_GAN = self.gan_loss(self.D_frozen(torch.cat((mask, fake), 1)), True, for_discriminator=False)
+            loss_G_GAN = self.gan_loss(self.D_frozen(self.pair(mask, fake)), True, for_discriminator=False)
             loss_G_L1 = torch.nn.functional.l1_loss(fake, real) if 'l1' in self.opt.content_loss else fake.new_zeros(())
             loss_G_VGG = self.vgg_loss(fake, real) if self.vgg_loss is not None else fake.new_zeros(())
             loss_G = loss_G_GAN + self.opt.lambda_L1 * loss_G_L1 + self.opt.lambda_VGG * loss_G_VGG

@@ -507,6 +507,19 @@ def test_resume_that_switches_channels_last_steps_adam_like_the_saved_layout(tra
         torch.testing.assert_close(stepped['--channels_last'][key], value, msg=lambda m: f'{key}: {m}')
 
 
+@pytest.mark.parametrize('layout', ['--channels_last', None])
+def test_d_gets_its_input_in_the_chosen_layout(transformed_root, tmp_path, layout):
+    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'x', *filter(None, [layout])))
+    opt.input_nc = 1
+    trainer = train.Trainer(opt, torch.device('cpu'), 0, 1)
+    seen = []
+    trainer.D.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    fmt = train.memory_format(opt)
+    trainer.train_step(torch.zeros(2, 1, 64, 64).contiguous(memory_format=fmt),
+                       torch.zeros(2, 3, 64, 64).contiguous(memory_format=fmt))
+    assert len(seen) == 3 and all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
+
+
 def test_resume_with_other_architecture_and_existing_run(transformed_root, tmp_path):
     train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '1', '--n_epochs_decay', '1', '--stop_epoch', '1'))
     before = open(tmp_path / 'run' / 'latest.pt', 'rb').read()
