@@ -57,6 +57,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def card_peak_tflops(name):
+    """The dense bf16 peak of a card by its name; None for an unknown card or a MIG slice (a share of one)."""
+    if 'MIG' in name:
+        return None
+    return next((tflops for model, tflops in BF16_PEAK_TFLOPS if model in name), None)
+
+
 def peak_memory_mb(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -137,7 +144,7 @@ def bench_train(opt, device):
     if not opt.data_in_ram:
         masks, images = masks.to(device), images.to(device)
     name = torch.cuda.get_device_name(device) if gpu else 'CPU'
-    peak = opt.peak_tflops or next((tflops for model, tflops in BF16_PEAK_TFLOPS if model in name), None)
+    peak = opt.peak_tflops or card_peak_tflops(name)
     flops = flops_per_image(make_trainer(device, {}), masks.to(device), images.to(device),
                             EpochPlan(n, 286, 256, 0, 0).to(device), 256)
     print(f'\n## Training, unet_256 + basic PatchGAN, 256² crops, {name}, torch {torch.__version__}, '

@@ -31,3 +31,11 @@ def test_without_the_plain_row_there_is_no_speed_up_to_show(capsys):
 def test_rows_outside_the_table_are_refused(rows):
     with pytest.raises(UserError, match=re.escape(f'--rows must be between 1 and {len(bench.STEPS)}')):
         bench.main(QUICK + ['--rows', *rows])
+
+
+@pytest.mark.parametrize('name, peak', [('NVIDIA H100 80GB HBM3', 989.4), ('NVIDIA H200', 989.4),
+                                        ('NVIDIA H100 PCIe', 756.0), ('NVIDIA H100 NVL', 835.0),
+                                        ('NVIDIA H200 NVL', 835.0), ('NVIDIA H100 80GB HBM3 MIG 1g.10gb', None),
+                                        ('NVIDIA A100-SXM4-80GB', None), ('CPU', None)])
+def test_mfu_uses_the_cards_own_peak(name, peak):
+    assert bench.card_peak_tflops(name) == peak
