@@ -392,6 +392,12 @@ def nothing_to_train(trained, total_epochs, last_epoch, run_dir):
             f'with a later --stop_epoch, or none')
 
 
+def saved_for_resume(run_dir, trainer):
+    where = (f'epoch {trainer.epoch + 1}, batch {trainer.next_batch}' if trainer.next_batch
+             else f'end of epoch {trainer.epoch}')
+    return f'saved {run_dir}/latest.pt ({where}); continue with --resume'
+
+
 def stop_exit_status(stop):
     return 130 if stop.signal == signal.SIGINT else 0  # Ctrl-C as a shell reports it; SIGTERM is a clean stop
 
@@ -418,13 +424,13 @@ def train(opt, stop, held):
             if rank == 0:
                 print(nothing_to_train(trainer.epoch, total_epochs, last_epoch, run_dir))
             return 0
-        if rank == 0:
-            print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
     else:
         seed_dropout_noise(opt, rank)
     writer = None
     if rank == 0:
-        writer = open_run_dir(run_dir, opt, trainer.iteration, held)
+        writer = open_run_dir(run_dir, opt, trainer.iteration, held)  # locked: another process may be training
+        if opt.resume:
+            print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
     train_masks, train_images = place_training_data(train_masks, train_images, opt, device)
     n_batches = len(train_masks) // opt.batch_size
     layout = memory_format(opt)
@@ -466,8 +472,7 @@ def train(opt, stop, held):
             state = trainer.state()
             if rank == 0:
                 save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
-                print(f'saved {run_dir}/latest.pt (epoch {trainer.epoch + 1}, batch {trainer.next_batch}); '
-                      f'continue with --resume')
+                print(saved_for_resume(run_dir, trainer))
             return stop_exit_status(stop)
         if running_n:
             raise_if_not_finite(global_mean_losses(running, running_n, world_size), trainer)
@@ -518,6 +523,8 @@ def train(opt, stop, held):
             save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
         # a stop during the last epoch's end finishes the run: the hparams and the end message are its last steps
         if trainer.epoch < last_epoch and (stopping or stop_everywhere(stop, world_size, device)):
+            if rank == 0:
+                print(saved_for_resume(run_dir, trainer))
             return stop_exit_status(stop)
     if writer and last_epoch < total_epochs:
         writer.close()

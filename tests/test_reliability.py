@@ -128,7 +128,7 @@ def test_sigterm_saves_latest_mid_epoch_and_exits_0(many_tiles_root, tmp_path):
     assert_same_weights(final_generator(tmp_path / 'reference'), final_generator(run_dir))
 
 
-def test_a_training_started_twice_stops_before_touching_the_running_one(many_tiles_root, tmp_path):
+def test_a_training_started_twice_stops_before_touching_the_running_one(many_tiles_root, tmp_path, capsys):
     """The same job started twice, or requeued while the first still runs: the second must neither interleave
     checkpoints with the first nor delete its temp files. It stops with one line naming the first."""
     run_dir = tmp_path / 'twice'
@@ -141,6 +141,7 @@ def test_a_training_started_twice_stops_before_touching_the_running_one(many_til
                                             rf'it to end, or choose another --runs_dir or --name$'):
             train.main(tiny(many_tiles_root, tmp_path, 'twice', '--resume'))
         assert in_flight.exists() and first.poll() is None
+        assert 'resumed' not in capsys.readouterr().out  # the error is all it says
     finally:
         kill_9(first)
     with writing_alone(str(run_dir), '--name'):  # the kill -9 left no stale lock

@@ -161,6 +161,17 @@ def test_a_stop_during_the_last_epochs_end_still_finishes_the_run(transformed_ro
     assert [grid.step for grid in grids] == [10]  # the final model's grid, though --display_freq 3 skips it
 
 
+def test_a_stop_during_an_epochs_end_says_how_to_go_on(transformed_root, tmp_path, capsys, monkeypatch):
+    def validate_then_sigterm(trainer, *args):
+        os.kill(os.getpid(), signal.SIGTERM)  # after the epoch's last step: saved at the epoch boundary
+        return {'PSNR': 15.0, 'SSIM': 0.3, 'L1': 0.1}
+    monkeypatch.setattr(train, 'validate', validate_then_sigterm)
+    assert train.main(tiny(transformed_root, tmp_path, 'end', '--n_epochs', '3', '--n_epochs_decay', '0')) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (f'saved {tmp_path / "end"}/latest.pt (end of epoch 1); '
+                                                        'continue with --resume')
+    assert torch.load(tmp_path / 'end' / 'latest.pt', weights_only=True)['epoch'] == 1
+
+
 def test_logged_losses_are_means_over_log_freq_iterations_across_epochs(transformed_root, tmp_path):
     common = ('--n_epochs', '3', '--n_epochs_decay', '0')  # 5 iterations per epoch: intervals of 4 span epochs
     train.main(tiny(transformed_root, tmp_path, 'every', *common))
