@@ -327,12 +327,17 @@ def prepare_results_dir(path, inputs):
     own file names are removed, and never one of this run's inputs (earlier MaskResized- files fed back as --masks)."""
     remove_stale_temp_files(path)
     keep = {os.path.realpath(source) for _, source, *_ in inputs}
+    replaced = 0
     for name in os.listdir(path):
         file = os.path.join(path, name)
         ours = name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif')))
         if ours and os.path.realpath(file) not in keep:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(file)
+                replaced += name.startswith('Generated-')
+    if replaced:
+        print(f'note: {path}: removed the {replaced} result(s) of an earlier run there '
+              '(--results_dir keeps them apart)')
 
 
 def output_names(mode, name, source, with_real):

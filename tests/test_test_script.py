@@ -475,10 +475,13 @@ def test_a_rerun_that_stops_early_leaves_no_stale_reports(run_dir, tmp_path, mon
     assert not [name for name in ts.REPORTS if (tmp_path / 'out' / name).exists()]
 
 
-def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_path):
+def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_path, capsys):
     generate(run_dir, tmp_path / 'out', '--num_test', '3')
     (tmp_path / 'out' / 'notes.txt').write_text('mine')
+    capsys.readouterr()
     assert generate(run_dir, tmp_path / 'out', '--num_test', '1')['samples'] == 1
+    assert (f'note: {tmp_path / "out"}: removed the 3 result(s) of an earlier run there (--results_dir keeps them '
+            'apart)') in capsys.readouterr().out
     outputs = [name for name in os.listdir(tmp_path / 'out') if name.startswith(ts.OUTPUT_PREFIXES)]
     assert len(outputs) == 4  # the one sample's generated, mask, real and grid images
     assert (tmp_path / 'out' / 'notes.txt').read_text() == 'mine'
