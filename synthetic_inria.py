@@ -18,6 +18,7 @@ from utils import UserError, make_writable_dir, one_line_write_errors, read_json
 
 CITIES = ('austin', 'chicago', 'kitsap', 'tyrol-w', 'vienna')
 SETTINGS_FILE = 'synthetic.json'  # beside images/ and gt/: what the tiles were made with
+SETTING_OPTIONS = {'n_tiles': '--n_tiles', 'size': '--tile_size', 'seed': '--seed'}  # transform_dataset.py's names
 # Scene colours (RGB). Roofs: red-brown tiles, grey, light grey (concrete/metal), dark (tar).
 ROOF_PALETTE = np.array([[150, 78, 60], [128, 126, 132], [196, 194, 188], [78, 74, 82]], np.float32)
 GRASS = np.array([88, 112, 58], np.float32)
@@ -208,21 +209,22 @@ def geotiff_tags(index, size):
 
 def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):
     """Write n_tiles synthetic pairs as <out_dir>/images/<name>.tif (RGB, uncompressed) and
-    <out_dir>/gt/<name>.tif (uint8 {0,255}, LZW), both with GeoTIFF tags; returns the names. Re-run with the same
-    settings, it writes only the tiles missing (a killed run is completed)."""
-    names = synthetic_tile_names(n_tiles)
+    <out_dir>/gt/<name>.tif (uint8 {0,255}, LZW), both with GeoTIFF tags; returns the names written. Re-run with the
+    same settings, it writes only the tiles missing (a killed run is completed)."""
     claim_folder(out_dir, {'n_tiles': n_tiles, 'size': size, 'seed': seed})
-    for i, name in enumerate(tqdm(names, desc='synthetic tiles', disable=not progress)):
+    written = []
+    for i, name in enumerate(tqdm(synthetic_tile_names(n_tiles), desc='synthetic tiles', disable=not progress)):
         image_path, mask_path = (os.path.join(out_dir, sub, f'{name}.tif') for sub in ('images', 'gt'))
         if os.path.exists(image_path) and os.path.exists(mask_path):  # written atomically: complete
             continue
+        written.append(name)
         mask, image = synthetic_pair(size, tile_seed(seed, i))
         tags = geotiff_tags(i, size)
         with one_line_write_errors(image_path):
             write_tiff_atomic(image_path, image, photometric='rgb', extratags=tags)
         with one_line_write_errors(mask_path):
             write_tiff_atomic(mask_path, mask, photometric='minisblack', compression='lzw', extratags=tags)
-    return names
+    return written
 
 
 def claim_folder(out_dir, settings):
@@ -233,8 +235,9 @@ def claim_folder(out_dir, settings):
     if os.path.exists(record):
         previous = read_json(record, 'synthetic tile settings')
         if previous != settings:
-            raise UserError(f'{out_dir}: holds synthetic tiles made with other settings ({previous}, not {settings}); '
-                            f'use a new folder')
+            changed = ', '.join(f'{SETTING_OPTIONS[key]} {previous.get(key)}, not {value}'
+                                for key, value in settings.items() if previous.get(key) != value)
+            raise UserError(f'{out_dir}: holds synthetic tiles made with other settings ({changed}); use a new folder')
     else:
         for sub in ('images', 'gt'):
             folder = os.path.join(out_dir, sub)

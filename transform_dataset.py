@@ -179,7 +179,8 @@ def find_aligned_sources(opt):
 
 
 def check_headers(sources, opt):
-    """Validate sizes, channels and dtypes from file headers before any output is written."""
+    """Validate sizes, channels and dtypes from file headers before any output is written; returns notes on what
+    will be enlarged or stretched, printed once the output folder is accepted."""
     enlarged = []  # (tile side, path) of sources whose tiles are smaller than --size
     stretched = []  # (path, 'W×H') of sources that are not square
     for stem, image_path, mask_path, split in tqdm(sources, desc='checking headers', leave=False, disable=len(sources) < 50):
@@ -202,15 +203,17 @@ def check_headers(sources, opt):
             enlarged.append((tile_side, image_path))
         if height != width:
             stretched.append((image_path, f'{width}×{height}' + (' per A|B half' if opt.format == 'aligned' else '')))
+    notes = []
     if enlarged:
         side, path = min(enlarged)
-        print(f'note: {len(enlarged)} of {len(sources)} sources have tiles under --size {opt.size} px, enlarged to it '
-              f'(e.g. {path}: {side} px tiles at --split {opt.split})')
+        notes.append(f'note: {len(enlarged)} of {len(sources)} sources have tiles under --size {opt.size} px, enlarged '
+                     f'to it (e.g. {path}: {side} px tiles at --split {opt.split})')
     if stretched:
         path, size = stretched[0]
-        print(f'note: {len(stretched)} of {len(sources)} sources are not square (e.g. {path}: {size}); their tiles '
-              f'are stretched to {opt.size}² as pix2pix does, so shapes change proportions: crop them square first '
-              f'to keep them')
+        notes.append(f'note: {len(stretched)} of {len(sources)} sources are not square (e.g. {path}: {size}); their '
+                     f'tiles are stretched to {opt.size}² as pix2pix does, so shapes change proportions: crop them '
+                     f'square first to keep them')
+    return notes
 
 
 # ---------------------------------------------------------------- one source -> tiles
@@ -372,13 +375,16 @@ def write_manifests(sources, opt):
 def transform(opt):
     sources = find_inria_sources(opt) if opt.format == 'inria' else find_aligned_sources(opt)
     check_sources_in_both_splits(sources, opt)
-    check_headers(sources, opt)
+    notes = check_headers(sources, opt)
     with writing_alone(opt.out, '--out'):
         prepare_output(opt)
+        for note in notes:
+            print(note)
         todo = [s for s in sources if not is_done(s, opt)]
         if len(todo) < len(sources):
             print(f'resuming: {len(sources) - len(todo)} of {len(sources)} sources already done')
-        with tqdm(total=len(todo), desc='transforming', unit='source') as bar:  # closed before an error line
+        # closed before an error line; none when every source is done
+        with tqdm(total=len(todo), desc='transforming', unit='source', disable=not todo) as bar:
             if opt.workers > 1 and len(todo) > 1:
                 transform_in_processes(todo, opt, bar)
             else:
@@ -408,8 +414,12 @@ def main(argv=None):
     opt = parse_args(argv)
     check_options(opt)
     if opt.make_synthetic:
-        names = make_synthetic_inria(opt.make_synthetic, opt.n_tiles, opt.tile_size, opt.seed)
-        print(f'wrote {len(names)} synthetic tiles to {opt.make_synthetic}/images and {opt.make_synthetic}/gt')
+        written = make_synthetic_inria(opt.make_synthetic, opt.n_tiles, opt.tile_size, opt.seed)
+        where = f'{opt.make_synthetic}/images and {opt.make_synthetic}/gt'
+        if len(written) < opt.n_tiles:
+            print(f'wrote {len(written)} of {opt.n_tiles} synthetic tiles to {where} (the rest were there)')
+        else:
+            print(f'wrote {len(written)} synthetic tiles to {where}')
         return
     transform(opt)
     print(f'done: {opt.out}')

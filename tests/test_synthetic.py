@@ -149,11 +149,11 @@ def test_a_rerun_completes_a_killed_one_and_other_settings_are_refused(tmp_path)
     make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False)
     complete = {p: p.read_bytes() for p in sorted(tmp_path.glob('syn/*/*.tif'))}
     os.remove(tmp_path / 'syn' / 'gt' / 'kitsap1.tif')  # as a kill between a tile's two files leaves it
-    make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False)
+    assert make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False) == ['kitsap1']
     assert {p: p.read_bytes() for p in sorted(tmp_path.glob('syn/*/*.tif'))} == complete
-    with pytest.raises(UserError, match=r"syn: holds synthetic tiles made with other settings \(.*'seed': 0.*"
-                                        r"'seed': 1.*\); use a new folder"):
-        make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=1, progress=False)
+    with pytest.raises(UserError, match=r"syn: holds synthetic tiles made with other settings \(--tile_size 32, not "
+                                        r"64, --seed 0, not 1\); use a new folder$"):
+        make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=64, seed=1, progress=False)
 
 
 @pytest.mark.parametrize('options, message', [
@@ -185,3 +185,13 @@ def test_progress_bar_only_when_asked(tmp_path, capsys):
     assert 'synthetic tiles' not in capsys.readouterr().err
     make_synthetic_inria(str(tmp_path / 'loud'), n_tiles=1, size=32, progress=True)
     assert 'synthetic tiles' in capsys.readouterr().err
+
+
+def test_a_rerun_says_which_tiles_were_already_there(tmp_path, capsys):
+    args = ['--make_synthetic', str(tmp_path / 'syn'), '--n_tiles', '2', '--tile_size', '64']
+    transform_dataset.main(args)
+    os.remove(tmp_path / 'syn' / 'images' / 'chicago1.tif')
+    transform_dataset.main(args)
+    assert capsys.readouterr().out.splitlines() == [
+        f'wrote 2 synthetic tiles to {tmp_path / "syn"}/images and {tmp_path / "syn"}/gt',
+        f'wrote 1 of 2 synthetic tiles to {tmp_path / "syn"}/images and {tmp_path / "syn"}/gt (the rest were there)']

@@ -118,7 +118,9 @@ def test_min_building_drops_sparse_tiles_from_the_manifests_and_can_change(tmp_p
     # Another threshold in the same --out: the sources are not decoded again, only the manifests change.
     capsys.readouterr()
     run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32', '--split', '2', '--min_building', '0')
-    assert 'resuming: 10 of 10 sources already done' in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert 'resuming: 10 of 10 sources already done' in printed.out
+    assert 'transforming' not in printed.err  # no empty progress bar
     assert len(manifest_tiles(tmp_path)) == 40
     assert {p: open(p, 'rb').read() for p in npy_files(tmp_path)} == arrays
 
@@ -176,6 +178,9 @@ def test_sources_enlarged_to_size_get_a_note(tmp_path, capsys):
     run(root, tmp_path / 'out2', '--size', '40', '--split', '2')  # tiles: 32 px from 64², 48 px from 96²
     assert (f'note: 2 of 3 sources have tiles under --size 40 px, enlarged to it (e.g. '
             f'{os.path.join(root, "images", "austin1.tif")}: 32 px tiles at --split 2)') in capsys.readouterr().out
+    with pytest.raises(UserError, match='already holds a dataset made with other options'):
+        run(root, tmp_path / 'out', '--size', '40', '--split', '2')
+    assert 'note:' not in capsys.readouterr().out  # about a transform that does not happen
 
 
 def test_sources_that_are_not_square_get_a_note(tmp_path, capsys):
