@@ -125,6 +125,9 @@ def checkpoint_path(run_dir, epoch):
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
         available = sorted(n for n in os.listdir(run_dir) if n.endswith('.pt'))
+        if not available and os.path.isfile(os.path.join(run_dir, 'config.json')):  # train.py has started there
+            raise UserError(f'{path}: checkpoint not found; {run_dir} holds no checkpoint yet (train.py writes the '
+                            f'first at the end of epoch 1, or when stopped)')
         raise UserError(f'{path}: checkpoint not found; {run_dir} holds {", ".join(available) or "no checkpoints"}')
     return path
 

@@ -61,7 +61,8 @@ def parse_args(argv=None):
                    help='processes decoding sources in parallel (each holds ~3× one source in RAM)')
     p.add_argument('--make_synthetic', metavar='DIR',
                    help='instead of transforming: write a synthetic Inria-layout dataset of TIFFs to DIR')
-    p.add_argument('--n_tiles', type=int, default=20, help='--make_synthetic: number of tiles')
+    p.add_argument('--n_tiles', type=int, default=20,
+                   help='--make_synthetic: number of tiles; the first 5, one per city, fall in the default val split')
     p.add_argument('--tile_size', type=int, default=1000, help='--make_synthetic: side of each tile (real: 5000)')
     p.add_argument('--seed', type=int, default=0, help='--make_synthetic: random seed')
     return p.parse_args(argv)

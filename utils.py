@@ -140,6 +140,8 @@ def atomic_open(path, mode='wb'):
 
 def make_writable_dir(path, option):
     """Create the folder and prove it is writable, so a bad output path fails before any work is done."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f'{path}: is a file, not a folder; choose another {option}')
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix='.write-test-', suffix='.tmp', dir=path)

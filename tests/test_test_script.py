@@ -397,6 +397,14 @@ def junk_inception_weights(run, tmp):
     return ['--run', run, '--inception_weights', str(tmp / 'junk.pth')]
 
 
+def first_epoch_run(run_dir, tmp):
+    """A run folder as train.py leaves it before its first checkpoint: config.json and TensorBoard events."""
+    started = tmp / 'started'
+    started.mkdir()
+    shutil.copy(os.path.join(run_dir, 'config.json'), started)
+    return str(started)
+
+
 def options(*extra, run=None):
     return lambda run_dir, tmp: ['--run', run(run_dir, tmp) if run else run_dir, *extra]
 
@@ -406,6 +414,8 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'checkpoint as run': (options(run=lambda run, tmp: os.path.join(run, 'latest.pt')),
                           'latest.pt: --run takes the run folder, not a checkpoint in it'),
     'missing epoch': (options('--epoch', '7'), 'epoch_7.pt: checkpoint not found; '),
+    'run in its first epoch': (options(run=first_epoch_run), f'{os.sep}started holds no checkpoint yet (train.py '
+                               'writes the first at the end of epoch 1, or when stopped)'),
     'corrupt checkpoint': (options(run=lambda run, tmp: broken_run(tmp, os.urandom(2000))),
                            'not a loadable checkpoint'),
     'other architecture': (options(run=wrong_architecture), 'does not match --netG resnet_9blocks'),
@@ -457,6 +467,9 @@ def test_unwritable_results_dir(run_dir, tmp_path):
     (tmp_path / 'a_file').write_text('x')  # root ignores chmod; a folder under a regular file fails for everyone
     with pytest.raises(UserError, match=r'sub: cannot write there \(.*\); choose another --results_dir'):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'a_file' / 'sub')])
+    with pytest.raises(UserError, match=r'a_file: is a file, not a folder; choose another --results_dir$'):
+        ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'a_file')])
+    assert (tmp_path / 'a_file').read_text() == 'x'
 
 
 def test_a_rerun_that_stops_early_leaves_no_stale_reports(run_dir, tmp_path, monkeypatch):
