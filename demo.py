@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from synthetic_inria import SETTINGS_FILE
 from utils import ArgumentParser, load_checkpoint, read_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +45,15 @@ def run(script, *args):
         sys.exit(f'demo stopped: {script} failed (see its message above)')
 
 
+def make_synthetic_tiles(tiles):
+    """Writes the tiles missing, so a demo stopped during this step is completed. A folder an earlier version of the
+    demo made has no settings record (SETTINGS_FILE), and --make_synthetic refuses folders of files it did not
+    record: such a folder is used as it is."""
+    if os.path.isdir(os.path.join(tiles, 'gt')) and not os.path.exists(os.path.join(tiles, SETTINGS_FILE)):
+        return
+    run('transform_dataset.py', '--make_synthetic', tiles, '--n_tiles', 20, '--tile_size', 1000)
+
+
 def check_training_finished(run_dir):
     """train.py exits 0 after a SIGTERM sent to it alone (a clean, resumable stop): the demo must not go on to
     score a half-trained model as if it were the final one."""
@@ -67,8 +77,7 @@ def main(argv=None):
     run_dir = os.path.join(runs, 'demo')
 
     # 1. 20 synthetic 1000² tiles in the Inria layout: RGB GeoTIFFs in images/, LZW masks in gt/ (deterministic)
-    if not os.path.isdir(os.path.join(tiles, 'gt')):
-        run('transform_dataset.py', '--make_synthetic', tiles, '--n_tiles', 20, '--tile_size', 1000)
+    make_synthetic_tiles(tiles)
     # 2. once: 2×2 tiles per source, resized to uint8 arrays (re-running skips finished sources)
     run('transform_dataset.py', '--dataroot', tiles, '--out', arrays, '--size', setup['size'],
         '--crop_size', setup['crop'], '--split', 2)

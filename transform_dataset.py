@@ -417,7 +417,9 @@ def main(argv=None):
     if opt.make_synthetic:
         written = make_synthetic_inria(opt.make_synthetic, opt.n_tiles, opt.tile_size, opt.seed)
         where = f'{opt.make_synthetic}/images and {opt.make_synthetic}/gt'
-        if len(written) < opt.n_tiles:
+        if not written:
+            print(f'all {opt.n_tiles} synthetic tiles were already in {where}')
+        elif len(written) < opt.n_tiles:
             print(f'wrote {len(written)} of {opt.n_tiles} synthetic tiles to {where} (the rest were there)')
         else:
             print(f'wrote {len(written)} synthetic tiles to {where}')

@@ -373,6 +373,21 @@ def test_the_demo_stops_when_training_stopped_early_without_an_error(transformed
     demo.check_training_finished(str(tmp_path / 'demo'))
 
 
+def test_a_demo_stopped_while_making_tiles_completes_them(tmp_path, capsys):
+    tiles = tmp_path / 'synthetic_inria'
+    make_synthetic_inria(str(tiles), n_tiles=20, size=1000, progress=False)  # the demo's settings
+    for path in sorted(tiles.glob('*/*.tif'))[5:]:  # as a kill leaves it
+        path.unlink()
+    demo.make_synthetic_tiles(str(tiles))
+    assert len(list(tiles.glob('images/*.tif'))) == len(list(tiles.glob('gt/*.tif'))) == 20
+    old = tmp_path / 'old_demo'  # made by an earlier demo, before the settings record existed: used as it is
+    (old / 'gt').mkdir(parents=True)
+    (old / 'gt' / 'austin1.tif').write_bytes(b'')
+    capsys.readouterr()
+    demo.make_synthetic_tiles(str(old))
+    assert capsys.readouterr().out == ''
+
+
 def demo_step(tmp_path, child_code):
     """demo.run on a stand-in script, in a process group of its own (signals sent to it stay out of pytest's)."""
     (tmp_path / 'child.py').write_text(textwrap.dedent(child_code))
