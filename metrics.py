@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from utils import UserError, first_line, tile_bounds
+from utils import UserError, load_error, tile_bounds
 
 
 def image_metrics(fake, real):
@@ -101,6 +101,8 @@ def make_fid_kid(path, device):
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
+        import torch
+        torch.load(path, map_location='cpu', weights_only=True)  # torch-fidelity's own load is unsafe before torch 2.6
         fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=path)
         with warnings.catch_warnings():  # KID warns that it keeps features in memory: 8 KB per image here
             warnings.simplefilter('ignore')
@@ -109,7 +111,7 @@ def make_fid_kid(path, device):
         raise UserError(f'{path}: FID/KID need the torch-fidelity package for their InceptionV3 '
                         '(pip install torch-fidelity)') from None
     except Exception as err:  # a wrong or truncated weights file: torch-fidelity raises many types
-        raise UserError(f'{path}: cannot load InceptionV3 weights for FID/KID ({first_line(err)})') from None
+        raise UserError(f'{path}: cannot load InceptionV3 weights for FID/KID ({load_error(err)})') from None
     return fid.to(device), kid.to(device)
 
 

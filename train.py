@@ -27,7 +27,7 @@ from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
 from metrics import image_metrics
 from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
                            parse_options)
-from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, first_line, load_checkpoint, pick_device,
+from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, load_checkpoint, load_error, pick_device,
                    remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic,
                    writing_alone)
 
@@ -113,7 +113,7 @@ def build_vgg_loss(opt):
     try:
         return networks.VGGLoss(opt.vgg_weights)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
-        raise UserError(('--vgg_weights: ' if opt.vgg_weights else '') + first_line(err)) from None
+        raise UserError(('--vgg_weights: ' if opt.vgg_weights else '') + load_error(err)) from None
 
 
 def seed_dropout_noise(opt, rank):

@@ -265,6 +265,14 @@ def first_line(err):
     return text.splitlines()[0][:200] if text else type(err).__name__
 
 
+def load_error(err):
+    """One line for a failed torch.load(weights_only=True). torch's refusal of a file whose objects could run code
+    advises loading it with weights_only=False, the unsafe way round: that advice is not passed on."""
+    if 'Weights only load failed' in str(err):
+        return 'it holds Python objects besides tensors; refused, since loading them could run code'
+    return first_line(err)
+
+
 def decode_image(path, transparency_as_alpha=False):
     """(array H×W or H×W×C, lossy) from a TIFF/PNG/JPEG, or UserError naming the file. `lossy`: the compression
     changed pixel values (JPEG, or a JPEG-compressed TIFF), whatever the file's extension. transparency_as_alpha:
@@ -497,7 +505,7 @@ def load_checkpoint(path):
     except FileNotFoundError:
         raise UserError(f'{path}: checkpoint not found') from None
     except Exception as err:
-        raise UserError(f'{path}: not a loadable checkpoint ({first_line(err)})') from None
+        raise UserError(f'{path}: not a loadable checkpoint ({load_error(err)})') from None
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise UserError(f'{path}: not a checkpoint of this project (no {CHECKPOINT_FORMAT!r} format tag)')
     return state

@@ -18,6 +18,7 @@ import demo
 import train
 import transform_dataset
 from conftest import REPO, another_process_writing, tiny
+from metrics import make_fid_kid
 from synthetic_inria import make_synthetic_inria
 from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint, writing_alone
 
@@ -335,7 +336,9 @@ def test_checkpoint_that_would_run_code_is_refused(transformed_root, tmp_path):
     marker = tmp_path / 'pwned'
     evil = tmp_path / 'evil.pt'
     torch.save({'format': CHECKPOINT_FORMAT, 'G': RunsCode(marker)}, evil)
-    with pytest.raises(UserError, match='not a loadable checkpoint'):
+    # torch's own message advises weights_only=False, the unsafe way round: not passed on
+    with pytest.raises(UserError, match=r'evil.pt: not a loadable checkpoint \(it holds Python objects besides '
+                                        r'tensors; refused, since loading them could run code\)$'):
         load_checkpoint(str(evil))
     # the same file as a run's latest.pt, reached through train.py --resume
     train.main(tiny(transformed_root, tmp_path, 'victim', '--n_epochs', '1', '--n_epochs_decay', '1',
@@ -343,6 +346,13 @@ def test_checkpoint_that_would_run_code_is_refused(transformed_root, tmp_path):
     os.replace(evil, tmp_path / 'victim' / 'latest.pt')
     with pytest.raises(UserError, match='latest.pt: not a loadable checkpoint'):
         train.main(tiny(transformed_root, tmp_path, 'victim', '--resume'))
+    # the weights files of the VGG loss and of FID/KID (torch-fidelity loads the latter without weights_only)
+    with pytest.raises(UserError, match=r'--vgg_weights: it holds Python objects besides tensors'):
+        train.main(tiny(transformed_root, tmp_path, 'vgg', '--content_loss', 'l1+vgg', '--lambda_VGG', '1',
+                        '--vgg_weights', str(tmp_path / 'victim' / 'latest.pt')))
+    with pytest.raises(UserError, match=r'latest.pt: cannot load InceptionV3 weights for FID/KID \(it holds Python '
+                                        r'objects besides tensors'):
+        make_fid_kid(str(tmp_path / 'victim' / 'latest.pt'), torch.device('cpu'))
     assert not marker.exists()
 
 

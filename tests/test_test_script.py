@@ -295,7 +295,7 @@ def test_inception_that_cannot_be_built_stops_the_run(tmp_path, monkeypatch, fai
     def fail(**kwargs):
         raise failure
     monkeypatch.setattr(torchmetrics.image.fid, 'FrechetInceptionDistance', fail)
-    (tmp_path / 'w.pth').write_bytes(b'x')
+    torch.save({'w': torch.zeros(1)}, tmp_path / 'w.pth')  # loads with weights_only: on to torch-fidelity
     with pytest.raises(UserError, match=re.escape(f'{tmp_path / "w.pth"}: ') + '.*' + re.escape(message)):
         make_fid_kid(str(tmp_path / 'w.pth'), torch.device('cpu'))
 
