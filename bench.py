@@ -210,7 +210,7 @@ def seed_project_transform(image, mask, size, split):
             to_tensor(tile), to_tensor(tile_mask)
 
 
-def bench_transform(opt):
+def bench_transform():
     """Seconds per 5000² Inria-format tile (RGB TIFF + LZW mask): decode, cut, resize, save."""
     print('\n## Pre-transform of one 5000×5000 tile (uncompressed RGB TIFF + LZW mask), 1 process')
     print('| split | ours: decode + resize + save uint8 .npy | seed path: decode + PIL bicubic + ToTensor/Normalize |')
@@ -235,6 +235,8 @@ def bench_transform(opt):
 def main(argv=None):
     opt = parse_args(argv)
     check_counts(opt, ('gen_batch', 'mask_size'))
+    if not 0 <= opt.gen_overlap < 1:
+        raise UserError(f'--gen_overlap {opt.gen_overlap}: must be a fraction in [0, 1)')
     if opt.batches and min(opt.batches) < 1:
         raise UserError(f'--batches must all be >= 1, got {opt.batches}')
     if opt.rows and not set(opt.rows) <= set(range(1, len(STEPS) + 1)):
@@ -247,7 +249,7 @@ def main(argv=None):
     if opt.only in (None, 'generate'):
         bench_generate(opt, device)
     if opt.only in (None, 'transform'):
-        bench_transform(opt)
+        bench_transform()
 
 
 if __name__ == '__main__':

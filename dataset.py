@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-from utils import UserError, read_json
+from utils import UserError, first_line, read_json
 
 
 def load_split(root, split):
@@ -62,7 +62,7 @@ def _load_array(path):
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise UserError(f'{path}: unreadable array ({err}); re-run transform_dataset.py') from None
+        raise UserError(f'{path}: unreadable array ({first_line(err)}); re-run transform_dataset.py') from None
     if array.dtype != np.uint8:
         raise UserError(f'{path}: expected uint8 array, got {array.dtype}')
     return array

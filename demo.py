@@ -5,7 +5,6 @@
 
 Every step is one of the repo's own commands, printed before it runs, so the demo doubles as a recipe.
 """
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import time
 import torch
 
 from synthetic_inria import SETTINGS_FILE
-from utils import ArgumentParser, load_checkpoint, read_json
+from utils import ArgumentParser, load_checkpoint, read_json, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -102,7 +101,7 @@ def main(argv=None):
     print('| mode | PSNR (dB) | SSIM | seam score (≈1 = seamless) | report |')
     print('| --- | ---: | ---: | ---: | --- |')
     for mode, folder in results.items():
-        mean = json.load(open(os.path.join(folder, 'metrics.json')))['mean']
+        mean = read_json(os.path.join(folder, 'metrics.json'), 'metrics')['mean']
         cells = [f'{mean[k]:.3f}' if k in mean else '—' for k in ('PSNR', 'SSIM', 'seam_score')]
         print(f'| {mode} | {" | ".join(cells)} | {os.path.join(folder, "index.html")} |')
     print('\nScores are for the final model (latest.pt). best.pt, by val PSNR, is often an early, blurred one:')
@@ -112,4 +111,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(run_cli(main))

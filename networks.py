@@ -61,8 +61,8 @@ def get_norm_layer(norm):
 
 
 def _use_bias(norm):
-    # BatchNorm's affine shift makes a conv bias redundant; with instance norm (no affine)
-    # or no norm the conv needs its own bias (official rule).
+    # BatchNorm's affine shift makes a conv bias redundant; instance norm here has no affine, so the conv keeps
+    # its bias (the official rule). With no norm the official code drops the bias too; it is kept here (README).
     return norm != 'batch'
 
 

@@ -72,7 +72,7 @@ def build_parser():
     a('--results_dir', default=None, help='output folder (default: results/<run>/<mode>_<epoch>)')
     a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
     a('--amp', default='auto', choices=('auto', 'on', 'off'),
-      help='bf16 autocast for the generator; auto = on for CUDA (on a bf16-capable CPU, on is ~1.7× faster)')
+      help='bf16 autocast for the generator; auto = on for CUDA (on a bf16-capable CPU, on is ~2× faster)')
     a('--no_eval', action='store_true',
       help="keep G in train mode, as the official test.py does without its --eval: the pix2pix paper's inference, "
            'dropout on (seeded) and batch norm on the statistics of each forward pass; default: eval mode')

@@ -67,8 +67,8 @@ def build_parser(description=None):
            'n_epochs + n_epochs_decay; step, plateau: more epochs on the same rule')
     a('--lr_policy', default='linear', choices=('linear', 'step', 'plateau', 'cosine'),
       help='linear: --lr for --n_epochs, then linearly to 0; step: ×0.1 every --lr_decay_iters epochs; plateau: '
-           'halved when the val --best_metric has not improved for 5 validations; cosine: from --lr to 0 over all '
-           'epochs')
+           'halved after 6 validations in a row without a >1 %% relative improvement of the val --best_metric; '
+           'cosine: from --lr to 0 over all epochs')
     a('--lr_decay_iters', type=int, default=50, help='step policy: multiply lr by 0.1 every this many epochs')
     a('--batch_size', type=int, default=1, help='global batch size (split across processes under torchrun)')
     a('--crop_size', type=int, default=256, help='random crop side for training, centre crop for validation')

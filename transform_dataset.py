@@ -20,10 +20,10 @@ from concurrent.futures.process import BrokenProcessPool
 from tqdm import tqdm
 
 from synthetic_inria import make_synthetic_inria
-from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_fractions, check_mask_format,
-                   check_rgb_format, check_rgb_image, read_binary_mask, read_image_file, read_image_header, read_json,
-                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_npy_atomic, tile_bounds,
-                   write_json_atomic, writing_alone)
+from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_counts, check_fractions,
+                   check_mask_format, check_rgb_format, check_rgb_image, read_binary_mask, read_image_file,
+                   read_image_header, read_json, remove_stale_temp_files, resize_image, resize_mask, run_cli,
+                   save_npy_atomic, tile_bounds, write_json_atomic, writing_alone)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument('--mask_tolerance', type=float, default=0.01,
                    help='fraction of mask pixels allowed to be neither 0 nor 255 (compression noise)')
     p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
-                   help='processes decoding sources in parallel (each holds ~3× one source in RAM)')
+                   help='processes decoding sources in parallel (each holds ~2× one decoded source in RAM)')
     p.add_argument('--make_synthetic', metavar='DIR',
                    help='instead of transforming: write a synthetic Inria-layout dataset of TIFFs to DIR')
     p.add_argument('--n_tiles', type=int, default=20,
@@ -77,6 +77,7 @@ def check_options(opt):
         raise UserError('--dataroot and --out are required (or use --make_synthetic DIR)')
     if not os.path.isdir(opt.dataroot):
         raise UserError(f'{opt.dataroot}: input folder not found')
+    check_counts(opt, ('workers', 'crop_size'))
     if opt.size < 16:
         raise UserError(f'--size {opt.size} is too small (need >= 16)')
     if opt.size < opt.crop_size:

@@ -1,7 +1,7 @@
 """Shared helpers: clear errors, the scripts' option parser, atomic writes, image I/O and resizing, devices,
 checkpoints and RNG states, the stop signal. (Metrics are in metrics.py.)
 
-Imports nothing from the repo's scripts; everything else imports from here. torch is imported inside the
+Imports nothing of ours; every module but networks.py imports from here. torch is imported inside the
 functions that need it, so transform_dataset.py (and its worker processes) start without it.
 """
 import argparse
@@ -50,8 +50,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ''
+        # `is False`, not `== False`: a default of 0 is shown
         unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if not action.option_strings or unset or 'default' in text:  # `is`: a default of 0 is shown
+        if not action.option_strings or unset or 'default' in text:
             return text
         return text + ' (default: %(default)s)'
 
@@ -326,7 +327,8 @@ def read_image_header(path):
             dtype = {'I;16': np.uint16, 'I': np.int32, 'F': np.float32}.get(im.mode, np.uint8)
             return im.height, im.width, channels, np.dtype(dtype)
     except Exception as err:
-        raise UserError(f'{path}: cannot read image header ({err}); the file may be truncated or not an image') from None
+        raise UserError(f'{path}: cannot read image header ({first_line(err)}); the file may be truncated or not an '
+                        f'image') from None
 
 
 def check_rgb_format(channels, dtype, path):

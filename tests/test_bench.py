@@ -27,6 +27,11 @@ def test_without_the_plain_row_there_is_no_speed_up_to_show(capsys):
     assert [(row[1], row[4]) for row in rows] == [(bench.STEPS[1][0], 'n/a')]
 
 
+def test_an_overlap_outside_0_1_is_refused():
+    with pytest.raises(UserError, match=re.escape('--gen_overlap -0.5: must be a fraction in [0, 1)')):
+        bench.main(['--only', 'generate', '--gen_overlap', '-0.5'])
+
+
 @pytest.mark.parametrize('rows', [['0'], ['1', '6']])
 def test_rows_outside_the_table_are_refused(rows):
     with pytest.raises(UserError, match=re.escape(f'--rows must be between 1 and {len(bench.STEPS)}')):

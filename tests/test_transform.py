@@ -433,6 +433,8 @@ def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
     (['--mask_tolerance', '-1'], '--mask_tolerance -1.0: must be a fraction between 0 and 1'),
     (['--format', 'aligned', '--min_building', '0.25'], '--min_building needs binary building masks'),
     (['--val_pattern', '(['], 'not a valid regex'),
+    (['--workers', '-5'], '--workers must be >= 1, got -5'),
+    (['--crop_size', '0'], '--crop_size must be >= 1, got 0'),
 ])
 def test_bad_options(tmp_path, options, message):
     root = make_inria_dir(tmp_path / 'in')
