@@ -38,7 +38,7 @@ STEPS = (('plain: eager fp32 NCHW, default Adam', {'default_adam': True}), ('+ f
 def parse_args(argv=None):
     p = ArgumentParser(__doc__)
     p.add_argument('--only', choices=('train', 'generate', 'transform'), help='run one part only')
-    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+    p.add_device_option()
     p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')
     p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
     p.add_argument('--warmup', type=int, default=None, help='untimed iterations first, compilation included (default 10 GPU, 3 CPU)')

@@ -136,6 +136,19 @@ def augment_samples(masks, images, plan, idx, crop):
     return to_unit_range(crop_and_flip(masks, *params)), to_unit_range(crop_and_flip(images, *params))
 
 
+def place_split(masks, images, device, where='auto'):
+    """Keep the uint8 split on the GPU when it fits (`where` 'auto': under a quarter of free memory, or 'cuda');
+    otherwise it stays in RAM and each batch's samples travel through pinned memory (batch_on_device).
+    Augmentation runs on the GPU either way."""
+    if device.type != 'cuda' or where == 'cpu':
+        return masks, images
+    nbytes = masks.numel() + images.numel()
+    if where == 'cuda' or nbytes < torch.cuda.mem_get_info(device)[0] / 4:
+        return masks.to(device), images.to(device)
+    print(f'note: the {nbytes / 2**30:.1f} GiB training split stays in RAM; batches are copied through pinned memory')
+    return masks, images
+
+
 def batch_on_device(masks, images, plan, index, batch_size, crop, rank=0, world_size=1):
     """This rank's share of global batch `index`, augmented, on plan's device (the training device).
 

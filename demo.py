@@ -67,7 +67,7 @@ def check_training_finished(run_dir):
 def main(argv=None):
     p = ArgumentParser(__doc__)
     p.add_argument('--out', default='demo_out', help='folder for everything the demo writes')
-    p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+    p.add_device_option()
     opt = p.parse_args(argv)
     gpu = opt.device == 'cuda' or (opt.device == 'auto' and torch.cuda.is_available())
     setup = GPU_SETUP if gpu else CPU_SETUP

@@ -31,10 +31,10 @@ from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan, window_edges)
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score, seam_score_at
-from utils import (IMAGE_SUFFIXES, TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts,
-                   check_fractions, free_space, pick_device, read_binary_mask, read_image_file,
+from utils import (TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, free_space,
+                   list_images, pick_device, read_binary_mask, read_image_file,
                    remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, to_uint8_hwc,
-                   without_opaque_alpha, write_json_atomic, write_text_atomic, write_tiff_atomic, writing_alone)
+                   write_json_atomic, write_text_atomic, write_tiff_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -70,7 +70,7 @@ def build_parser():
     a('--mask_tolerance', type=float, default=0.01, help='fraction of mask pixels allowed to be neither 0 nor 255')
     a('--num_test', type=int, default=None, help='only the first N inputs')
     a('--results_dir', default=None, help='output folder (default: results/<run>/<mode>_<epoch>)')
-    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+    p.add_device_option()
     a('--amp', default='auto', choices=('auto', 'on', 'off'),
       help='bf16 autocast for the generator; auto = on for CUDA (on a bf16-capable CPU, on is ~2× faster)')
     a('--no_eval', action='store_true',
@@ -175,12 +175,22 @@ def read_mask(path, input_nc, tolerance):
     return array
 
 
+def without_opaque_alpha(label_map, path):
+    """Drop the alpha channel of an RGBA label map (PIL and tifffile put it last) if it is all opaque. Paint tools
+    keep any colour under transparent pixels, which would be read as classes: refused, not guessed."""
+    if label_map.shape[2] != 4:
+        return label_map
+    if np.any(label_map[..., -1] != 255):
+        raise UserError(f'{path}: label map has transparent pixels (alpha channel); save it without alpha, since '
+                        'the colour under transparency would be read as classes')
+    return label_map[..., :-1]
+
+
 def list_mask_files(paths):
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(path, n) for n in os.listdir(path)
-                           if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
+            found = [os.path.join(path, name) for name in list_images(path)]
             if not found:
                 gt = os.path.join(path, 'gt')  # a dataset root given for its mask folder
                 hint = f'; its masks are in gt/: give {gt}' if os.path.isdir(gt) else ''
@@ -199,7 +209,8 @@ def collect_inputs(opt, cfg):
     input_nc = cfg['input_nc']
     if opt.masks:
         inputs, seen = [], {}
-        for path in list_mask_files(opt.masks)[:opt.num_test]:
+        files = list_mask_files(opt.masks)[:opt.num_test]
+        for path in tqdm(files, desc='checking masks', unit='mask', leave=False, disable=len(files) < 10):
             name = os.path.splitext(os.path.basename(path))[0]
             if len(os.fsencode(name)) > MAX_NAME_BYTES:
                 raise UserError(f'{path}: file name too long for its outputs (OriginalResized-<name>.png and a temp '

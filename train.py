@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import networks
-from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
+from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
 from metrics import image_metrics
 from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
                            parse_options)
@@ -56,18 +56,6 @@ def setup_device(opt):
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return device
-
-
-def place_training_data(masks, images, opt, device):
-    """Keep the uint8 split on the GPU when it fits; otherwise it stays in RAM and each batch's samples travel
-    through pinned memory (dataset.batch_on_device). Augmentation runs on the GPU either way."""
-    if device.type != 'cuda' or opt.data_device == 'cpu':
-        return masks, images
-    nbytes = masks.numel() + images.numel()
-    if opt.data_device == 'cuda' or nbytes < torch.cuda.mem_get_info(device)[0] / 4:
-        return masks.to(device), images.to(device)
-    print(f'note: the {nbytes / 2**30:.1f} GiB training split stays in RAM; batches are copied through pinned memory')
-    return masks, images
 
 
 def memory_format(opt):
@@ -431,7 +419,7 @@ def train(opt, stop, held):
         writer = open_run_dir(run_dir, opt, trainer.iteration, held)  # locked: another process may be training
         if opt.resume:
             print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
-    train_masks, train_images = place_training_data(train_masks, train_images, opt, device)
+    train_masks, train_images = place_split(train_masks, train_images, device, opt.data_device)
     n_batches = len(train_masks) // opt.batch_size
     layout = memory_format(opt)
     metrics, stopping = None, False

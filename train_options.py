@@ -4,7 +4,6 @@ and may not change, and the checks that turn a bad combination into one clear li
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 
@@ -12,7 +11,7 @@ import torch
 
 import networks
 from dataset import check_crop_and_batch_fit
-from utils import ArgumentParser, UserError, check_counts, read_json
+from utils import ArgumentParser, UserError, check_counts, check_positive, read_json
 
 # Options that define the networks or the data they see: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -56,7 +55,8 @@ def build_parser(description=None):
     a('--content_loss', default='l1', choices=('l1', 'vgg', 'l1+vgg'), help='reconstruction loss(es) for G')
     a('--lambda_L1', type=float, default=100.0, help='weight of L1 (100 beat 10 in the seed project)')
     a('--lambda_VGG', type=float, default=0.0, help='weight of the VGG perceptual loss (e.g. 10)')
-    a('--vgg_weights', default=None, help='torchvision vgg19 state_dict file for the VGG loss (never downloaded)')
+    a('--vgg_weights', default=None, help='torchvision vgg19 state_dict file for the VGG loss (never downloaded; '
+                                          'default: torchvision\'s cached vgg19-dcbb9e9d.pth in $TORCH_HOME if there)')
     a('--lr', type=float, default=2e-4, help='Adam learning rate (2e-3 collapsed to blank images in the seed)')
     a('--beta1', type=float, default=0.5, help='Adam beta1')
     a('--n_epochs', type=int, default=100,
@@ -76,7 +76,7 @@ def build_parser(description=None):
                                              'with --rotate)')
     a('--rotate', action='store_true', help='also 90° turns and vertical flips (aerial images have no "up")')
     a('--seed', type=int, default=0, help='seed for weights, data order, augmentation and dropout')
-    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+    p.add_device_option()
     a('--amp', default='auto', choices=('auto', 'on', 'off'), help='bf16 autocast; auto = on for CUDA')
     a('--channels_last', action='store_true', help='NHWC memory format (faster convs on GPU and some CPUs)')
     a('--compile', action='store_true', help='torch.compile G and D (slower start, faster steps)')
@@ -172,8 +172,7 @@ def check_options(opt):
         raise UserError(f'--n_epochs_decay must be >= 0, got {opt.n_epochs_decay}')
     if opt.stop_epoch is not None and opt.stop_epoch < 1:  # 0 would train every epoch, -1 none
         raise UserError(f'--stop_epoch must be >= 1, got {opt.stop_epoch}')
-    if not math.isfinite(opt.lr) or opt.lr <= 0:
-        raise UserError(f'--lr must be a positive number, got {opt.lr}')
+    check_positive(opt, ('lr',))
     if not 0 <= opt.beta1 < 1:
         raise UserError(f'--beta1 must be in [0, 1), got {opt.beta1}')
     for name in ('lambda_L1', 'lambda_VGG', 'psnr_drop_warn'):

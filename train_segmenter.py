@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import networks
-from dataset import EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, load_split
+from dataset import EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, load_split, place_split
 from metrics import building_scores
-from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, make_writable_dir, pick_device, run_cli,
-                   save_checkpoint)
+from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, check_positive, make_writable_dir,
+                   pick_device, run_cli, save_checkpoint)
 
 
 def build_parser():
@@ -40,14 +40,13 @@ def build_parser():
     a('--n_epochs', type=int, default=100, help='epochs (the lr follows a cosine down to 0 over them)')
     a('--lr', type=float, default=2e-4, help='Adam learning rate')
     a('--seed', type=int, default=0, help='seed for weights, data order and augmentation')
-    a('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+    p.add_device_option()
     return p
 
 
 def check_options(opt):
     check_counts(opt, ('batch_size', 'n_epochs', 'ngf', 'crop_size'))
-    if not math.isfinite(opt.lr) or opt.lr <= 0:
-        raise UserError(f'--lr must be a positive number, got {opt.lr}')
+    check_positive(opt, ('lr',))
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)
     if problem:
         raise UserError(f'--crop_size {opt.crop_size}: {problem}')
@@ -116,8 +115,7 @@ def train(opt):
     caught = catch_tanh_input(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=opt.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=opt.n_epochs, eta_min=0)
-    if device.type == 'cuda':  # the uint8 split is small; augmentation then runs on the GPU
-        train_masks, train_images = train_masks.to(device), train_images.to(device)
+    train_masks, train_images = place_split(train_masks, train_images, device)
     size, n_batches = train_masks.shape[-1], len(train_masks) // opt.batch_size
     for epoch in range(opt.n_epochs):
         # Aerial images have no "up": flips and 90° turns are free extra data.

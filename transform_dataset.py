@@ -20,9 +20,9 @@ from concurrent.futures.process import BrokenProcessPool
 from tqdm import tqdm
 
 from synthetic_inria import make_synthetic_inria
-from utils import (IMAGE_SUFFIXES, ArgumentParser, UserError, building_fraction, check_counts, check_fractions,
-                   check_mask_format, check_rgb_format, check_rgb_image, read_binary_mask, read_image_file,
-                   read_image_header, read_json, remove_stale_temp_files, resize_image, resize_mask, run_cli,
+from utils import (ArgumentParser, UserError, building_fraction, check_counts, check_fractions, check_mask_format,
+                   check_rgb_format, check_rgb_image, list_images, read_binary_mask, read_image_file, read_image_header,
+                   read_json, remove_stale_temp_files, resize_image, resize_mask, run_cli,
                    save_npy_atomic, tile_bounds, write_json_atomic, writing_alone)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
@@ -104,10 +104,6 @@ def check_options(opt):
 
 
 # ---------------------------------------------------------------- finding sources
-
-def list_images(folder):
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
-
 
 def stems(folder):
     """{stem: file name} of the images in folder. Outputs are named by stem, so two files sharing one

@@ -68,12 +68,22 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
+    def add_device_option(self):
+        self.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'), help='auto = cuda when available')
+
 
 def check_counts(opt, keys):
     """Options that count something (epochs, tiles, batch sizes) must be at least 1."""
     for key in keys:
         if getattr(opt, key) < 1:
             raise UserError(f'--{key} must be >= 1, got {getattr(opt, key)}')
+
+
+def check_positive(opt, keys):
+    """Options such as --lr must be finite and above 0 (nan is refused too)."""
+    for key in keys:
+        if not 0 < getattr(opt, key) < float('inf'):
+            raise UserError(f'--{key} must be a positive number, got {getattr(opt, key)}')
 
 
 def check_fractions(opt, keys):
@@ -274,6 +284,11 @@ def load_error(err):
     return first_line(err)
 
 
+def list_images(folder):
+    """The image files in a folder (names, sorted), hidden ones left out."""
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
+
+
 def decode_image(path, transparency_as_alpha=False):
     """(array H×W or H×W×C, lossy) from a TIFF/PNG/JPEG, or UserError naming the file. `lossy`: the compression
     changed pixel values (JPEG, or a JPEG-compressed TIFF), whatever the file's extension. transparency_as_alpha:
@@ -395,16 +410,6 @@ def check_binary_mask(array, path, tolerance=0.01, lossy=False):
         raise UserError(f'{path}: mask has {off_values / array.size:.1%} pixels that are {off_what} '
                         f'(--mask_tolerance {tolerance:.1%}); is this really a binary building mask?')
     return np.where(array >= 128, np.uint8(255), np.uint8(0))
-
-
-def without_opaque_alpha(array, path):
-    """Drop the alpha channel of a grey+alpha or RGBA mask (PIL and tifffile put it last) if it is all opaque."""
-    if array.shape[2] not in (2, 4):
-        return array
-    if np.any(array[..., -1] != 255):
-        raise UserError(f'{path}: mask has transparent pixels (alpha channel); flatten it onto black and save it '
-                        'without alpha, so no colour under transparency is taken for buildings')
-    return array[..., :-1]
 
 
 # ---------------------------------------------------------------- resizing (uint8 in, uint8 out)

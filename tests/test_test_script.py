@@ -329,7 +329,7 @@ def test_label_map_models_take_rgb_masks(tmp_path):
     Image.fromarray(label_map).convert('RGBA').save(tmp_path / 'opaque.png')
     np.testing.assert_array_equal(ts.read_mask(str(tmp_path / 'opaque.png'), 3, 0.01), label_map)
     Image.fromarray(np.dstack([label_map, label_map[..., :1]])).save(tmp_path / 'see-through.png')
-    with pytest.raises(UserError, match='see-through.png: mask has transparent pixels'):
+    with pytest.raises(UserError, match=r'see-through.png: label map has transparent pixels \(alpha channel\)'):
         ts.read_mask(str(tmp_path / 'see-through.png'), 3, 0.01)
     Image.fromarray(label_map[..., 0]).save(tmp_path / 'grey.png')
     with pytest.raises(UserError, match='grey.png: this model takes 3-channel label maps'):
