@@ -392,15 +392,130 @@ def stop_exit_status(stop):
 
 # ---------------------------------------------------------------- main loop
 
+class RunningLosses:
+    """Loss sums since the last log step: a log interval may span epochs (after a resume, it starts at the resume).
+    They stay on the device: the only host sync is at a log step."""
+
+    def __init__(self, device, world_size):
+        self.sums, self.count, self.world_size = torch.zeros(len(LOSS_NAMES), device=device), 0, world_size
+
+    def add(self, losses):
+        self.sums += losses
+        self.count += 1
+
+    def log(self, trainer, writer, bar):
+        means = global_mean_losses(self.sums, self.count, self.world_size)  # the one host sync per log interval
+        raise_if_not_finite(means, trainer)
+        if writer:
+            values = means.tolist()
+            for name, value in zip(LOSS_NAMES, values):
+                writer.add_scalar(f'loss/{name}', value, trainer.iteration)
+            bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LOSS_NAMES, values)})
+        self.sums.zero_()
+        self.count = 0
+
+    def check_finite(self, trainer):
+        """At an epoch's end: the steps since the last log step must not hide a NaN until the next one."""
+        if self.count:
+            raise_if_not_finite(global_mean_losses(self.sums, self.count, self.world_size), trainer)
+
+
+def train_epoch(trainer, split, losses, writer, stop):
+    """The epoch's batches from trainer.next_batch on. Returns (stopping, images trained, seconds making batches);
+    a stop ends the epoch early, after the step in flight (under torchrun, at a log step, where all agree)."""
+    opt, device, world_size = trainer.opt, trainer.device, trainer.world_size
+    masks, images = split
+    plan = EpochPlan(len(masks), masks.shape[-1], opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip,
+                     opt.rotate).to(device)
+    layout = memory_format(opt)
+    trained, data_seconds = 0, 0.0
+    bar = tqdm(range(trainer.next_batch, len(masks) // opt.batch_size), leave=False, disable=trainer.rank != 0,
+               desc=f'epoch {trainer.epoch + 1}/{opt.n_epochs + opt.n_epochs_decay}')
+    for batch in bar:
+        data_start = time.perf_counter()
+        mask, real = batch_on_device(masks, images, plan, batch, opt.batch_size, opt.crop_size, trainer.rank,
+                                     world_size)
+        mask, real = mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
+        data_seconds += time.perf_counter() - data_start
+        losses.add(trainer.train_step(mask, real))
+        trainer.iteration += 1
+        trainer.next_batch = batch + 1
+        trained += opt.batch_size
+        at_log_step = trainer.iteration % opt.log_freq == 0
+        if at_log_step:
+            losses.log(trainer, writer, bar)
+        if (at_log_step or world_size == 1) and stop_everywhere(stop, world_size, device):
+            return True, trained, data_seconds
+    return False, trained, data_seconds
+
+
+def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
+    """Validation, the lr schedules, TensorBoard, the epoch's line, then the checkpoints (latest.pt last)."""
+    opt, epoch = trainer.opt, trainer.epoch + 1  # the epoch that has just trained
+    total_epochs = opt.n_epochs + opt.n_epochs_decay
+    seconds, trained, data_seconds = timing
+    trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
+    validated = epoch % opt.val_freq == 0 or epoch == total_epochs
+    # a job ended by --stop_epoch between validations reports one, kept out of the history, best.pt and the
+    # plateau schedule: those see the validations of the uninterrupted run
+    report_only = not validated and epoch == last_epoch
+    metrics = validate(trainer, *val, max(opt.batch_size, 8)) if validated or report_only else None
+    is_best = False
+    if validated:
+        check_collapse(trainer, metrics, opt)
+        trainer.history.append({'epoch': epoch, **metrics})
+        is_best = best_validation(trainer.history, opt.best_metric) is trainer.history[-1]
+    if opt.lr_policy != 'plateau':
+        trainer.sched_G.step()
+        trainer.sched_D.step()
+    elif validated:
+        trainer.sched_G.step(metrics[opt.best_metric])
+        trainer.sched_D.step(metrics[opt.best_metric])
+    if writer:
+        log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
+                  trained / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
+        if validated and ((epoch // opt.val_freq) % opt.display_freq == 0
+                          or epoch == total_epochs):  # the final model's grid, whatever the freq
+            writer.add_image('val/mask|generated|real', image_grid(trainer, *val, opt.n_display), trainer.iteration)
+        writer.flush()
+    summary = f'epoch {epoch}/{total_epochs}: {seconds:.1f} s, {trained / max(seconds, 1e-9):.1f} img/s'
+    if metrics:
+        summary += f', val PSNR {metrics["PSNR"]:.2f} dB SSIM {metrics["SSIM"]:.3f} L1 {metrics["L1"]:.4f}'
+    if report_only:
+        summary += f' (reported only: the history, best.pt and plateau keep to --val_freq {opt.val_freq})'
+    trainer.epoch, trainer.next_batch = epoch, 0
+    state = trainer.state()  # on every rank: it gathers their RNG states
+    if trainer.rank == 0:
+        print(summary)
+        if epoch % opt.save_epoch_freq == 0:
+            save_checkpoint(os.path.join(run_dir, f'epoch_{epoch}.pt'), state)
+        if is_best:
+            save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
+        # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
+        save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
+
+
+def finish_run(writer, trainer, run_dir, last_epoch):
+    opt = trainer.opt
+    total_epochs = opt.n_epochs + opt.n_epochs_decay
+    if last_epoch < total_epochs:
+        writer.close()
+        print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; '
+              f'{describe_best(trainer)} so far')
+        return
+    write_hparams(writer, opt, trainer, run_dir)
+    writer.close()
+    print(f'done: {run_dir} ({describe_best(trainer)}); tensorboard --logdir {opt.runs_dir}')
+
+
 def train(opt, stop, held):
     device = setup_device(opt)  # first: each process must be on its own GPU before NCCL starts
     rank, world_size = setup_distributed(device)
     train_masks, train_images, _ = load_split(opt.dataroot, 'train')
-    val_masks, val_images, _ = load_split(opt.dataroot, 'val')
+    val = load_split(opt.dataroot, 'val')[:2]
     run_dir = os.path.join(opt.runs_dir, opt.name)
     check_same_data(opt, data_identity(opt.dataroot), run_dir)
     check_options_fit(opt, train_masks, train_images, device, world_size)
-    size = train_masks.shape[-1]
     total_epochs = opt.n_epochs + opt.n_epochs_decay
     last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
     trainer = Trainer(opt, device, rank, world_size)
@@ -419,110 +534,29 @@ def train(opt, stop, held):
         writer = open_run_dir(run_dir, opt, trainer.iteration, held)  # locked: another process may be training
         if opt.resume:
             print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
-    train_masks, train_images = place_split(train_masks, train_images, device, opt.data_device)
+    split = place_split(train_masks, train_images, device, opt.data_device)
     n_batches = len(train_masks) // opt.batch_size
-    layout = memory_format(opt)
-    metrics, stopping = None, False
-    # loss sums since the last log step: a log interval may span epochs (after a resume, it starts at the resume)
-    running, running_n = torch.zeros(len(LOSS_NAMES), device=device), 0
+    losses = RunningLosses(device, world_size)
     while trainer.epoch < last_epoch:
-        plan = EpochPlan(len(train_masks), size, opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip,
-                         opt.rotate).to(device)
-        started, data_seconds, images = time.perf_counter(), 0.0, 0
-        bar = tqdm(range(trainer.next_batch, n_batches), desc=f'epoch {trainer.epoch + 1}/{total_epochs}',
-                   disable=rank != 0, leave=False)
-        for batch in bar:
-            data_start = time.perf_counter()
-            mask, real = batch_on_device(train_masks, train_images, plan, batch, opt.batch_size, opt.crop_size,
-                                         rank, world_size)
-            mask, real = mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
-            data_seconds += time.perf_counter() - data_start
-            running += trainer.train_step(mask, real)
-            running_n += 1
-            trainer.iteration += 1
-            trainer.next_batch = batch + 1
-            images += opt.batch_size
-            at_log_step = trainer.iteration % opt.log_freq == 0
-            if at_log_step:
-                means = global_mean_losses(running, running_n, world_size)  # the one host sync per log interval
-                raise_if_not_finite(means, trainer)
-                if writer:
-                    values = means.tolist()
-                    for name, value in zip(LOSS_NAMES, values):
-                        writer.add_scalar(f'loss/{name}', value, trainer.iteration)
-                    bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LOSS_NAMES, values)})
-                running.zero_()
-                running_n = 0
-            if (at_log_step or world_size == 1) and stop_everywhere(stop, world_size, device):
-                stopping = True
-                break
+        started = time.perf_counter()
+        stopping, trained, data_seconds = train_epoch(trainer, split, losses, writer, stop)
         if stopping and trainer.next_batch < n_batches:
             state = trainer.state()
             if rank == 0:
                 save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
                 print(saved_for_resume(run_dir, trainer))
             return stop_exit_status(stop)
-        if running_n:
-            raise_if_not_finite(global_mean_losses(running, running_n, world_size), trainer)
+        losses.check_finite(trainer)
         if device.type == 'cuda':
             torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
-        validated = (trainer.epoch + 1) % opt.val_freq == 0 or trainer.epoch + 1 == total_epochs
-        # a job ended by --stop_epoch between validations reports one, kept out of the history, best.pt and the
-        # plateau schedule: those see the validations of the uninterrupted run
-        report_only = not validated and trainer.epoch + 1 == last_epoch
-        is_best = False
-        if validated or report_only:
-            metrics = validate(trainer, val_masks, val_images, max(opt.batch_size, 8))
-        if validated:
-            check_collapse(trainer, metrics, opt)
-            trainer.history.append({'epoch': trainer.epoch + 1, **metrics})
-            is_best = best_validation(trainer.history, opt.best_metric) is trainer.history[-1]
-        if opt.lr_policy == 'plateau':
-            if validated:
-                trainer.sched_G.step(metrics[opt.best_metric])
-                trainer.sched_D.step(metrics[opt.best_metric])
-        else:
-            trainer.sched_G.step()
-            trainer.sched_D.step()
-        if writer:
-            log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
-                      images / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
-            if validated and (((trainer.epoch + 1) // opt.val_freq) % opt.display_freq == 0
-                              or trainer.epoch + 1 == total_epochs):  # the final model's grid, whatever the freq
-                writer.add_image('val/mask|generated|real', image_grid(trainer, val_masks, val_images, opt.n_display),
-                                 trainer.iteration)
-            writer.flush()
-        summary = f'epoch {trainer.epoch + 1}/{total_epochs}: {seconds:.1f} s, {images / max(seconds, 1e-9):.1f} img/s'
-        if validated or report_only:
-            summary += f', val PSNR {metrics["PSNR"]:.2f} dB SSIM {metrics["SSIM"]:.3f} L1 {metrics["L1"]:.4f}'
-        if report_only:
-            summary += f' (reported only: the history, best.pt and plateau keep to --val_freq {opt.val_freq})'
-        trainer.epoch, trainer.next_batch = trainer.epoch + 1, 0
-        state = trainer.state()
-        if rank == 0:
-            print(summary)
-            if trainer.epoch % opt.save_epoch_freq == 0:
-                save_checkpoint(os.path.join(run_dir, f'epoch_{trainer.epoch}.pt'), state)
-            if is_best:
-                save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
-            # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
-            save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
+        end_epoch(trainer, val, writer, run_dir, (time.perf_counter() - started, trained, data_seconds), last_epoch)
         # a stop during the last epoch's end finishes the run: the hparams and the end message are its last steps
         if trainer.epoch < last_epoch and (stopping or stop_everywhere(stop, world_size, device)):
             if rank == 0:
                 print(saved_for_resume(run_dir, trainer))
             return stop_exit_status(stop)
-    if writer and last_epoch < total_epochs:
-        writer.close()
-        print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; '
-              f'{describe_best(trainer)} so far')
-    elif writer:
-        write_hparams(writer, opt, trainer, run_dir)
-        writer.close()
-        print(f'done: {run_dir} ({describe_best(trainer)}); '
-              f'tensorboard --logdir {opt.runs_dir}')
+    if writer:
+        finish_run(writer, trainer, run_dir, last_epoch)
     return 0
 
 
