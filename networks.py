@@ -245,7 +245,7 @@ def define_G_from_config(cfg):
                     cfg['init_type'], cfg['init_gain'], cfg['upsample'])
 
 
-def unet_min_size(netG):
+def generator_side_multiple(netG):
     """Input H and W must be multiples of this: 2**downsamplings (4 for the ResNets)."""
     _check_choice('netG', netG, GENERATORS)
     return {'unet_256': 256, 'unet_128': 128}.get(netG, 4)
@@ -254,7 +254,7 @@ def unet_min_size(netG):
 def generator_size_problem(netG, side):
     """Why netG cannot take side×side inputs, or None. Besides the multiple, a side of 4 fails for the
     ResNets: their 1×1 bottleneck can be neither reflection padded nor instance normalised."""
-    multiple = unet_min_size(netG)
+    multiple = generator_side_multiple(netG)
     if side % multiple or side < max(multiple, 8):
         return f'--netG {netG} needs a multiple of {multiple}' + (', at least 8' if multiple < 8 else '')
     return None

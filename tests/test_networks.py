@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import networks  # noqa: E402
 from networks import (DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, GANLoss, VGGLoss,  # noqa: E402
                       define_D, define_G, get_norm_layer, init_weights, patch_receptive_field,
-                      generator_size_problem, unet_min_size)
+                      generator_size_problem, generator_side_multiple)
 
 
 @pytest.fixture(autouse=True)
@@ -64,12 +64,12 @@ def test_unet_rejects_wrong_size():
 
 
 def test_unet_min_size():
-    assert unet_min_size('unet_256') == 256
-    assert unet_min_size('unet_128') == 128
-    assert unet_min_size('resnet_9blocks') == 4
-    assert unet_min_size('resnet_6blocks') == 4
+    assert generator_side_multiple('unet_256') == 256
+    assert generator_side_multiple('unet_128') == 128
+    assert generator_side_multiple('resnet_9blocks') == 4
+    assert generator_side_multiple('resnet_6blocks') == 4
     with pytest.raises(ValueError, match="'bogus'"):
-        unet_min_size('bogus')
+        generator_side_multiple('bogus')
 
 
 @pytest.mark.parametrize('netG, side, fits', [
