@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import write_array_dataset
-from dataset import EpochPlan, PairedDataset, augmented_batch, batch_on_device, load_split
+import dataset
+from dataset import EpochPlan, PairedDataset, augmented_batch, batch_on_device, crop_and_flip, load_split
 from utils import UserError
 
 
@@ -95,12 +96,22 @@ def test_augmented_batch_matches_single_items(transformed_root):
         assert torch.equal(masks[i], m) and torch.equal(images[i], im)
 
 
-def test_split_in_ram_gives_the_same_batches_as_a_split_on_the_device(transformed_root):
+class PlanOnAnotherDevice(EpochPlan):
+    """A plan whose device is not the split's, as on a GPU with the split left in RAM. (Moving a plan to cpu:0
+    does not do it: a CPU tensor reports plain 'cpu', the split's device.)"""
+
+    @property
+    def device(self):
+        return torch.device('cpu', 0)
+
+
+def test_split_in_ram_gives_the_same_batches_as_a_split_on_the_device(transformed_root, monkeypatch):
+    copies = []
+    real_copy_rows = dataset.copy_rows
+    monkeypatch.setattr(dataset, 'copy_rows', lambda *args: copies.append(1) or real_copy_rows(*args))
     ds = PairedDataset(transformed_root, 'train', crop=64, train=True, rotate=True, seed=3)
     on_device = EpochPlan(len(ds), ds.size, 64, seed=3, epoch=2, rotate=True)
-    # As torch.device objects cpu:0 != cpu, so this plan sends the CPU-only test down the path a CUDA run takes
-    # for a split left in RAM: whole samples gathered and copied, then augmented next to the plan.
-    elsewhere = EpochPlan(len(ds), ds.size, 64, seed=3, epoch=2, rotate=True).to(torch.device('cpu', 0))
+    elsewhere = PlanOnAnotherDevice(len(ds), ds.size, 64, seed=3, epoch=2, rotate=True)
     batch_size, world_size = 4, 2
     for index in range(len(ds) // batch_size):
         for rank in range(world_size):
@@ -108,6 +119,25 @@ def test_split_in_ram_gives_the_same_batches_as_a_split_on_the_device(transforme
             got = batch_on_device(ds.masks, ds.images, elsewhere, index, batch_size, 64, rank, world_size)
             assert got[0].shape == (batch_size // world_size, 1, 64, 64)
             assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert copies  # the path a split in RAM takes: whole samples gathered and copied, then augmented
+
+
+def test_random_crops_can_start_at_every_offset_including_the_last():
+    plan = EpochPlan(2000, 72, 64, seed=0, epoch=0)
+    assert set(plan.top.tolist()) == set(range(9)) and set(plan.left.tolist()) == set(range(9))
+
+
+def test_crop_and_flip_matches_a_per_sample_reference():
+    x = torch.randint(0, 256, (64, 2, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plan = EpochPlan(64, 20, 12, seed=1, epoch=0, rotate=True)
+    assert set(plan.quarter_turns.tolist()) == {0, 1, 2, 3} and plan.vflip.any() and plan.hflip.any()
+    out = crop_and_flip(x, plan.top, plan.left, 12, plan.hflip, plan.vflip, plan.quarter_turns)
+    for i in range(64):
+        top, left = int(plan.top[i]), int(plan.left[i])
+        window = x[i, :, top:top + 12, left:left + 12]
+        window = window.flip(1) if plan.vflip[i] else window
+        window = window.flip(2) if plan.hflip[i] else window
+        assert torch.equal(out[i], torch.rot90(window, int(plan.quarter_turns[i]), (1, 2))), i
 
 
 def test_validation_is_deterministic_centre_crop_or_full_size(transformed_root):

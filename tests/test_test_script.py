@@ -583,3 +583,35 @@ def test_a_test_py_into_a_results_folder_another_process_writes_stops_before_tou
                                             rf'end, or choose another --results_dir$'):
             ts.main(['--run', run_dir, '--results_dir', str(out), '--mode', 'sliding'])
         assert {name: os.path.getmtime(out / name) for name in os.listdir(out)} == before
+
+
+class Blur(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False).expand(-1, 3, -1, -1)
+
+
+def test_sliding_windows_see_mirrored_context_at_the_border():
+    out = generate_sliding(Blur(), np.full((100, 120), 255, np.uint8), 64, 0.5, 4, torch.device('cpu'))
+    assert (out == 255).all()  # reflect padding: an all-building mask stays all building up to its edges
+
+
+def test_a_perfect_copy_stores_psnr_as_null_in_strict_json():
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    scores = ts.image_scores(image, image, None, 1.0, argparse.Namespace(scale=1.0))
+    assert scores['PSNR'] is None
+    json.dumps(scores, allow_nan=False)
+
+
+def test_means_skip_missing_values():
+    rows = [{'metrics': {'PSNR': None, 'seam_score': 1.0}}, {'metrics': {'PSNR': 20.0, 'seam_score': None}}]
+    assert ts.mean_scores(rows) == {'PSNR': 20.0, 'seam_score': 1.0}
+
+
+def test_memory_check_is_made_for_the_largest_input(monkeypatch):
+    monkeypatch.setattr(ts, 'peak_window_bytes', lambda *args: 2 ** 20)
+    opt = argparse.Namespace(mode='sliding', tiles=2, overlap=0.5, scale=1.0, batch_size=8, max_memory_gb=0.02)
+    cfg = {'input_nc': 1, 'output_nc': 3}
+    small, large = ('small', 'small.png', None, None, (72, 72)), ('large', 'large.png', None, None, (3000, 3000))
+    ts.check_memory(opt, None, cfg, 64, [small], torch.device('cpu'))  # the small one fits
+    with pytest.raises(UserError, match='large.png: 3000×3000 mask'):
+        ts.check_memory(opt, None, cfg, 64, [small, large], torch.device('cpu'))

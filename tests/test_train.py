@@ -1,5 +1,7 @@
+import copy
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -16,7 +18,9 @@ from torch.utils.tensorboard import SummaryWriter
 import train
 import transform_dataset
 from conftest import DATA, tiny, write_array_dataset
-from train_options import build_parser, parse_options
+from dataset import center_crop_batch, load_split
+from metrics import image_metrics
+from train_options import build_parser, parse_options, resolve_options
 from utils import UserError
 
 
@@ -529,6 +533,83 @@ def test_d_gets_its_input_in_the_chosen_layout(transformed_root, tmp_path, layou
     trainer.train_step(torch.zeros(2, 1, 64, 64).contiguous(memory_format=fmt),
                        torch.zeros(2, 3, 64, 64).contiguous(memory_format=fmt))
     assert len(seen) == 3 and all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
+
+
+def tiny_trainer(root, tmp_path, *extra):
+    opt = build_parser().parse_args(tiny(root, tmp_path, 'x', *extra))
+    opt.input_nc = 1
+    return train.Trainer(opt, torch.device('cpu'), 0, 1)
+
+
+@pytest.mark.parametrize('batch_size', [8, 2])  # 5 val samples: one short batch, or a short last batch
+def test_validation_means_are_over_samples_not_batch_slots(transformed_root, tmp_path, batch_size):
+    trainer = tiny_trainer(transformed_root, tmp_path)
+    val_masks, val_images, _ = load_split(transformed_root, 'val')
+    got = train.validate(trainer, val_masks, val_images, batch_size)
+    mask, real = center_crop_batch(val_masks, val_images, 0, len(val_masks), 64, torch.device('cpu'))
+    expected = {k: v.mean().item() for k, v in image_metrics(trainer.generate(mask), real).items()}
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_d_step_judges_real_pairs_real_and_generated_pairs_fake(transformed_root, tmp_path):
+    trainer = tiny_trainer(transformed_root, tmp_path, '--gan_mode', 'lsgan', '--no_dropout')  # lsgan: 0 vs 1 is far
+    G0, D0 = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D)
+    g = torch.Generator().manual_seed(0)
+    mask = torch.where(torch.rand(2, 1, 64, 64, generator=g) > 0.5, 1.0, -1.0)
+    real = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    losses = trainer.train_step(mask, real)
+    with torch.no_grad():
+        d_real = D0(torch.cat((mask, real), 1))
+        d_fake = D0(torch.cat((mask, G0(mask)), 1))
+    assert losses[train.LOSS_NAMES.index('D_real')].item() == pytest.approx(trainer.gan_loss(d_real, True).item(),
+                                                                             rel=1e-4)
+    assert losses[train.LOSS_NAMES.index('D_fake')].item() == pytest.approx(trainer.gan_loss(d_fake, False).item(),
+                                                                             rel=1e-4)
+
+
+def test_epoch_checkpoints_are_kept_every_save_epoch_freq_epochs(transformed_root, tmp_path):
+    train.main(tiny(transformed_root, tmp_path, 'freq', '--n_epochs', '4', '--n_epochs_decay', '0',
+                    '--save_epoch_freq', '2'))
+    assert sorted(n for n in os.listdir(tmp_path / 'freq') if n.startswith('epoch_')) == ['epoch_2.pt', 'epoch_4.pt']
+
+
+def saved_run(tmp_path):
+    """A run folder as resolve_options reads it (config.json and a latest.pt), without training."""
+    parser = build_parser()
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.json').write_text(json.dumps(vars(parser.parse_args(['--dataroot', str(tmp_path)]))))
+    (run / 'latest.pt').write_bytes(b'')
+    return parser, ['--runs_dir', str(tmp_path), '--name', 'run', '--resume']
+
+
+@pytest.mark.parametrize('option, value', [('--gan_mode', 'lsgan'), ('--crop_size', '128'),
+                                           ('--content_loss', 'l1+vgg'), ('--ngf', '32'), ('--norm', 'batch')])
+def test_resume_refuses_every_option_that_defines_the_networks_or_data(tmp_path, option, value):
+    parser, resume = saved_run(tmp_path)
+    with pytest.raises(UserError, match=f'trained with {option} '):
+        resolve_options(parser, [*resume, option, value])
+
+
+def test_resume_reads_options_given_as_name_equals_value(tmp_path):
+    parser, resume = saved_run(tmp_path)
+    with pytest.raises(UserError, match='trained with --lr 0.0002, not 0.001'):
+        resolve_options(parser, [*resume, '--lr=1e-3'])
+    assert resolve_options(parser, [*resume, '--n_epochs=7']).n_epochs == 7
+
+
+def test_image_metrics_use_the_0_1_convention_with_peak_1():
+    fake, real = torch.full((1, 3, 32, 32), -1.0), torch.zeros(1, 3, 32, 32)  # black vs mid grey
+    metrics = image_metrics(fake, real)
+    assert metrics['PSNR'].item() == pytest.approx(10 * math.log10(1 / 0.25), abs=1e-4)  # 6.02 dB, not 12.04
+    assert metrics['L1'].item() == pytest.approx(0.5)  # half the [0, 1] range, not 1.0
+    from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    b = (0.5 * a + 0.3 * (torch.rand(1, 3, 32, 32, generator=g) * 2 - 1)).clamp(-1, 1)  # a noisy, dimmer copy
+    on_01 = ssim((a + 1) / 2, (b + 1) / 2, data_range=1.0).item()  # 0.74
+    assert abs(on_01 - ssim(a, b, data_range=1.0).item()) > 0.1  # on [-1, 1] it would read 0.42
+    assert image_metrics(a, b)['SSIM'].item() == pytest.approx(on_01, abs=1e-5)
 
 
 def test_resume_with_other_architecture_and_existing_run(transformed_root, tmp_path):

@@ -502,3 +502,37 @@ def test_a_5000px_tile_needs_less_than_4x_its_size_in_ram(tmp_path):
     print(f'peak {peak:.0f} MB, imports {baseline:.0f} MB, tile {tile_mb:.0f} MB')
     assert peak - baseline < 4 * tile_mb, (peak, baseline)
     assert os.path.exists(tmp_path / 'out' / 'train' / 'images' / 'austin1.npy')
+
+
+def test_tiles_of_a_non_square_source_pair_up(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / 'in'
+    (root / 'images').mkdir(parents=True)
+    (root / 'gt').mkdir()
+    image = rng.integers(0, 256, (60, 100, 3), dtype=np.uint8)
+    mask = np.where(rng.random((60, 100)) < 0.3, 255, 0).astype(np.uint8)
+    tifffile.imwrite(root / 'images' / 'austin6.tif', image, photometric='rgb')
+    tifffile.imwrite(root / 'gt' / 'austin6.tif', mask, compression='lzw')
+    run(root, tmp_path / 'out', '--size', '16', '--split', '2')
+    got_image = np.load(tmp_path / 'out' / 'train' / 'images' / 'austin6_r0c1.npy')
+    got_mask = np.load(tmp_path / 'out' / 'train' / 'masks' / 'austin6_r0c1.npy')
+    np.testing.assert_array_equal(got_image, resize_image(image[0:30, 50:100], 16))  # row 0, column 1
+    np.testing.assert_array_equal(got_mask, resize_mask(mask[0:30, 50:100], 16))
+
+
+def test_mask_resize_marks_a_cell_building_when_at_least_half_of_it_is():
+    mask = np.zeros((10, 20), np.uint8)
+    mask[:, :3] = 255  # left cell: 30 % building
+    mask[:, 10:17] = 255  # right cell: 70 %
+    assert resize_mask(mask, (1, 2)).tolist() == [[0, 255]]
+
+
+def test_default_val_pattern_takes_images_1_to_5_of_each_city(tmp_path):
+    names = {'austin1': 'val', 'austin5': 'val', 'austin6': 'train', 'austin10': 'train', 'austin15': 'train',
+             'vienna36': 'train', 'tyrol-w3': 'val', 'tyrol-w30': 'train', 'austin3_45': 'val', 'kitsap8_26': 'train'}
+    for sub in ('images', 'gt'):
+        (tmp_path / sub).mkdir()
+        for name in names:
+            (tmp_path / sub / f'{name}.tif').write_bytes(b'')
+    opt = transform_dataset.parse_args(['--dataroot', str(tmp_path), '--out', str(tmp_path / 'out')])
+    assert {stem: split for stem, _, _, split in transform_dataset.find_inria_sources(opt)} == names

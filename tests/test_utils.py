@@ -1,6 +1,8 @@
 """Tests for utils.py: image reading (every mask format a user may hand us, TIFF layouts), RNG states, the parser."""
 import glob
 import os
+import signal
+import stat
 import subprocess
 import sys
 
@@ -252,3 +254,41 @@ def test_a_crash_under_torchrun_leaves_its_traceback_for_torchruns_summary(tmp_p
     assert failure.message['message'] == 'RuntimeError: CUDA out of memory on rank 3'
     assert 'in crash' in failure.message['extraInfo']['py_callstack']
     assert not list(tmp_path.glob('.*.tmp'))
+
+
+def test_atomic_open_fsyncs_before_it_renames(tmp_path, monkeypatch):
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, 'fsync', lambda fd: events.append('fsync') or real_fsync(fd))
+    monkeypatch.setattr(os, 'replace', lambda a, b: events.append('replace') or real_replace(a, b))
+    with utils.atomic_open(tmp_path / 'f') as f:
+        f.write(b'data')
+    assert events == ['fsync', 'replace'] and (tmp_path / 'f').read_bytes() == b'data'
+
+
+def test_atomic_outputs_get_the_permissions_open_would_give(tmp_path):
+    expected = 0o666 & ~utils._UMASK
+    if expected == 0o600:
+        pytest.skip('this umask makes the two indistinguishable')
+    utils.write_json_atomic(tmp_path / 'f.json', {})
+    assert stat.S_IMODE(os.stat(tmp_path / 'f.json').st_mode) == expected
+
+
+def test_a_half_transparent_colour_in_a_mask_is_refused():
+    rgba = np.zeros((20, 20, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[5, 5] = (255, 255, 255, 128)  # an antialiased edge pixel of a paint tool's stroke
+    with pytest.raises(UserError, match='transparent pixels over a colour that is not black'):
+        check_binary_mask(rgba, 'm.png')
+
+
+def test_stop_request_gives_back_the_previous_handlers():
+    def mine(signum, frame):
+        pass
+    saved = {sig: signal.signal(sig, mine) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with utils.StopRequest():
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGINT) is mine
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
