@@ -22,10 +22,11 @@ import torch
 import generation
 import train
 import transform_dataset
-from synthetic_inria import make_synthetic_inria, synthetic_pair
 from dataset import EpochPlan, augmented_batch, batch_on_device
+from image_io import read_image_file
+from synthetic_inria import make_synthetic_inria, synthetic_pair
 from train_options import build_parser
-from utils import ArgumentParser, UserError, check_counts, read_image_file, run_cli
+from utils import ArgumentParser, UserError, check_counts, run_cli
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, half their "with sparsity"
 # figures; matched against torch.cuda.get_device_name, most specific name first. Issue 5 planned with ~790.

@@ -4,14 +4,14 @@ test.py is the command line over these; they are also the Python API for growing
 
     import torch
     from generation import generate_sliding, load_generator
-    from utils import read_binary_mask
+    from image_io import read_binary_mask
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     G, cfg, _ = load_generator('runs/inria_2x2/best.pt', device)
     mask = read_binary_mask('forged/austin1.tif')  # H×W uint8 0/255, from any mask format transform reads
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
         image = generate_sliding(G, mask, cfg['crop_size'], overlap=0.5, batch_size=16, device=device)
 
-`image` is H×W×3 uint8, exactly the mask's size (utils.save_png writes it atomically). Trained on 2×2 tiles of
+`image` is H×W×3 uint8, exactly the mask's size (image_io.save_png writes it atomically). Trained on 2×2 tiles of
 5000² masks resized to 286²? Resize the mask by the same factor first (test.py --scale 0.114), or the buildings
 come out at a scale the model never saw.
 """
@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 import networks
 from dataset import to_unit_range
-from utils import UserError, load_checkpoint, resize_image, resize_mask, tile_bounds, to_uint8_hwc
+from image_io import resize_image, resize_mask, tile_bounds
+from utils import UserError, load_checkpoint, to_uint8_hwc
 
 WINDOW_FLOOR = 0.01  # minimum blending weight, so every pixel has a non-zero weight sum
 
@@ -92,7 +93,7 @@ def check_input_channels(G, mask):
     takes = next((m.in_channels for m in modules if isinstance(m, torch.nn.Conv2d)), None)
     has = 1 if mask.ndim == 2 else mask.shape[2]
     if takes is not None and has != takes:
-        read_with = ' (utils.read_binary_mask reads a mask file as one)' if takes == 1 else ''
+        read_with = ' (image_io.read_binary_mask reads a mask file as one)' if takes == 1 else ''
         raise ValueError(f'the generator takes {takes}-channel input{read_with}, got an array of shape {mask.shape}')
 
 
@@ -129,7 +130,7 @@ def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
     uint8 output. The weights form a full separable grid, so the weight sum is row_sum[y] · col_sum[x]."""
     if mask.dtype != np.uint8 or (mask.ndim == 2 and mask.max() not in (0, 255)):  # bool or 0/1: all background
         got = mask.dtype if mask.dtype != np.uint8 else f'values up to {mask.max()}'
-        raise ValueError(f'mask must be a uint8 array of 0/255 (utils.read_binary_mask reads one), got {got}')
+        raise ValueError(f'mask must be a uint8 array of 0/255 (image_io.read_binary_mask reads one), got {got}')
     check_input_channels(G, mask)
     height, width = mask.shape[:2]
     top, bottom, ys = sliding_plan(height, window, overlap)

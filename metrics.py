@@ -6,7 +6,8 @@ import warnings
 
 import numpy as np
 
-from utils import UserError, load_error, tile_bounds
+from image_io import tile_bounds
+from utils import UserError, load_error
 
 
 def image_metrics(fake, real):

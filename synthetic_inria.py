@@ -14,7 +14,8 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
-from utils import UserError, make_writable_dir, one_line_write_errors, read_json, write_json_atomic, write_tiff_atomic
+from image_io import write_tiff_atomic
+from utils import UserError, make_writable_dir, one_line_write_errors, read_json, write_json_atomic
 
 CITIES = ('austin', 'chicago', 'kitsap', 'tyrol-w', 'vienna')
 SETTINGS_FILE = 'synthetic.json'  # beside images/ and gt/: what the tiles were made with

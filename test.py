@@ -30,11 +30,11 @@ import networks
 from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan, window_edges)
+from image_io import (TIFF_SUFFIXES, list_images, read_binary_mask, read_image_file, resize_image, resize_mask,
+                      save_png, write_tiff_atomic)
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score, seam_score_at
-from utils import (TIFF_SUFFIXES, ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, free_space,
-                   list_images, pick_device, read_binary_mask, read_image_file,
-                   remove_stale_temp_files, resize_image, resize_mask, run_cli, save_png, to_uint8_hwc,
-                   write_json_atomic, write_text_atomic, write_tiff_atomic, writing_alone)
+from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, free_space, pick_device,
+                   remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic, write_text_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,

@@ -19,11 +19,11 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
+from image_io import (building_fraction, check_mask_format, check_rgb_format, check_rgb_image, list_images,
+                      read_binary_mask, read_image_file, read_image_header, resize_image, resize_mask, tile_bounds)
 from synthetic_inria import make_synthetic_inria
-from utils import (ArgumentParser, UserError, building_fraction, check_counts, check_fractions, check_mask_format,
-                   check_rgb_format, check_rgb_image, list_images, read_binary_mask, read_image_file, read_image_header,
-                   read_json, remove_stale_temp_files, resize_image, resize_mask, run_cli,
-                   save_npy_atomic, tile_bounds, write_json_atomic, writing_alone)
+from utils import (ArgumentParser, UserError, check_counts, check_fractions, read_json, remove_stale_temp_files,
+                   run_cli, save_npy_atomic, write_json_atomic, writing_alone)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import tifffile
 
+import transform_dataset
+from image_io import write_tiff_atomic
 from synthetic_inria import (CITIES, make_synthetic_inria, render_aerial_image, synthetic_layout,
                              synthetic_pair, synthetic_tile_names, tile_seed)
-import transform_dataset
-from utils import UserError, write_tiff_atomic
+from utils import UserError
 
 GEOTIFF_TAGS = (33550, 33922, 34735)  # ModelPixelScale, ModelTiepoint, GeoKeyDirectory
 

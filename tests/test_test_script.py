@@ -184,7 +184,7 @@ def test_the_python_api_names_a_mask_read_in_colour(run_dir):
     rgb = np.repeat(ramp_mask(50, 60, 0)[..., None], 3, 2)  # a mask PNG read with PIL, not read_binary_mask
     for generate_some in (lambda: generate_sliding(G, rgb, cfg['crop_size'], 0.5, 4, torch.device('cpu')),
                           lambda: generate_tiles(G, rgb, 2, cfg['crop_size'], 4, torch.device('cpu'))):
-        with pytest.raises(ValueError, match=r'takes 1-channel input \(utils.read_binary_mask .*\(50, 60, 3\)$'):
+        with pytest.raises(ValueError, match=r'takes 1-channel input \(image_io.read_binary_mask .*\(50, 60, 3\)$'):
             generate_some()
     as_function = generate_sliding(lambda x: G(x), rgb[..., 0], cfg['crop_size'], 0.5, 4, torch.device('cpu'))
     assert as_function.shape == (50, 60, 3)  # a plain function stands in for G, as before the check

@@ -13,8 +13,9 @@ from PIL import Image
 
 import transform_dataset
 from conftest import DATA, REPO
+from image_io import resize_image, resize_mask
 from synthetic_inria import make_synthetic_inria
-from utils import UserError, resize_image, resize_mask, write_json_atomic
+from utils import UserError, write_json_atomic
 
 
 def make_inria_dir(root, names=('austin1', 'austin6', 'chicago7'), size=64, seed=0):

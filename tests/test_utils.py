@@ -14,8 +14,8 @@ from PIL import Image
 
 import utils
 from conftest import DATA, REPO
-from utils import (ArgumentParser, UserError, check_binary_mask, read_binary_mask, read_image_file, read_image_header,
-                   rng_states, run_cli, set_rng_states)
+from image_io import check_binary_mask, read_binary_mask, read_image_file, read_image_header
+from utils import ArgumentParser, UserError, rng_states, run_cli, set_rng_states
 
 SAMPLE_MASKS = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'gt', '*.png')))
 
