@@ -4,7 +4,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,6 @@ from utils import UserError, rng_states
 LR = 2e-4
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def scalars(run_dir, tag):
     acc = EventAccumulator(str(run_dir), size_guidance={'scalars': 0})
     acc.Reload()
@@ -38,8 +31,9 @@ OPTIONS = ('--n_epochs', '2', '--n_epochs_decay', '0', '--batch_size', '4', '--n
 
 
 def torchrun_command(root, runs, name, *extra, options=OPTIONS):
-    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
-            '--master_port', str(free_port()), os.path.join(REPO, 'train.py'), *tiny(root, runs, name, *options, *extra)]
+    # --standalone: torchrun binds its own free port (a port picked here could be taken before torchrun binds it)
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+            os.path.join(REPO, 'train.py'), *tiny(root, runs, name, *options, *extra)]
 
 
 def torchrun_two_processes(root, runs, name, *extra, options=OPTIONS):
