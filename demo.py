@@ -14,6 +14,7 @@ import time
 import torch
 
 from synthetic_inria import SETTINGS_FILE
+from train_options import total_epochs
 from utils import ArgumentParser, load_checkpoint, read_json, run_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,7 +59,7 @@ def check_training_finished(run_dir):
     score a half-trained model as if it were the final one."""
     config = read_json(os.path.join(run_dir, 'config.json'), 'run config')
     trained = load_checkpoint(os.path.join(run_dir, 'latest.pt'))['epoch']
-    total = config['n_epochs'] + config['n_epochs_decay']
+    total = total_epochs(config)
     if trained < total:
         sys.exit(f'demo stopped: train.py stopped after epoch {trained} of {total} (a SIGTERM?): run the same demo '
                  f'command again to go on')

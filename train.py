@@ -26,7 +26,7 @@ import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
 from metrics import image_metrics
 from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
-                           parse_options)
+                           parse_options, total_epochs)
 from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, load_checkpoint, load_error, pick_device,
                    remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic,
                    writing_alone)
@@ -76,7 +76,6 @@ def build_models(opt, device, world_size):
 
 
 def build_scheduler(opt, optimizer):
-    total = opt.n_epochs + opt.n_epochs_decay
     if opt.lr_policy == 'linear':  # constant for n_epochs, then linearly to 0 (official pix2pix rule)
         rule = lambda epoch: 1.0 - max(0, epoch + 1 - opt.n_epochs) / float(opt.n_epochs_decay + 1)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
@@ -85,7 +84,7 @@ def build_scheduler(opt, optimizer):
     if opt.lr_policy == 'plateau':  # on a validation metric: the seed's plateau on GAN losses drove lr to 0
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=BEST_METRICS[opt.best_metric], factor=0.5,
                                                           threshold=0.01, patience=5)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total, eta_min=0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_epochs(vars(opt)), eta_min=0)
 
 
 def apply_linear_rule(sched):
@@ -372,8 +371,8 @@ def stop_everywhere(stop, world_size, device):
     return flag.item() > 0
 
 
-def nothing_to_train(trained, total_epochs, last_epoch, run_dir):
-    if trained >= total_epochs:
+def nothing_to_train(trained, total, last_epoch, run_dir):
+    if trained >= total:
         return (f'nothing to train: {run_dir} has finished its {trained} epochs; to extend it, resume with more '
                 f'--n_epochs or --n_epochs_decay')
     return (f'nothing to train: {run_dir} has already trained {trained} epochs (--stop_epoch {last_epoch}); resume '
@@ -430,7 +429,7 @@ def train_epoch(trainer, split, losses, writer, stop):
     layout = memory_format(opt)
     trained, data_seconds = 0, 0.0
     bar = tqdm(range(trainer.next_batch, len(masks) // opt.batch_size), leave=False, disable=trainer.rank != 0,
-               desc=f'epoch {trainer.epoch + 1}/{opt.n_epochs + opt.n_epochs_decay}')
+               desc=f'epoch {trainer.epoch + 1}/{total_epochs(vars(opt))}')
     for batch in bar:
         data_start = time.perf_counter()
         mask, real = batch_on_device(masks, images, plan, batch, opt.batch_size, opt.crop_size, trainer.rank,
@@ -452,10 +451,10 @@ def train_epoch(trainer, split, losses, writer, stop):
 def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
     """Validation, the lr schedules, TensorBoard, the epoch's line, then the checkpoints (latest.pt last)."""
     opt, epoch = trainer.opt, trainer.epoch + 1  # the epoch that has just trained
-    total_epochs = opt.n_epochs + opt.n_epochs_decay
+    total = total_epochs(vars(opt))
     seconds, trained, data_seconds = timing
     trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
-    validated = epoch % opt.val_freq == 0 or epoch == total_epochs
+    validated = epoch % opt.val_freq == 0 or epoch == total
     # a job ended by --stop_epoch between validations reports one, kept out of the history, best.pt and the
     # plateau schedule: those see the validations of the uninterrupted run
     report_only = not validated and epoch == last_epoch
@@ -475,10 +474,10 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
         log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
                   trained / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
         if validated and ((epoch // opt.val_freq) % opt.display_freq == 0
-                          or epoch == total_epochs):  # the final model's grid, whatever the freq
+                          or epoch == total):  # the final model's grid, whatever the freq
             writer.add_image('val/mask|generated|real', image_grid(trainer, *val, opt.n_display), trainer.iteration)
         writer.flush()
-    summary = f'epoch {epoch}/{total_epochs}: {seconds:.1f} s, {trained / max(seconds, 1e-9):.1f} img/s'
+    summary = f'epoch {epoch}/{total}: {seconds:.1f} s, {trained / max(seconds, 1e-9):.1f} img/s'
     if metrics:
         summary += f', val PSNR {metrics["PSNR"]:.2f} dB SSIM {metrics["SSIM"]:.3f} L1 {metrics["L1"]:.4f}'
     if report_only:
@@ -497,10 +496,10 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
 
 def finish_run(writer, trainer, run_dir, last_epoch):
     opt = trainer.opt
-    total_epochs = opt.n_epochs + opt.n_epochs_decay
-    if last_epoch < total_epochs:
+    total = total_epochs(vars(opt))
+    if last_epoch < total:
         writer.close()
-        print(f'stopped after epoch {last_epoch} of {total_epochs} (--stop_epoch): continue with --resume; '
+        print(f'stopped after epoch {last_epoch} of {total} (--stop_epoch): continue with --resume; '
               f'{describe_best(trainer)} so far')
         return
     write_hparams(writer, opt, trainer, run_dir)
@@ -516,8 +515,8 @@ def train(opt, stop, held):
     run_dir = os.path.join(opt.runs_dir, opt.name)
     check_same_data(opt, data_identity(opt.dataroot), run_dir)
     check_options_fit(opt, train_masks, train_images, device, world_size)
-    total_epochs = opt.n_epochs + opt.n_epochs_decay
-    last_epoch = min(total_epochs, opt.stop_epoch or total_epochs)
+    total = total_epochs(vars(opt))
+    last_epoch = min(total, opt.stop_epoch or total)
     trainer = Trainer(opt, device, rank, world_size)
     if opt.resume:
         state = load_checkpoint(os.path.join(run_dir, 'latest.pt'))
@@ -525,7 +524,7 @@ def train(opt, stop, held):
         trainer.restore(state)
         if trainer.epoch >= last_epoch:  # before the run folder is touched: nothing in it changes
             if rank == 0:
-                print(nothing_to_train(trainer.epoch, total_epochs, last_epoch, run_dir))
+                print(nothing_to_train(trainer.epoch, total, last_epoch, run_dir))
             return 0
     else:
         seed_dropout_noise(opt, rank)

@@ -153,16 +153,19 @@ def check_mid_epoch_resume(state, opt, run_dir):
                             f'with --{key} {saved} (--stop_epoch {state["epoch"] + 1}), then resume with the new one')
 
 
+def total_epochs(config):
+    """The run's length in epochs, from its options (vars(opt)) or its saved config.json."""
+    return config['n_epochs'] + config['n_epochs_decay']
+
+
 def check_cosine_length(run_dir, saved, resumed):
     """The cosine scheduler keeps its period in the checkpoint, so a new total would be ignored and the rate would
     climb again after the old end. (linear recomputes its rule from the options each epoch, and step and plateau
     do not depend on the total: those runs may be extended.)"""
-    def total(config):
-        return config['n_epochs'] + config['n_epochs_decay']
-    if saved['lr_policy'] == 'cosine' and total(resumed) != total(saved):
+    if saved['lr_policy'] == 'cosine' and total_epochs(resumed) != total_epochs(saved):
         raise UserError(f'--resume: {run_dir} anneals with --lr_policy cosine over --n_epochs + --n_epochs_decay = '
-                        f'{total(saved)} epochs, not {total(resumed)}; the lr schedule continues from the checkpoint: '
-                        f'keep that total (--stop_epoch ends a job early) or start a new --name')
+                        f'{total_epochs(saved)} epochs, not {total_epochs(resumed)}; the lr schedule continues from '
+                        f'the checkpoint: keep that total (--stop_epoch ends a job early) or start a new --name')
 
 
 def check_options(opt):
