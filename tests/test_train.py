@@ -522,23 +522,21 @@ def test_resume_that_switches_channels_last_steps_adam_like_the_saved_layout(tra
         torch.testing.assert_close(stepped['--channels_last'][key], value, msg=lambda m: f'{key}: {m}')
 
 
-@pytest.mark.parametrize('layout', ['--channels_last', None])
-def test_d_gets_its_input_in_the_chosen_layout(transformed_root, tmp_path, layout):
-    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'x', *filter(None, [layout])))
-    opt.input_nc = 1
-    trainer = train.Trainer(opt, torch.device('cpu'), 0, 1)
-    seen = []
-    trainer.D.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    fmt = train.memory_format(opt)
-    trainer.train_step(torch.zeros(2, 1, 64, 64).contiguous(memory_format=fmt),
-                       torch.zeros(2, 3, 64, 64).contiguous(memory_format=fmt))
-    assert len(seen) == 3 and all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
-
-
 def tiny_trainer(root, tmp_path, *extra):
     opt = build_parser().parse_args(tiny(root, tmp_path, 'x', *extra))
     opt.input_nc = 1
     return train.Trainer(opt, torch.device('cpu'), 0, 1)
+
+
+@pytest.mark.parametrize('layout', ['--channels_last', None])
+def test_d_gets_its_input_in_the_chosen_layout(transformed_root, tmp_path, layout):
+    trainer = tiny_trainer(transformed_root, tmp_path, *filter(None, [layout]))
+    seen = []
+    trainer.D.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    fmt = train.memory_format(trainer.opt)
+    trainer.train_step(torch.zeros(2, 1, 64, 64).contiguous(memory_format=fmt),
+                       torch.zeros(2, 3, 64, 64).contiguous(memory_format=fmt))
+    assert len(seen) == 3 and all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
 
 
 @pytest.mark.parametrize('batch_size', [8, 2])  # 5 val samples: one short batch, or a short last batch
