@@ -6,10 +6,10 @@
     python bench.py --only train --batches 64 --rows 1 5   # plain and every optimisation: one compile, not two
 
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
-(train.py's own Trainer, so the numbers are the real loop's): fused Adam, bf16 autocast, torch.compile,
-channels_last. Data time is the share of the step spent making the augmented batch (the uint8 split lives on the
-training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak (--peak_tflops;
-known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
+(pix2pix_model.Trainer, the one train.py runs, so the numbers are the real loop's): fused Adam, bf16 autocast,
+torch.compile, channels_last. Data time is the share of the step spent making the augmented batch (the uint8 split
+lives on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak
+(--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
 """
 import os
 import resource
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import generation
+import pix2pix_model
 import train
 import transform_dataset
 from dataset import EpochPlan, augmented_batch, batch_on_device
@@ -83,7 +84,7 @@ def make_trainer(device, overrides):
     for key, value in overrides.items():
         setattr(opt, key, value)
     opt.input_nc = 1
-    trainer = train.Trainer(opt, device, rank=0, world_size=1)
+    trainer = pix2pix_model.Trainer(opt, device, rank=0, world_size=1)
     if overrides.get('default_adam'):  # the official repo's optimiser: torch's default Adam implementation
         trainer.opt_G = torch.optim.Adam(trainer.G.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
         trainer.opt_D = torch.optim.Adam(trainer.D.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
@@ -108,7 +109,7 @@ def bench_train_row(device, overrides, batch, iters, warmup, data):
     trainer = make_trainer(device, overrides)
     plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0).to(device)
     n_batches = len(masks) // batch
-    layout = train.memory_format(trainer.opt)
+    layout = pix2pix_model.memory_format(trainer.opt)
     data_seconds = step_seconds = 0.0
     for i in range(warmup + iters):
         if i == warmup and device.type == 'cuda':  # the steady step's memory, not cuDNN's autotuning or compilation

@@ -13,13 +13,9 @@ Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 =
 FID/KID only with --inception_weights.
 """
 import contextlib
-import csv
-import html
-import io
 import math
 import os
 import sys
-import urllib.parse
 
 import numpy as np
 import tifffile
@@ -32,9 +28,10 @@ from generation import (available_bytes, generate_sliding, generate_tiles, load_
                         run_generator, sliding_plan, window_edges)
 from image_io import (TIFF_SUFFIXES, list_images, read_binary_mask, read_image_file, resize_image, resize_mask,
                       save_png, write_tiff_atomic)
-from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score, seam_score_at
+from metrics import (building_scores, compute_fid_kid, format_score, image_metrics, make_fid_kid, mean_scores,
+                     seam_score, seam_score_at, write_index_html, write_metrics_csv)
 from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, free_space, pick_device,
-                   remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic, write_text_atomic, writing_alone)
+                   remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -417,51 +414,6 @@ def grid_image(panels):
     return np.concatenate([resize_image(p, (h, w)) for p in rgb], axis=1)
 
 
-def fmt(value):
-    return '' if value is None else f'{value:.4g}' if isinstance(value, float) else str(value)
-
-
-def write_index_html(path, title, rows, mean):
-    """One table row per input: mask | generated | real | metrics; images by relative links."""
-    def img(name):
-        if name is None:
-            return '<td>—</td>'
-        link = urllib.parse.quote(name)
-        if name.lower().endswith(TIFF_SUFFIXES):  # browsers do not show TIFF: link it, show the grid instead
-            return f'<td><a href="{link}">{html.escape(name)}</a></td>'
-        return f'<td><a href="{link}"><img src="{link}" alt="{html.escape(name)}"></a></td>'
-    lines = ['<!DOCTYPE html>', '<html><head><meta charset="utf-8">', f'<title>{html.escape(title)}</title>',
-             '<style>body{font-family:sans-serif} td,th{border:1px solid #ccc;padding:4px;vertical-align:top}'
-             ' img{height:256px;image-rendering:pixelated} table{border-collapse:collapse}</style></head><body>',
-             f'<h1>{html.escape(title)}</h1>',
-             '<p>' + html.escape(', '.join(f'{k} {fmt(v)}' for k, v in mean.items())) + '</p>',
-             '<table><tr><th>name</th><th>mask</th><th>generated</th><th>real</th><th>grid</th><th>metrics</th></tr>']
-    for row in rows:
-        files = row['files']
-        metrics = '<br>'.join(html.escape(f'{k}: {fmt(v)}') for k, v in row['metrics'].items())
-        lines.append(f'<tr><td>{html.escape(row["name"])}</td>{img(files["mask"])}{img(files["generated"])}'
-                     f'{img(files.get("real"))}{img(files["grid"])}<td>{metrics}</td></tr>')
-    lines.append('</table></body></html>\n')
-    write_text_atomic(path, '\n'.join(lines))
-
-
-def write_metrics_csv(path, rows, mean):
-    keys = sorted({k for row in rows for k in row['metrics']})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(['name', 'height', 'width'] + keys)
-    for row in rows:
-        writer.writerow([row['name'], *row['size']] + [fmt(row['metrics'].get(k)) for k in keys])
-    writer.writerow(['mean', '', ''] + [fmt(mean.get(k)) for k in keys])
-    write_text_atomic(path, buffer.getvalue())
-
-
-def mean_scores(rows):
-    keys = sorted({k for row in rows for k in row['metrics']})
-    values = {k: [row['metrics'][k] for row in rows if row['metrics'].get(k) is not None] for k in keys}
-    return {k: float(np.mean(v)) for k, v in values.items() if v}
-
-
 # ---------------------------------------------------------------- main
 
 def main(argv=None):
@@ -515,7 +467,7 @@ def main(argv=None):
             'eval_mode': not opt.no_eval,
             'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
             'mean': mean, **set_metrics, 'images': rows})
-    summary = ', '.join(f'{k} {fmt(v)}' for k, v in {**mean, **set_metrics}.items())
+    summary = ', '.join(f'{k} {format_score(v)}' for k, v in {**mean, **set_metrics}.items())
     print(f'{len(rows)} result{"" if len(rows) == 1 else "s"} in {results_dir}' + (f' ({summary})' if summary else ''))
     return 0
 

@@ -12,24 +12,21 @@ import contextlib
 import glob
 import math
 import os
-import pickle
 import signal
 import sys
 import time
-import warnings
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-import networks
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
 from metrics import image_metrics
+from pix2pix_model import LOSS_NAMES, Trainer, memory_format, seed_dropout_noise
 from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
                            parse_options, total_epochs)
-from utils import (CHECKPOINT_FORMAT, StopRequest, UserError, amp_enabled, load_checkpoint, load_error, pick_device,
-                   remove_stale_temp_files, rng_states, run_cli, save_checkpoint, set_rng_states, write_json_atomic,
-                   writing_alone)
+from utils import (StopRequest, UserError, load_checkpoint, pick_device, remove_stale_temp_files, run_cli,
+                   save_checkpoint, write_json_atomic, writing_alone)
 
 # ---------------------------------------------------------------- setup
 
@@ -56,191 +53,6 @@ def setup_device(opt):
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return device
-
-
-def memory_format(opt):
-    return torch.channels_last if opt.channels_last else torch.contiguous_format
-
-
-def build_models(opt, device, world_size):
-    torch.manual_seed(opt.seed)  # identical initial weights on every rank and every run
-    G = networks.define_G_from_config(vars(opt))
-    D = networks.define_D(opt.netD, opt.input_nc + opt.output_nc, opt.ndf, opt.n_layers_D, opt.norm,
-                          opt.init_type, opt.init_gain)
-    if world_size > 1 and opt.norm == 'batch':
-        if device.type == 'cuda':  # batch statistics over the global batch, as in one process
-            G, D = (torch.nn.SyncBatchNorm.convert_sync_batchnorm(m) for m in (G, D))
-        else:
-            print('note: SyncBatchNorm needs CUDA; on CPU each process normalises over its own share of the batch')
-    return G.to(device, memory_format=memory_format(opt)), D.to(device, memory_format=memory_format(opt))
-
-
-def build_scheduler(opt, optimizer):
-    if opt.lr_policy == 'linear':  # constant for n_epochs, then linearly to 0 (official pix2pix rule)
-        rule = lambda epoch: 1.0 - max(0, epoch + 1 - opt.n_epochs) / float(opt.n_epochs_decay + 1)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
-    if opt.lr_policy == 'step':
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=opt.lr_decay_iters, gamma=0.1)
-    if opt.lr_policy == 'plateau':  # on a validation metric: the seed's plateau on GAN losses drove lr to 0
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=BEST_METRICS[opt.best_metric], factor=0.5,
-                                                          threshold=0.01, patience=5)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_epochs(vars(opt)), eta_min=0)
-
-
-def apply_linear_rule(sched):
-    """The current epoch's rate from the rule built from this run's options. The linear rule reads --n_epochs and
-    --n_epochs_decay, which a resume may extend; the restored optimiser holds the rate of the saved rule. (The
-    same options give the same float: a plain resume stays bit-identical.)"""
-    for group, base_lr, rule in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-        group['lr'] = base_lr * rule(sched.last_epoch)
-
-
-def build_vgg_loss(opt):
-    """The VGG perceptual loss; a missing or unusable weights file is the user's to fix: one line, no traceback."""
-    try:
-        return networks.VGGLoss(opt.vgg_weights)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
-        raise UserError(('--vgg_weights: ' if opt.vgg_weights else '') + load_error(err)) from None
-
-
-def seed_dropout_noise(opt, rank):
-    torch.manual_seed(opt.seed + 1 + rank)  # each process its own noise; the weights were drawn from opt.seed
-
-
-def adam(params, opt):
-    # fused: one kernel over all parameters, on CUDA and CPU alike (bench.py's "+ fused Adam" row: 1.06-1.13× on
-    # a whole training step on 2 CPU cores)
-    return torch.optim.Adam(params, lr=opt.lr, betas=(opt.beta1, 0.999), fused=True)
-
-
-def lay_out_state_like_params(optimizer):
-    """A resume may switch --channels_last, and load_state_dict keeps the saved moments' memory layout: the fused
-    Adam step would then pair each weight with another element's moments (CPU, silently) or refuse the mix (CUDA)."""
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                state[key] = torch.empty_like(param).copy_(value)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-class Trainer:
-    """Models, optimisers, schedules and the bookkeeping that a checkpoint must restore."""
-
-    def __init__(self, opt, device, rank, world_size):
-        self.opt, self.device, self.rank, self.world_size = opt, device, rank, world_size
-        self.G, self.D = build_models(opt, device, world_size)
-        self.opt_G, self.opt_D = adam(self.G.parameters(), opt), adam(self.D.parameters(), opt)
-        self.sched_G, self.sched_D = build_scheduler(opt, self.opt_G), build_scheduler(opt, self.opt_D)
-        self.gan_loss = networks.GANLoss(opt.gan_mode).to(device)
-        self.vgg_loss = build_vgg_loss(opt).to(device) if 'vgg' in opt.content_loss else None
-        self.epoch, self.next_batch, self.iteration = 0, 0, 0
-        self.history = []  # {'epoch', 'PSNR', 'SSIM', 'L1'} per validation: the best ones are read from it
-        self.amp = amp_enabled(opt.amp, device)
-        self.G_run, self.D_run = self.G, self.D  # what the step calls: maybe DDP-wrapped and/or compiled
-        if world_size > 1:
-            # A 1-channel input's first conv: its grad is laid out [N, 1, k, k] with strides DDP's bucket does not
-            # expect, though the memory order is the same (the odd stride is on a size-1 axis); a harmless copy.
-            warnings.filterwarnings('ignore', r'(?s)Grad strides do not match bucket view strides.*'
-                                              r'grad\.sizes\(\) = \[\d+, 1, ', UserWarning)
-            ids = [device.index] if device.type == 'cuda' else None
-            self.G_run = torch.nn.parallel.DistributedDataParallel(self.G, device_ids=ids)
-            self.D_run = torch.nn.parallel.DistributedDataParallel(self.D, device_ids=ids)
-        if opt.compile:
-            self.G_run, self.D_run = torch.compile(self.G_run), torch.compile(self.D_run)
-        # The G step calls the bare D: it is frozen there, so DDP must not wait for its gradients.
-        self.D_frozen = torch.compile(self.D) if opt.compile else self.D
-
-    def state(self):
-        """What a checkpoint holds. Every rank must call it: it gathers their RNG states."""
-        return {'format': CHECKPOINT_FORMAT, 'config': vars(self.opt), 'G': self.G.state_dict(),
-                'D': self.D.state_dict(), 'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(),
-                'sched_G': self.sched_G.state_dict(), 'sched_D': self.sched_D.state_dict(),
-                'epoch': self.epoch, 'next_batch': self.next_batch, 'iteration': self.iteration,
-                'history': self.history,
-                'rng': self.rng_states_of_all_ranks()}
-
-    def rng_states_of_all_ranks(self):
-        """One RNG state per rank, in rank order: under torchrun every process draws its own dropout noise."""
-        if self.world_size == 1:
-            return [rng_states(self.device)]
-        states = [None] * self.world_size
-        dist.all_gather_object(states, rng_states(self.device))
-        return states
-
-    def restore(self, state):
-        self.G.load_state_dict(state['G'])
-        self.D.load_state_dict(state['D'])
-        for name in ('opt_G', 'opt_D', 'sched_G', 'sched_D'):
-            getattr(self, name).load_state_dict(state[name])
-        for optimizer in (self.opt_G, self.opt_D):
-            lay_out_state_like_params(optimizer)
-        self.epoch, self.next_batch, self.iteration = state['epoch'], state['next_batch'], state['iteration']
-        self.history = state['history']
-        if self.opt.lr_policy == 'linear':
-            for sched in (self.sched_G, self.sched_D):
-                apply_linear_rule(sched)
-        self.restore_rng(state['rng'])
-
-    def restore_rng(self, saved):
-        """Each rank continues its own noise stream. Saved by another number of processes, the ranks that have no
-        state (and all but rank 0 for a checkpoint older than per-rank states) start a fresh stream as a new run
-        does; such a run goes on correctly but is not bit-identical to an uninterrupted one."""
-        states = saved if isinstance(saved, list) else [saved]  # older checkpoints: rank 0's state only
-        if self.rank < len(states):
-            set_rng_states(states[self.rank], self.device)
-        else:
-            seed_dropout_noise(self.opt, self.rank)
-        if len(states) != self.world_size and self.rank == 0:
-            print(f'note: the checkpoint holds the RNG states of {len(states)} process(es), this run has '
-                  f'{self.world_size}: dropout noise goes on from them where it can, so this run will not equal '
-                  f'an uninterrupted one bit for bit')
-
-    def autocast(self):
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def pair(self, mask, image):
-        """D's input. A 1-channel mask counts as laid out either way, and torch.cat then returns NCHW: with
-        --channels_last every D call would convert its input."""
-        return torch.cat((mask, image), 1).contiguous(memory_format=memory_format(self.opt))
-
-    def train_step(self, mask, real):
-        """One D step on (mask, real) vs (mask, G(mask).detach()), then one G step with D frozen.
-        Returns detached loss tensors: no host sync here."""
-        with self.autocast():
-            fake = self.G_run(mask)
-            loss_D_fake = self.gan_loss(self.D_run(self.pair(mask, fake.detach())), False)
-            loss_D_real = self.gan_loss(self.D_run(self.pair(mask, real)), True)
-            loss_D = 0.5 * (loss_D_fake + loss_D_real)
-        self.opt_D.zero_grad(set_to_none=True)
-        loss_D.backward()
-        self.opt_D.step()
-
-        self.D.requires_grad_(False)
-        with self.autocast():
-            loss_G_GAN = self.gan_loss(self.D_frozen(self.pair(mask, fake)), True, for_discriminator=False)
-            loss_G_L1 = torch.nn.functional.l1_loss(fake, real) if 'l1' in self.opt.content_loss else fake.new_zeros(())
-            loss_G_VGG = self.vgg_loss(fake, real) if self.vgg_loss is not None else fake.new_zeros(())
-            loss_G = loss_G_GAN + self.opt.lambda_L1 * loss_G_L1 + self.opt.lambda_VGG * loss_G_VGG
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_G.backward()
-        self.opt_G.step()
-        self.D.requires_grad_(True)
-        return torch.stack([loss_G_GAN, loss_G_L1, loss_G_VGG, loss_D_real, loss_D_fake]).detach().float()
-
-    @torch.no_grad()
-    def generate(self, mask):
-        """G in eval mode (dropout off, batch-norm running statistics), then back to training."""
-        self.G.eval()
-        with self.autocast():
-            fake = self.G(mask).float()
-        self.G.train()
-        return fake
-
-
-LOSS_NAMES = ('G_GAN', 'G_L1', 'G_VGG', 'D_real', 'D_fake')
 
 
 # ---------------------------------------------------------------- validation and logging

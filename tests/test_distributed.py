@@ -13,6 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import pix2pix_model
 import train
 from conftest import REPO, tiny
 from utils import UserError, rng_states
@@ -144,7 +145,7 @@ def test_a_rank_without_a_saved_rng_state_starts_its_own_noise(capsys):
     rank0_next = torch.rand(4)
     draws = []
     for rank in (0, 1):
-        train.Trainer.restore_rng(SimpleNamespace(rank=rank, world_size=2, opt=SimpleNamespace(seed=0),
+        pix2pix_model.Trainer.restore_rng(SimpleNamespace(rank=rank, world_size=2, opt=SimpleNamespace(seed=0),
                                                   device=torch.device('cpu')), saved)
         draws.append(torch.rand(4))
     assert torch.equal(draws[0], rank0_next) and not torch.equal(draws[1], rank0_next)

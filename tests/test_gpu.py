@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import pix2pix_model
 import train
 from conftest import REPO, tiny
 from dataset import EpochPlan, batch_on_device, load_split
@@ -67,13 +68,13 @@ def test_training_steps_never_wait_for_the_gpu(transformed_root, tmp_path, data_
     opt.input_nc = 1
     torch._dynamo.reset()  # graphs for this batch size alone, as train.py has, not ones made dynamic by earlier tests
     device = gpu()
-    trainer = train.Trainer(opt, device, rank=0, world_size=1)
+    trainer = pix2pix_model.Trainer(opt, device, rank=0, world_size=1)
     masks, images, _ = load_split(transformed_root, 'train')
     if data_on_gpu:
         masks, images = masks.to(device), images.to(device)
     plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=0, epoch=0, rotate=True).to(device)
-    running = torch.zeros(len(train.LOSS_NAMES), device=device)
-    layout = train.memory_format(opt)
+    running = torch.zeros(len(pix2pix_model.LOSS_NAMES), device=device)
+    layout = pix2pix_model.memory_format(opt)
 
     def step(index):
         mask, real = batch_on_device(masks, images, plan, index % (len(masks) // 2), 2, 64)

@@ -25,7 +25,7 @@ import generation
 import train
 from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
-from metrics import make_fid_kid, seam_score
+from metrics import make_fid_kid, mean_scores, seam_score
 from utils import UserError
 
 # Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
@@ -604,7 +604,7 @@ def test_a_perfect_copy_stores_psnr_as_null_in_strict_json():
 
 def test_means_skip_missing_values():
     rows = [{'metrics': {'PSNR': None, 'seam_score': 1.0}}, {'metrics': {'PSNR': 20.0, 'seam_score': None}}]
-    assert ts.mean_scores(rows) == {'PSNR': 20.0, 'seam_score': 1.0}
+    assert mean_scores(rows) == {'PSNR': 20.0, 'seam_score': 1.0}
 
 
 def test_memory_check_is_made_for_the_largest_input(monkeypatch):

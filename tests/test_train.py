@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 
+import pix2pix_model
 import train
 import transform_dataset
 from conftest import DATA, tiny, write_array_dataset
@@ -446,7 +447,7 @@ def test_dataroot_is_required_for_a_new_run_and_a_split_folder_gets_a_hint(trans
 
 
 def test_mid_epoch_resume_keeps_the_batch_size(transformed_root, tmp_path, capsys, monkeypatch):
-    step = train.Trainer.train_step
+    step = pix2pix_model.Trainer.train_step
 
     def preempted_after_two_steps(trainer, mask, real):
         losses = step(trainer, mask, real)
@@ -454,7 +455,7 @@ def test_mid_epoch_resume_keeps_the_batch_size(transformed_root, tmp_path, capsy
             os.kill(os.getpid(), signal.SIGTERM)
         return losses
 
-    monkeypatch.setattr(train.Trainer, 'train_step', preempted_after_two_steps)
+    monkeypatch.setattr(pix2pix_model.Trainer, 'train_step', preempted_after_two_steps)
     assert train.main(tiny(transformed_root, tmp_path, 'pre', '--n_epochs', '1', '--n_epochs_decay', '0')) == 0
     assert torch.load(tmp_path / 'pre' / 'latest.pt', weights_only=True)['next_batch'] == 2
     line = cli_error(tiny(transformed_root, tmp_path, 'pre', '--resume', '--batch_size', '2'), capsys)
@@ -508,7 +509,7 @@ def test_resume_that_switches_channels_last_steps_adam_like_the_saved_layout(tra
     for layout in ('--channels_last', None):
         opt = parse_options(tiny(transformed_root, tmp_path, 'run', '--resume', *filter(None, [layout])))
         opt.input_nc = 1
-        trainer = train.Trainer(opt, torch.device('cpu'), 0, 1)
+        trainer = pix2pix_model.Trainer(opt, torch.device('cpu'), 0, 1)
         # loaded anew each time: the restored optimiser steps the loaded tensors in place
         trainer.restore(torch.load(tmp_path / 'run' / 'latest.pt', map_location='cpu', weights_only=True))
         torch.manual_seed(0)
@@ -525,7 +526,7 @@ def test_resume_that_switches_channels_last_steps_adam_like_the_saved_layout(tra
 def tiny_trainer(root, tmp_path, *extra):
     opt = build_parser().parse_args(tiny(root, tmp_path, 'x', *extra))
     opt.input_nc = 1
-    return train.Trainer(opt, torch.device('cpu'), 0, 1)
+    return pix2pix_model.Trainer(opt, torch.device('cpu'), 0, 1)
 
 
 @pytest.mark.parametrize('layout', ['--channels_last', None])
@@ -533,7 +534,7 @@ def test_d_gets_its_input_in_the_chosen_layout(transformed_root, tmp_path, layou
     trainer = tiny_trainer(transformed_root, tmp_path, *filter(None, [layout]))
     seen = []
     trainer.D.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    fmt = train.memory_format(trainer.opt)
+    fmt = pix2pix_model.memory_format(trainer.opt)
     trainer.train_step(torch.zeros(2, 1, 64, 64).contiguous(memory_format=fmt),
                        torch.zeros(2, 3, 64, 64).contiguous(memory_format=fmt))
     assert len(seen) == 3 and all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
@@ -559,10 +560,9 @@ def test_d_step_judges_real_pairs_real_and_generated_pairs_fake(transformed_root
     with torch.no_grad():
         d_real = D0(torch.cat((mask, real), 1))
         d_fake = D0(torch.cat((mask, G0(mask)), 1))
-    assert losses[train.LOSS_NAMES.index('D_real')].item() == pytest.approx(trainer.gan_loss(d_real, True).item(),
-                                                                             rel=1e-4)
-    assert losses[train.LOSS_NAMES.index('D_fake')].item() == pytest.approx(trainer.gan_loss(d_fake, False).item(),
-                                                                             rel=1e-4)
+    names = pix2pix_model.LOSS_NAMES
+    assert losses[names.index('D_real')].item() == pytest.approx(trainer.gan_loss(d_real, True).item(), rel=1e-4)
+    assert losses[names.index('D_fake')].item() == pytest.approx(trainer.gan_loss(d_fake, False).item(), rel=1e-4)
 
 
 def test_epoch_checkpoints_are_kept_every_save_epoch_freq_epochs(transformed_root, tmp_path):
