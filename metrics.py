@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 
 from image_io import TIFF_SUFFIXES, tile_bounds
-from utils import UserError, load_error, write_text_atomic
+from utils import UserError, counted, load_error, write_text_atomic
 
 
 def image_metrics(fake, real):
@@ -125,7 +125,7 @@ def compute_fid_kid(fid_kid, count):
     if fid_kid is None:
         return {}
     if count < 2:
-        print(f'FID/KID skipped: {count} image(s) with ground truth; needs at least 2')
+        print(f'FID/KID skipped: {counted(count, "image")} with ground truth; needs at least 2')
         return {}
     if count < FID_RELIABLE_SAMPLES:
         print(f'note: FID/KID on {count} images is unreliable (the seed saw noise on 5-20); use hundreds')

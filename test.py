@@ -3,7 +3,8 @@
     python test.py --run runs/inria_unet                                   # val split, each mask -> model size
     python test.py --run runs/inria_unet --mode tiles --tiles 2            # the seed's "2x2": shows seams
     python test.py --run runs/inria_unet --mode sliding --masks my_masks/  # full resolution, no seams
-    python test.py --run runs/inria_unet --mode sliding --scale 0.0572 --masks AerialImageDataset/train/gt/vienna1.tif
+    python test.py --run runs/inria_unet --mode sliding --scale 0.1144 --masks AerialImageDataset/train/gt/vienna1.tif
+        # --scale 0.1144 = 286/2500: the resolution runs/inria_unet trained at (data/inria286, --size 286 --split 2)
 
 Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles = N×N tiles generated apart and
 stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly, output exactly the input size (TIFF
@@ -30,8 +31,8 @@ from image_io import (TIFF_SUFFIXES, list_images, read_binary_mask, read_image_f
                       save_png, write_tiff_atomic)
 from metrics import (building_scores, compute_fid_kid, format_score, image_metrics, make_fid_kid, mean_scores,
                      seam_score, seam_score_at, write_index_html, write_metrics_csv)
-from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, free_space, pick_device,
-                   remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic, writing_alone)
+from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, counted, free_space,
+                   pick_device, remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
 # Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
@@ -347,7 +348,7 @@ def prepare_results_dir(path, inputs):
                 os.remove(file)
                 replaced += name.startswith('Generated-')
     if replaced:
-        print(f'note: {path}: removed the {replaced} result(s) of an earlier run there '
+        print(f'note: {path}: removed {counted(replaced, "result")} of an earlier run there '
               '(--results_dir keeps them apart)')
 
 
@@ -468,7 +469,7 @@ def main(argv=None):
             'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
             'mean': mean, **set_metrics, 'images': rows})
     summary = ', '.join(f'{k} {format_score(v)}' for k, v in {**mean, **set_metrics}.items())
-    print(f'{len(rows)} result{"" if len(rows) == 1 else "s"} in {results_dir}' + (f' ({summary})' if summary else ''))
+    print(f'{counted(len(rows), "result")} in {results_dir}' + (f' ({summary})' if summary else ''))
     return 0
 
 

@@ -25,7 +25,7 @@ from metrics import image_metrics
 from pix2pix_model import LOSS_NAMES, Trainer, memory_format, seed_dropout_noise
 from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
                            parse_options, total_epochs)
-from utils import (StopRequest, UserError, load_checkpoint, pick_device, remove_stale_temp_files, run_cli,
+from utils import (StopRequest, UserError, counted, load_checkpoint, pick_device, remove_stale_temp_files, run_cli,
                    save_checkpoint, write_json_atomic, writing_alone)
 
 # ---------------------------------------------------------------- setup
@@ -185,10 +185,10 @@ def stop_everywhere(stop, world_size, device):
 
 def nothing_to_train(trained, total, last_epoch, run_dir):
     if trained >= total:
-        return (f'nothing to train: {run_dir} has finished its {trained} epochs; to extend it, resume with more '
-                f'--n_epochs or --n_epochs_decay')
-    return (f'nothing to train: {run_dir} has already trained {trained} epochs (--stop_epoch {last_epoch}); resume '
-            f'with a later --stop_epoch, or none')
+        return (f'nothing to train: {run_dir} has finished its {counted(trained, "epoch")}; to extend it, resume with '
+                f'more --n_epochs or --n_epochs_decay')
+    return (f'nothing to train: {run_dir} has already trained {counted(trained, "epoch")} (--stop_epoch '
+            f'{last_epoch}); resume with a later --stop_epoch, or none')
 
 
 def saved_for_resume(run_dir, trainer):

@@ -11,7 +11,7 @@ import torch
 
 import networks
 from dataset import check_crop_and_batch_fit
-from utils import ArgumentParser, UserError, check_counts, check_positive, read_json
+from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json
 
 # Options that define the networks or the data they see: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -149,8 +149,9 @@ def check_mid_epoch_resume(state, opt, run_dir):
         saved = state['config'][key]
         if getattr(opt, key) != saved:
             raise UserError(f'--{key} {getattr(opt, key)}: {run_dir}/latest.pt stopped mid-epoch after '
-                            f'{state["next_batch"]} batches of {state["config"]["batch_size"]}; finish that epoch '
-                            f'with --{key} {saved} (--stop_epoch {state["epoch"] + 1}), then resume with the new one')
+                            f'{counted(state["next_batch"], "batch", "batches")} of {state["config"]["batch_size"]}; '
+                            f'finish that epoch with --{key} {saved} (--stop_epoch {state["epoch"] + 1}), then resume '
+                            'with the new one')
 
 
 def total_epochs(config):

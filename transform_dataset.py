@@ -22,8 +22,8 @@ from tqdm import tqdm
 from image_io import (building_fraction, check_mask_format, check_rgb_format, check_rgb_image, list_images,
                       read_binary_mask, read_image_file, read_image_header, resize_image, resize_mask, tile_bounds)
 from synthetic_inria import make_synthetic_inria
-from utils import (ArgumentParser, UserError, check_counts, check_fractions, read_json, remove_stale_temp_files,
-                   run_cli, save_npy_atomic, write_json_atomic, writing_alone)
+from utils import (ArgumentParser, UserError, check_counts, check_fractions, counted, read_json,
+                   remove_stale_temp_files, run_cli, save_npy_atomic, write_json_atomic, writing_alone)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
@@ -366,7 +366,7 @@ def write_manifests(sources, opt):
         if dropped and not tiles:  # train: refused above; val: train.py would refuse it
             print(f'warning: {opt.out}/{split}: --min_building {opt.min_building} leaves out all {dropped} tiles',
                   file=sys.stderr)
-        print(f'{split}: {len(tiles)} tiles from {len(records[split])} sources'
+        print(f'{split}: {counted(len(tiles), "tile")} from {counted(len(records[split]), "source")}'
               + (f' ({dropped} under --min_building {opt.min_building} left out)' if dropped else ''))
 
 

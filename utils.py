@@ -40,7 +40,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ''
         # `is False`, not `== False`: a default of 0 is shown
         unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
-        if not action.option_strings or unset or 'default' in text:
+        # '(default' or 'default:' states the value; the word alone may be about something else ("the default split")
+        if not action.option_strings or unset or '(default' in text or 'default:' in text:
             return text
         return text + ' (default: %(default)s)'
 
@@ -110,6 +111,11 @@ def tell_torchrun(message):
     data = {'message': message, 'timestamp': str(int(time.time()))}
     with contextlib.suppress(OSError), atomic_open(path, 'w') as f:  # best effort: the error itself comes first
         json.dump(data, f)
+
+
+def counted(n, noun, plural=None):
+    """'1 tile', '2 tiles': a count in a message that may be 1."""
+    return f'{n} {noun}' if n == 1 else f'{n} {plural or noun + "s"}'
 
 
 def first_line(err):

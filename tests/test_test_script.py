@@ -493,7 +493,7 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_
     (tmp_path / 'out' / 'notes.txt').write_text('mine')
     capsys.readouterr()
     assert generate(run_dir, tmp_path / 'out', '--num_test', '1')['samples'] == 1
-    assert (f'note: {tmp_path / "out"}: removed the 3 result(s) of an earlier run there (--results_dir keeps them '
+    assert (f'note: {tmp_path / "out"}: removed 3 results of an earlier run there (--results_dir keeps them '
             'apart)') in capsys.readouterr().out
     outputs = [name for name in os.listdir(tmp_path / 'out') if name.startswith(ts.OUTPUT_PREFIXES)]
     assert len(outputs) == 4  # the one sample's generated, mask, real and grid images

@@ -15,7 +15,7 @@ from PIL import Image
 import utils
 from conftest import DATA, REPO
 from image_io import check_binary_mask, read_binary_mask, read_image_file, read_image_header
-from utils import ArgumentParser, UserError, rng_states, run_cli, set_rng_states
+from utils import ArgumentParser, UserError, counted, rng_states, run_cli, set_rng_states
 
 SAMPLE_MASKS = sorted(glob.glob(os.path.join(DATA, 'inria_samples', 'gt', '*.png')))
 
@@ -207,6 +207,11 @@ def test_every_script_refuses_abbreviations_in_one_line(script, required, abbrev
     assert result.stderr.splitlines() == [f'{script}: error: unrecognized arguments: {abbreviation} x (see --help)']
 
 
+def test_counted_says_one_without_plural():
+    assert [counted(n, 'tile') for n in (0, 1, 2)] == ['0 tiles', '1 tile', '2 tiles']
+    assert counted(1, 'batch', 'batches') == '1 batch' and counted(3, 'batch', 'batches') == '3 batches'
+
+
 def test_help_shows_defaults_once():
     parser = ArgumentParser('test')
     parser.add_argument('--size', type=int, default=286, help='side')
@@ -214,9 +219,11 @@ def test_help_shows_defaults_once():
     parser.add_argument('--flag', action='store_true', help='a switch')
     parser.add_argument('--maybe', default=None, help='optional')
     parser.add_argument('--seed', type=int, default=0, help='seed')
+    parser.add_argument('--n', type=int, default=20, help='the first 5 fall in the default split')
     text = ' '.join(parser.format_help().split())
     assert '--size SIZE side (default: 286)' in text and '--seed SEED seed (default: 0)' in text
-    assert 'already says it (default 4) ' in text + ' ' and text.count('default') == 3
+    assert '--n N the first 5 fall in the default split (default: 20)' in text
+    assert 'already says it (default 4) ' in text + ' ' and text.count('(default') == 4
     assert '--flag a switch' in text and '--maybe MAYBE optional' in text
 
 
