@@ -62,7 +62,9 @@ def _load_array(path):
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise UserError(f'{path}: unreadable array ({first_line(err)}); re-run transform_dataset.py') from None
+        # transform_dataset.py redoes a source whose tiles are missing, not one whose tile is damaged
+        raise UserError(f'{path}: unreadable array ({first_line(err)}); delete it and re-run transform_dataset.py '
+                        'with the same options') from None
     if array.dtype != np.uint8:
         raise UserError(f'{path}: expected uint8 array, got {array.dtype}')
     return array

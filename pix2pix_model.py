@@ -56,7 +56,10 @@ def build_vgg_loss(opt):
     try:
         return networks.VGGLoss(opt.vgg_weights)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
-        raise UserError(('--vgg_weights: ' if opt.vgg_weights else '') + load_error(err)) from None
+        message = load_error(err)
+        if opt.vgg_weights and opt.vgg_weights not in message:  # torch's own errors do not name the file
+            message = f'{opt.vgg_weights}: {message}'
+        raise UserError(('--vgg_weights: ' if opt.vgg_weights else '') + message) from None
 
 
 def seed_dropout_noise(opt, rank):
@@ -185,6 +188,12 @@ class Trainer:
         self.opt_G.step()
         self.D.requires_grad_(True)
         return torch.stack([loss_G_GAN, loss_G_L1, loss_G_VGG, loss_D_real, loss_D_fake]).detach().float()
+
+    def nonfinite_models(self):
+        """['G'], ['D'], both or none: the models whose weights hold NaN/inf (one host sync)."""
+        models = (self.G, self.D)
+        finite = [torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all() for model in models]
+        return [name for name, ok in zip(('G', 'D'), torch.stack(finite).tolist()) if not ok]
 
     @torch.no_grad()
     def generate(self, mask):

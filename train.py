@@ -23,10 +23,10 @@ from tqdm import tqdm
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
 from metrics import image_metrics
 from pix2pix_model import LOSS_NAMES, Trainer, memory_format, seed_dropout_noise
-from train_options import (BEST_METRICS, check_mid_epoch_resume, check_options_fit, check_same_data, data_identity,
-                           parse_options, total_epochs)
-from utils import (StopRequest, UserError, counted, load_checkpoint, pick_device, remove_stale_temp_files, run_cli,
-                   save_checkpoint, write_json_atomic, writing_alone)
+from train_options import (BEST_METRICS, check_checkpoint_is_this_runs, check_mid_epoch_resume, check_options_fit,
+                           check_same_data, data_identity, parse_options, total_epochs)
+from utils import (StopRequest, UserError, counted, first_line, load_checkpoint, pick_device, remove_stale_temp_files,
+                   run_cli, save_checkpoint, write_json_atomic, writing_alone)
 
 # ---------------------------------------------------------------- setup
 
@@ -163,12 +163,28 @@ def global_mean_losses(running, count, world_size):
     return means
 
 
+def diverged(trainer, what):
+    """The error for NaN/inf in training. Every checkpoint is saved after raise_if_diverged passed, so latest.pt,
+    when there is one, holds finite weights."""
+    latest = os.path.join(trainer.opt.runs_dir, trainer.opt.name, 'latest.pt')
+    saved = 'latest.pt holds the last finite state' if os.path.exists(latest) else 'no checkpoint was saved yet'
+    return UserError(f'training diverged at epoch {trainer.epoch + 1}, iteration {trainer.iteration}: {what} became '
+                     f'NaN/inf. Lower --lr (2e-4 works), try --gan_mode lsgan, or resume from an earlier '
+                     f'epoch_<N>.pt; {saved}')
+
+
 def raise_if_not_finite(losses, trainer):
     if not torch.isfinite(losses).all():
-        bad = ', '.join(n for n, v in zip(LOSS_NAMES, losses.tolist()) if not math.isfinite(v))
-        raise UserError(f'training diverged at epoch {trainer.epoch + 1}, iteration {trainer.iteration}: '
-                        f'{bad} became NaN/inf. Lower --lr (2e-4 works), try --gan_mode lsgan, or resume '
-                        f'from an earlier epoch_<N>.pt; latest.pt holds the last finite state')
+        raise diverged(trainer, ', '.join(n for n, v in zip(LOSS_NAMES, losses.tolist()) if not math.isfinite(v)))
+
+
+def raise_if_diverged(trainer, losses):
+    """Before anything is saved: the losses since the last log step, and the weights themselves (an inf gradient
+    in an epoch's last step leaves NaN weights behind losses that were still finite)."""
+    losses.check_finite(trainer)
+    bad = trainer.nonfinite_models()
+    if bad:
+        raise diverged(trainer, f'the weights of {" and ".join(bad)}')
 
 
 def stop_everywhere(stop, world_size, device):
@@ -319,6 +335,18 @@ def finish_run(writer, trainer, run_dir, last_epoch):
     print(f'done: {run_dir} ({describe_best(trainer)}); tensorboard --logdir {opt.runs_dir}')
 
 
+def resume_from(trainer, path):
+    state = load_checkpoint(path)
+    check_checkpoint_is_this_runs(state, trainer.opt, path)
+    try:
+        check_mid_epoch_resume(state, trainer.opt, os.path.dirname(path))
+        trainer.restore(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a checkpoint edited or cut by hand
+        problem = f'no {err}' if isinstance(err, KeyError) else first_line(err)
+        raise UserError(f'{path}: cannot resume from it ({problem}); resume from a copy of an epoch_<N>.pt or '
+                        f'best.pt saved as latest.pt') from None
+
+
 def train(opt, stop, held):
     device = setup_device(opt)  # first: each process must be on its own GPU before NCCL starts
     rank, world_size = setup_distributed(device)
@@ -331,9 +359,7 @@ def train(opt, stop, held):
     last_epoch = min(total, opt.stop_epoch or total)
     trainer = Trainer(opt, device, rank, world_size)
     if opt.resume:
-        state = load_checkpoint(os.path.join(run_dir, 'latest.pt'))
-        check_mid_epoch_resume(state, opt, run_dir)
-        trainer.restore(state)
+        resume_from(trainer, os.path.join(run_dir, 'latest.pt'))
         if trainer.epoch >= last_epoch:  # before the run folder is touched: nothing in it changes
             if rank == 0:
                 print(nothing_to_train(trainer.epoch, total, last_epoch, run_dir))
@@ -351,13 +377,13 @@ def train(opt, stop, held):
     while trainer.epoch < last_epoch:
         started = time.perf_counter()
         stopping, trained, data_seconds = train_epoch(trainer, split, losses, writer, stop)
+        raise_if_diverged(trainer, losses)
         if stopping and trainer.next_batch < n_batches:
             state = trainer.state()
             if rank == 0:
                 save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
                 print(saved_for_resume(run_dir, trainer))
             return stop_exit_status(stop)
-        losses.check_finite(trainer)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         end_epoch(trainer, val, writer, run_dir, (time.perf_counter() - started, trained, data_seconds), last_epoch)

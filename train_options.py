@@ -125,11 +125,14 @@ def resolve_options(parser, argv):
             raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
         return opt
     saved = read_json(os.path.join(run_dir, 'config.json'), 'run config (nothing to --resume)')
+    check_saved_config(parser, saved, os.path.join(run_dir, 'config.json'))
+    # an option newer than the run (or deleted from its config): its default is what ran
+    saved = {**{action.dest: action.default for action in parser._actions if action.dest != 'help'}, **saved}
     if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
         raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from')
     resumed = dict(saved)
     for key in explicit_options(parser, argv) - set(RUN_CONTROL_OPTIONS):
-        was = saved.get(key, parser.get_default(key))  # an option newer than the run: its default is what ran
+        was = saved[key]
         if key in FIXED_ON_RESUME and getattr(opt, key) != was:
             raise UserError(f'--resume: {run_dir} was trained with --{key} {was}, not {getattr(opt, key)}; '
                             f'{FIXED_ON_RESUME[key]}: start a new --name instead')
@@ -137,6 +140,45 @@ def resolve_options(parser, argv):
     check_cosine_length(run_dir, saved, resumed)
     resumed.update({key: getattr(opt, key) for key in RUN_CONTROL_OPTIONS})
     return argparse.Namespace(**{**vars(opt), **resumed})
+
+
+def saved_value_fits(action, value):
+    """Whether a config.json value is one the command line could have given this option."""
+    if value is None:
+        return action.default is None  # --stop_epoch, --vgg_weights, ...: unset
+    if isinstance(action, argparse._StoreTrueAction):
+        return isinstance(value, bool)
+    if action.type in (int, float):
+        numeric = (int,) if action.type is int else (int, float)
+        fits = isinstance(value, numeric) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, str)
+    return fits and (action.choices is None or value in action.choices)
+
+
+def check_saved_config(parser, saved, path):
+    """A config.json edited by hand is checked option by option as the command line is (check_options then checks
+    the ranges): a string where a number belongs crashed deep in training, with a traceback."""
+    if not isinstance(saved, dict):
+        raise UserError(f'{path}: not a run config (a JSON object of options)')
+    for action in parser._actions:
+        if action.dest in saved and not saved_value_fits(action, saved[action.dest]):
+            raise UserError(f'{path}: "{action.dest}": {json.dumps(saved[action.dest])} is not a value --{action.dest} '
+                            f'takes; fix the file or start a new --name')
+
+
+def check_checkpoint_is_this_runs(state, opt, path):
+    """A latest.pt copied in from another run: its weights would not fit this run's networks (a traceback of
+    size mismatches), or would fit and silently continue another run's schedule."""
+    saved = state.get('config')
+    if not isinstance(saved, dict):
+        raise UserError(f'{path}: holds no run config; not a checkpoint train.py wrote')
+    differ = [key for key in FIXED_ON_RESUME if key in saved and saved[key] != getattr(opt, key)]
+    if differ:
+        theirs = ', '.join(f'--{key} {saved[key]}' for key in differ)
+        ours = ', '.join(f'--{key} {getattr(opt, key)}' for key in differ)
+        raise UserError(f'{path}: saved by a run with {theirs}, but this run has {ours} (its config.json): the '
+                        f'checkpoint is another run\'s')
 
 
 def check_mid_epoch_resume(state, opt, run_dir):
@@ -171,19 +213,19 @@ def check_cosine_length(run_dir, saved, resumed):
 
 def check_options(opt):
     check_counts(opt, ('batch_size', 'n_epochs', 'save_epoch_freq', 'val_freq', 'display_freq', 'log_freq',
-                       'crop_size', 'n_display', 'n_layers_D', 'lr_decay_iters'))
+                       'crop_size', 'n_display', 'n_layers_D', 'lr_decay_iters', 'ngf', 'ndf'))
     if opt.n_epochs_decay < 0:
         raise UserError(f'--n_epochs_decay must be >= 0, got {opt.n_epochs_decay}')
     if opt.stop_epoch is not None and opt.stop_epoch < 1:  # 0 would train every epoch, -1 none
         raise UserError(f'--stop_epoch must be >= 1, got {opt.stop_epoch}')
-    check_positive(opt, ('lr',))
+    check_positive(opt, ('lr', 'init_gain'))
     if not 0 <= opt.beta1 < 1:
         raise UserError(f'--beta1 must be in [0, 1), got {opt.beta1}')
     for name in ('lambda_L1', 'lambda_VGG', 'psnr_drop_warn'):
-        if not getattr(opt, name) >= 0:  # also refuses nan
-            raise UserError(f'--{name} must be >= 0, got {getattr(opt, name)}')
-    if not opt.init_gain > 0:
-        raise UserError(f'--init_gain must be positive, got {opt.init_gain}')
+        if not 0 <= getattr(opt, name) < float('inf'):  # nan and inf too: inf makes NaN weights, and invalid JSON
+            raise UserError(f'--{name} must be a number >= 0, got {getattr(opt, name)}')
+    if os.path.normpath(opt.name) in ('.', '..') or os.path.normpath(opt.name).startswith('..' + os.sep):
+        raise UserError(f'--name {opt.name!r}: must name a folder inside --runs_dir')
     if not abs(opt.seed) < 2 ** 40:  # dataset.EpochPlan seeds a torch generator with seed * 1_000_003 + epoch
         raise UserError(f'--seed must be within ±2**40, got {opt.seed}')
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)
@@ -197,6 +239,8 @@ def check_options(opt):
                         f'it needs at least {need}')
     if 'vgg' in opt.content_loss and opt.lambda_VGG <= 0:
         raise UserError(f'--content_loss {opt.content_loss} needs --lambda_VGG > 0 (e.g. 10)')
+    if opt.dataroot is None:  # a --resume whose config.json lost it
+        raise UserError(f'--resume: {opt.runs_dir}/{opt.name}/config.json names no --dataroot; give --dataroot')
     if not os.path.isdir(opt.dataroot):
         moved = ' (with --resume: the folder the run trained on; give --dataroot if it has moved)' if opt.resume else ''
         raise UserError(f'{opt.dataroot}: --dataroot not found{moved}')

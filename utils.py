@@ -89,9 +89,13 @@ def run_cli(main):
     try:
         return main()
     except UserError as err:
-        print(f'error: {err}', file=sys.stderr)
-        tell_torchrun(f'error: {err}')
-        sys.exit(2)
+        exit_with_error(str(err))
+    except OSError as err:
+        if err.filename is None or err.strerror is None:
+            raise
+        # a folder or file the checks could not foresee (unreadable, a folder where a file should be, ...): the OS
+        # names it, which is all the user needs; a traceback would only bury that line
+        exit_with_error(f'{err.filename}: {err.strerror}')
     except KeyboardInterrupt:
         print('interrupted (Ctrl-C): what was finished is kept', file=sys.stderr)
         sys.exit(130)
@@ -99,6 +103,12 @@ def run_cli(main):
         tell_torchrun({'message': f'{type(err).__name__}: {err}',
                        'extraInfo': {'py_callstack': traceback.format_exc(), 'timestamp': str(int(time.time()))}})
         raise
+
+
+def exit_with_error(message):
+    print(f'error: {message}', file=sys.stderr)
+    tell_torchrun(f'error: {message}')
+    sys.exit(2)
 
 
 def tell_torchrun(message):
@@ -127,8 +137,16 @@ def first_line(err):
 def load_error(err):
     """One line for a failed torch.load(weights_only=True). torch's refusal of a file whose objects could run code
     advises loading it with weights_only=False, the unsafe way round: that advice is not passed on."""
-    if 'Weights only load failed' in str(err):
-        return 'it holds Python objects besides tensors; refused, since loading them could run code'
+    text = str(err)
+    if 'Weights only load failed' in text:
+        if 'GLOBAL' in text:  # torch names the class or function the file would import ('unsupported GLOBAL ...')
+            return 'it holds Python objects besides tensors; refused, since loading them could run code'
+        detail = text.partition('WeightsUnpickler error:')[2].strip().split('\n')[0]
+        return 'not a PyTorch file' + (f': {detail}' if detail else '')  # JSON, an image, a bare pickle, ...
+    if 'PytorchStreamReader' in text:  # torch goes on for lines after its first sentence
+        return f'truncated or corrupt: {text.split(". ")[0]}'
+    if isinstance(err, EOFError):
+        return 'empty or truncated'
     return first_line(err)
 
 

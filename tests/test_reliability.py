@@ -345,7 +345,7 @@ def test_checkpoint_that_would_run_code_is_refused(transformed_root, tmp_path):
     with pytest.raises(UserError, match='latest.pt: not a loadable checkpoint'):
         train.main(tiny(transformed_root, tmp_path, 'victim', '--resume'))
     # the weights files of the VGG loss and of FID/KID (torch-fidelity loads the latter without weights_only)
-    with pytest.raises(UserError, match=r'--vgg_weights: it holds Python objects besides tensors'):
+    with pytest.raises(UserError, match=r'--vgg_weights: \S+latest.pt: it holds Python objects besides tensors'):
         train.main(tiny(transformed_root, tmp_path, 'vgg', '--content_loss', 'l1+vgg', '--lambda_VGG', '1',
                         '--vgg_weights', str(tmp_path / 'victim' / 'latest.pt')))
     with pytest.raises(UserError, match=r'latest.pt: cannot load InceptionV3 weights for FID/KID \(it holds Python '
@@ -354,15 +354,22 @@ def test_checkpoint_that_would_run_code_is_refused(transformed_root, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize('content, message', [
-    (b'', 'not a loadable checkpoint'),
-    (b'\x00garbage' * 100, 'not a loadable checkpoint'),
+@pytest.mark.parametrize('content, reason', [
+    (b'', 'empty or truncated'),
+    (b'\x00garbage' * 100, 'not a PyTorch file: Unsupported operand 0'),
+    (b'{"x": 1}', 'not a PyTorch file: Unsupported operand 123'),  # was "holds Python objects besides tensors"
+    ('truncated', 'truncated or corrupt: PytorchStreamReader failed reading zip archive: failed finding central '
+                  'directory'),  # was cut mid-sentence at 200 characters
 ])
-def test_corrupt_checkpoint(tmp_path, content, message):
+def test_corrupt_checkpoint_says_what_is_wrong(tmp_path, content, reason):
     path = tmp_path / 'bad.pt'
+    if content == 'truncated':
+        torch.save({'format': CHECKPOINT_FORMAT, 'G': {'w': torch.zeros(1000)}}, path)
+        content = path.read_bytes()[:200]
     path.write_bytes(content)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError) as error:
         load_checkpoint(str(path))
+    assert str(error.value) == f'{path}: not a loadable checkpoint ({reason})'
 
 
 def test_checkpoint_of_another_project_is_refused(tmp_path):

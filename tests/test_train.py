@@ -267,6 +267,33 @@ def test_nan_canary_stops_with_advice(transformed_root, tmp_path):
         train.main(tiny(transformed_root, tmp_path, 'nan', '--lr', '1e30', '--n_epochs', '3', '--n_epochs_decay', '0'))
 
 
+@pytest.mark.parametrize('poisoned_epoch, saved', [(2, 'latest.pt holds the last finite state'),
+                                                    (1, 'no checkpoint was saved yet')])
+def test_nan_weights_behind_finite_losses_are_caught_before_a_save(transformed_root, tmp_path, monkeypatch,
+                                                                    poisoned_epoch, saved):
+    """An inf gradient in an epoch's last step leaves NaN weights while every loss logged was finite: the run ended
+    "done" with val PSNR nan and NaN checkpoints. Nothing is saved from such weights."""
+    step = pix2pix_model.Trainer.train_step
+
+    def poisoned(self, mask, real):
+        losses = step(self, mask, real)
+        if self.epoch + 1 == poisoned_epoch and self.next_batch == 4:  # the epoch's last of 5 steps
+            with torch.no_grad():
+                next(self.G.parameters()).fill_(float('nan'))
+        return losses
+
+    monkeypatch.setattr(pix2pix_model.Trainer, 'train_step', poisoned)
+    with pytest.raises(UserError, match=rf'at epoch {poisoned_epoch}, iteration {5 * poisoned_epoch}: the weights of '
+                                        rf'G became NaN/inf\. .*; {saved}$'):
+        train.main(tiny(transformed_root, tmp_path, 'nan', '--n_epochs', '3', '--n_epochs_decay', '0'))
+    latest = tmp_path / 'nan' / 'latest.pt'
+    if poisoned_epoch == 1:
+        assert not latest.exists()
+    else:
+        state = torch.load(latest, weights_only=True)
+        assert state['epoch'] == 1 and all(torch.isfinite(v).all() for v in state['G'].values())
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_missing_dataroot(tmp_path):
@@ -311,9 +338,13 @@ def test_abbreviated_options_are_refused(capsys):
     (('--content_loss', 'l1+vgg', '--lambda_VGG', '10', '--vgg_weights', 'no_such.pth'),
      '--vgg_weights: VGG19 weights file not found: no_such.pth'),
     (('--beta1', '1.5'), r'--beta1 must be in \[0, 1\), got 1.5'),
-    (('--lambda_L1', '-1'), '--lambda_L1 must be >= 0, got -1.0'),
-    (('--psnr_drop_warn', '-1'), '--psnr_drop_warn must be >= 0, got -1.0'),  # crashed at the first validation
-    (('--init_gain', '0'), '--init_gain must be positive, got 0.0'),
+    (('--lambda_L1', '-1'), '--lambda_L1 must be a number >= 0, got -1.0'),
+    (('--lambda_L1', 'inf'), '--lambda_L1 must be a number >= 0, got inf'),  # trained NaN weights, exit 0
+    (('--psnr_drop_warn', '-1'), '--psnr_drop_warn must be a number >= 0, got -1.0'),  # crashed at the first validation
+    (('--init_gain', '0'), '--init_gain must be a positive number, got 0.0'),
+    (('--ngf', '0'), '--ngf must be >= 1, got 0'),  # a traceback, after config.json was written
+    (('--ndf', '-4'), '--ndf must be >= 1, got -4'),
+    (('--name', ''), "--name '': must name a folder inside --runs_dir"),  # wrote latest.pt into --runs_dir itself
     (('--seed', '99999999999999'), r'--seed must be within ±2\*\*40, got 99999999999999'),
     (('--output_nc', '1'), '--output_nc 1 but the images in .* have 3 channels'),  # crashed in the first D step
     (('--data_device', 'cuda'), '--data_device cuda needs a CUDA training device'),  # the suite runs on the CPU
@@ -500,6 +531,56 @@ def test_unknown_netG_is_rejected_by_the_parser(transformed_root, tmp_path, caps
 def test_resume_without_checkpoint(transformed_root, tmp_path):
     with pytest.raises(UserError, match='nothing to --resume'):
         train.main(tiny(transformed_root, tmp_path, 'never_ran', '--resume'))
+
+
+def test_a_checkpoint_from_another_run_or_edited_is_one_line(transformed_root, tmp_path, capsys):
+    """A latest.pt copied from another run gave a traceback of 35 size mismatches; one cut by hand a KeyError."""
+    for name, ngf in (('mine', '8'), ('wide', '16')):
+        train.main(tiny(transformed_root, tmp_path, name, '--ngf', ngf, '--n_epochs', '2', '--n_epochs_decay', '0',
+                        '--stop_epoch', '1', '--save_epoch_freq', '1'))
+    latest = tmp_path / 'mine' / 'latest.pt'
+    shutil.copy(tmp_path / 'wide' / 'latest.pt', latest)
+    line = cli_error(tiny(transformed_root, tmp_path, 'mine', '--resume'), capsys)
+    assert line == (f'error: {latest}: saved by a run with --ngf 16, but this run has --ngf 8 (its config.json): the '
+                    "checkpoint is another run's")
+    state = torch.load(tmp_path / 'mine' / 'epoch_1.pt', weights_only=True)
+    del state['next_batch']
+    torch.save(state, latest)
+    line = cli_error(tiny(transformed_root, tmp_path, 'mine', '--resume'), capsys)
+    assert line.startswith(f"error: {latest}: cannot resume from it (no 'next_batch'); resume from a copy of")
+    shutil.copy(tmp_path / 'mine' / 'epoch_1.pt', latest)  # what the error advises
+    assert train.main(tiny(transformed_root, tmp_path, 'mine', '--resume')) == 0
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda c: c.update(n_epochs='3'), '"n_epochs": "3" is not a value --n_epochs takes'),
+    (lambda c: c.update(crop_size=64.0), '"crop_size": 64.0 is not a value --crop_size takes'),
+    (lambda c: c.update(netG='foo'), '"netG": "foo" is not a value --netG takes'),
+    (lambda c: c.update(rotate='yes'), '"rotate": "yes" is not a value --rotate takes'),
+    (lambda c: c.update(ngf=-1), '--ngf must be >= 1, got -1'),  # the ranges: check_options, as for the command line
+    (lambda c: c.update(dataroot=None), 'config.json names no --dataroot; give --dataroot'),
+    (lambda c: [1, 2], 'config.json: not a run config (a JSON object of options)'),
+])
+def test_a_config_edited_by_hand_is_checked_like_the_command_line(transformed_root, tmp_path, capsys, edit, message):
+    """Each of these crashed with a traceback, some after the run folder was opened."""
+    train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '2', '--n_epochs_decay', '0', '--stop_epoch', '1'))
+    config_path = tmp_path / 'run' / 'config.json'
+    config = json.loads(config_path.read_text())
+    config = edit(config) or config
+    config_path.write_text(json.dumps(config))
+    before = run_files(tmp_path / 'run')
+    line = cli_error(['--runs_dir', str(tmp_path), '--name', 'run', '--resume'], capsys)
+    assert message in line, line
+    assert run_files(tmp_path / 'run') == before
+
+
+def test_an_option_deleted_from_the_config_resumes_with_its_default(transformed_root, tmp_path):
+    train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '2', '--n_epochs_decay', '0', '--stop_epoch', '1'))
+    config_path = tmp_path / 'run' / 'config.json'
+    config = json.loads(config_path.read_text())
+    del config['lr_policy']  # was a KeyError
+    config_path.write_text(json.dumps(config))
+    assert train.main(['--runs_dir', str(tmp_path), '--name', 'run', '--resume']) == 0
 
 
 def test_resume_that_switches_channels_last_steps_adam_like_the_saved_layout(transformed_root, tmp_path):

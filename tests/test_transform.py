@@ -13,6 +13,7 @@ from PIL import Image
 
 import transform_dataset
 from conftest import DATA, REPO
+from dataset import load_split
 from image_io import resize_image, resize_mask
 from synthetic_inria import make_synthetic_inria
 from utils import UserError, write_json_atomic
@@ -537,3 +538,20 @@ def test_default_val_pattern_takes_images_1_to_5_of_each_city(tmp_path):
             (tmp_path / sub / f'{name}.tif').write_bytes(b'')
     opt = transform_dataset.parse_args(['--dataroot', str(tmp_path), '--out', str(tmp_path / 'out')])
     assert {stem: split for stem, _, _, split in transform_dataset.find_inria_sources(opt)} == names
+
+
+def test_a_damaged_tile_is_repaired_as_its_error_says(tmp_path):
+    """The error said "re-run transform_dataset.py", which skipped the source (its tiles all exist) and changed
+    nothing; deleting the damaged tile first makes the re-run redo that source."""
+    root = make_inria_dir(tmp_path / 'inria')
+    run(root, tmp_path / 'out', '--size', '32')
+    tile = tmp_path / 'out' / 'train' / 'images' / 'austin6.npy'
+    original = np.load(tile)
+    tile.write_bytes(tile.read_bytes()[:100])
+    with pytest.raises(UserError, match=r'austin6\.npy: unreadable array \(.*\); delete it and re-run '
+                                        r'transform_dataset\.py with the same options$'):
+        load_split(str(tmp_path / 'out'), 'train')
+    os.remove(tile)
+    run(root, tmp_path / 'out', '--size', '32')
+    assert np.array_equal(np.load(tile), original)
+    assert len(load_split(str(tmp_path / 'out'), 'train')[0]) == 2

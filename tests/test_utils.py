@@ -1,6 +1,7 @@
 """Tests for utils.py: image reading (every mask format a user may hand us, TIFF layouts), RNG states, the parser."""
 import glob
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 import utils
-from conftest import DATA, REPO
+from conftest import DATA, REPO, tiny
 from image_io import check_binary_mask, read_binary_mask, read_image_file, read_image_header
 from utils import ArgumentParser, UserError, counted, rng_states, run_cli, set_rng_states
 
@@ -246,6 +247,34 @@ def test_a_lock_file_another_user_made_is_locked_read_only(tmp_path, monkeypatch
     with utils.writing_alone(str(tmp_path), '--out'):
         assert (tmp_path / '.lock').read_text() == f'{os.getpid()}\n'
     assert (tmp_path / '.lock').read_text() == ''  # gone: no later message names this process
+
+
+def test_an_os_error_naming_a_file_is_one_line_and_exit_2(tmp_path, capsys):
+    """An unreadable folder (chmod 000) gave a PermissionError traceback in every script; root, which the suite may
+    run as, can read it anyway, so the error is raised directly."""
+    def unreadable():
+        raise PermissionError(13, 'Permission denied', str(tmp_path / 'gt'))
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(unreadable)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f'error: {tmp_path / "gt"}: Permission denied']
+
+    def bug():
+        raise OSError('no file in this one')  # not about a file: a bug, whose traceback is kept
+    with pytest.raises(OSError, match='no file in this one'):
+        run_cli(bug)
+
+
+def test_a_folder_in_place_of_a_manifest_is_one_line(transformed_root, tmp_path):
+    root = tmp_path / 'data'
+    shutil.copytree(transformed_root, root)
+    os.remove(root / 'val' / 'manifest.json')
+    os.mkdir(root / 'val' / 'manifest.json')
+    result = subprocess.run([sys.executable, os.path.join(REPO, 'train.py'), *tiny(root, tmp_path, 'x')],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f'error: {root / "val" / "manifest.json"}: Is a directory']
+    assert not os.path.exists(tmp_path / 'x')
 
 
 def test_a_crash_under_torchrun_leaves_its_traceback_for_torchruns_summary(tmp_path, monkeypatch):
