@@ -27,7 +27,7 @@ from dataset import EpochPlan, augmented_batch, batch_on_device
 from image_io import read_image_file
 from synthetic_inria import make_synthetic_inria, synthetic_pair
 from train_options import build_parser
-from utils import ArgumentParser, UserError, check_counts, run_cli
+from utils import ArgumentParser, UserError, check_counts, check_positive, run_cli
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from NVIDIA's datasheets, half their "with sparsity"
 # figures; matched against torch.cuda.get_device_name, most specific name first. Issue 5 planned with ~790.
@@ -236,14 +236,18 @@ def bench_transform():
 
 def main(argv=None):
     opt = parse_args(argv)
-    check_counts(opt, ('gen_batch', 'mask_size'))
+    check_counts(opt, [key for key in ('gen_batch', 'mask_size', 'threads', 'iters') if getattr(opt, key) is not None])
+    if opt.warmup is not None and opt.warmup < 0:
+        raise UserError(f'--warmup must be >= 0, got {opt.warmup}')
+    if opt.peak_tflops is not None:
+        check_positive(opt, ('peak_tflops',))
     if not 0 <= opt.gen_overlap < 1:
         raise UserError(f'--gen_overlap {opt.gen_overlap}: must be a fraction in [0, 1)')
     if opt.batches and min(opt.batches) < 1:
         raise UserError(f'--batches must all be >= 1, got {opt.batches}')
     if opt.rows and not set(opt.rows) <= set(range(1, len(STEPS) + 1)):
         raise UserError(f'--rows must be between 1 and {len(STEPS)}, got {opt.rows}')
-    if opt.threads:
+    if opt.threads is not None:
         torch.set_num_threads(opt.threads)
     device = train.setup_device(opt)
     if opt.only in (None, 'train'):

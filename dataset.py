@@ -25,9 +25,12 @@ def load_split(root, split):
         raise UserError(f'{manifest_path}: not found: --dataroot takes the --out folder of transform_dataset.py, '
                         f'not the images themselves')
     manifest = read_json(manifest_path, 'manifest')
-    names = [t.get('name') for t in manifest.get('tiles', []) if isinstance(t, dict)]
-    if None in names or len(names) != len(manifest.get('tiles', [])):
-        raise UserError(f'{manifest_path}: malformed manifest (a tile entry without a name); re-run transform_dataset.py')
+    tiles = manifest.get('tiles') if isinstance(manifest, dict) else None
+    names = [t.get('name') for t in tiles if isinstance(t, dict)] if isinstance(tiles, list) else []
+    if not isinstance(tiles, list) or len(names) != len(tiles) or not all(isinstance(n, str) for n in names):
+        # each re-run of the transform rewrites the manifests
+        raise UserError(f'{manifest_path}: malformed manifest (not a list of tiles with names); re-run '
+                        f'transform_dataset.py with the same options')
     if not names:
         raise UserError(f'{manifest_path}: the {split} split holds no samples')
     masks, images = [], []

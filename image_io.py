@@ -14,6 +14,11 @@ Image.MAX_IMAGE_PIXELS = None  # Inria tiles are 25 MP; PIL's bomb guard would r
 TIFF_SUFFIXES = ('.tif', '.tiff')
 JPEG_SUFFIXES = ('.jpg', '.jpeg')
 IMAGE_SUFFIXES = TIFF_SUFFIXES + ('.png',) + JPEG_SUFFIXES
+# Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
+# ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams. Not GDAL_METADATA nor
+# GDAL_NODATA: they describe the mask (its statistics; a nodata 0 would hide every black pixel of the image).
+GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
+GRID_MAX_SIDE = 512  # panels of test.py's Grid-<name>.png are downscaled to this (a 5000² grid would be 75 MB of PNG)
 JPEG_NOISE = 32  # levels a JPEG mask's pixel may be off 0/255 and still count as clean (quality 75: edges only)
 # TIFF compressions that change pixel values: a mask stored with them is judged like a JPEG
 # (only the always-lossy ones: JPEG 2000, WebP and JPEG XL may be lossless, and then values are exact)
@@ -212,3 +217,25 @@ def write_tiff_atomic(path, array, **kwargs):
 
 def building_fraction(mask):
     return float(np.count_nonzero(mask)) / mask.size if mask.ndim == 2 else None
+
+
+def save_geotiff(path, array, source):
+    """A TIFF carrying the GEO_TAGS of `source`'s first page (tifffile extratags: code, dtype, count, value,
+    writeonce); metadata=None: no tifffile JSON description."""
+    with tifffile.TiffFile(source) as tif:
+        tags = tif.pages[0].tags
+        # ASCII values as bytes: tifffile reads them as UTF-8 text (GDAL writes UTF-8) but writes text as 7-bit only
+        extratags = [(code, tags[code].dtype, tags[code].count,
+                      tags[code].value.encode() if isinstance(tags[code].value, str) else tags[code].value, True)
+                     for code in GEO_TAGS if code in tags]
+    write_tiff_atomic(path, array, photometric='rgb' if array.ndim == 3 else 'minisblack', compression='zlib',
+                      extratags=extratags)
+
+
+def grid_image(panels):
+    """Panels side by side, each downscaled so its longer side is at most GRID_MAX_SIDE."""
+    height, width = panels[0].shape[:2]
+    factor = min(1.0, GRID_MAX_SIDE / max(height, width))
+    h, w = max(1, round(height * factor)), max(1, round(width * factor))
+    rgb = [np.repeat(p[..., None], 3, 2) if p.ndim == 2 else p[..., :3] for p in panels]
+    return np.concatenate([resize_image(p, (h, w)) for p in rgb], axis=1)

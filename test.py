@@ -14,12 +14,13 @@ Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 =
 FID/KID only with --inception_weights.
 """
 import contextlib
+import json
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
-import tifffile
 import torch
 from tqdm import tqdm
 
@@ -27,22 +28,20 @@ import networks
 from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan, window_edges)
-from image_io import (TIFF_SUFFIXES, list_images, read_binary_mask, read_image_file, resize_image, resize_mask,
-                      save_png, write_tiff_atomic)
+from image_io import (TIFF_SUFFIXES, grid_image, list_images, read_binary_mask, read_image_file, resize_image,
+                      resize_mask, save_geotiff, save_png)
 from metrics import (building_scores, compute_fid_kid, format_score, image_metrics, make_fid_kid, mean_scores,
                      seam_score, seam_score_at, write_index_html, write_metrics_csv)
-from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, counted, free_space,
-                   pick_device, remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic, writing_alone)
+from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, counted, first_line,
+                   free_space, pick_device, remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic,
+                   write_text_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
-# Tags that place an image on the map, copied verbatim as the output keeps the input's pixel grid: ModelPixelScale,
-# ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams. Not GDAL_METADATA nor
-# GDAL_NODATA: they describe the mask (its statistics; a nodata 0 would hide every black pixel of the image).
-GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737)
 REPORTS = ('index.html', 'metrics.csv', 'metrics.json')
 OUTPUT_PREFIXES = ('Generated-', 'MaskResized-', 'Grid-', 'OriginalResized-')  # output_names' prefixes
+RESULTS_MARK = '.test_py_results'  # in a --results_dir: its reports and images are test.py's to replace
+STAGING = '.unfinished'  # a run's outputs are made here and moved into --results_dir when all are done
 MAX_NAME_BYTES = 255 - len('.OriginalResized-.png.12345678.tmp')  # the longest output's temp file name
-GRID_MAX_SIDE = 512  # panels of Grid-<name>.png are downscaled to this (a 5000² grid would be 75 MB of PNG)
 
 
 def build_parser():
@@ -244,6 +243,18 @@ def note_side_by_side_pairs(inputs, input_nc):
               f'(transform_dataset.py --format aligned) and pass its --out as --dataroot')
 
 
+def note_masks_under_one_window(opt, inputs, size):
+    """Sliding mode fills a window around a smaller mask by mirroring it, a picture the model never saw: most often
+    a --scale meant for 5000² tiles given to masks already at the model's resolution. A note: the output is made."""
+    small = [(source, shape, scaled_size(shape, opt.scale)) for _, source, _, _, shape in inputs
+             if min(scaled_size(shape, opt.scale)) < size]
+    if opt.mode == 'sliding' and small:
+        source, (height, width), (h, w) = small[0]
+        print(f'note: {len(small)} of {len(inputs)} masks are smaller than one {size}² window at --scale {opt.scale} '
+              f'(e.g. {source}: {width}×{height} -> {w}×{h}); the window around them is mirrored mask, which the '
+              f'model never saw: check --scale (1 for masks already at the resolution the model trained at)')
+
+
 # ---------------------------------------------------------------- memory check
 
 def check_memory(opt, G, cfg, size, inputs, device):
@@ -251,7 +262,11 @@ def check_memory(opt, G, cfg, size, inputs, device):
     _, smallest, *_, shape = min(inputs, key=lambda i: min(i[-1]))
     if opt.mode == 'tiles' and opt.tiles > min(shape):
         raise UserError(f'{smallest}: --tiles {opt.tiles}, but the mask is only {shape[1]}×{shape[0]} pixels')
-    per_window = peak_window_bytes(G, cfg['input_nc'], size, device)
+    try:
+        per_window = peak_window_bytes(G, cfg['input_nc'], size, device)
+    except (RuntimeError, MemoryError) as err:  # the measurement itself: one window does not fit (--load_size 100000)
+        raise UserError(f'--load_size {size}: one {size}² window does not fit in {device.type} memory '
+                        f'({first_line(err)})') from None
     _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
     if opt.mode == 'sliding':
         h, w = scaled_size((height, width), opt.scale)
@@ -332,23 +347,60 @@ def image_scores(generated, real, mask, seams, opt, segmenter=None):
 
 # ---------------------------------------------------------------- outputs
 
-def prepare_results_dir(path, inputs):
-    """Clear the (locked) results folder of a previous run's reports and images: a re-run on other masks (the
-    default folder depends only on the run, mode and epoch) must not leave old images beside the new ones, and a run
-    that stops early must not leave an index.html or metrics.* describing images that are gone. Only this script's
-    own file names are removed, and never one of this run's inputs (earlier MaskResized- files fed back as --masks)."""
+def is_output_name(name):
+    return name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif')))
+
+
+def written_by_test_py(path):
+    """Whether test.py wrote the reports and images in the folder: its mark, or (folders from before the mark)
+    a metrics.json of its own."""
+    if os.path.exists(os.path.join(path, RESULTS_MARK)):
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(path, 'metrics.json')) as f:
+            report = json.load(f)
+        return isinstance(report, dict) and {'run', 'mode', 'images'} <= report.keys()
+    return False
+
+
+def check_results_dir_is_ours(path):
+    """Refuse, before anything is written, a folder holding files of test.py's names that it did not write: a
+    website's index.html, someone's Grid-map.png would be replaced."""
+    if not os.path.isdir(path) or written_by_test_py(path):
+        return
+    theirs = sorted(name for name in os.listdir(path) if is_output_name(name))
+    if theirs:
+        raise UserError(f'{os.path.join(path, theirs[0])}: test.py would replace this file, which it did not write; '
+                        f'choose an empty or new --results_dir')
+
+
+def start_staging(path):
+    """Mark the (locked) results folder as test.py's and give this run an empty staging folder inside it; one left
+    by an interrupted run is removed."""
+    write_text_atomic(os.path.join(path, RESULTS_MARK), 'reports and images here are replaced by each test.py run\n')
     remove_stale_temp_files(path)
+    staging = os.path.join(path, STAGING)
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    return staging
+
+
+def publish_results(path, staging, inputs):
+    """Replace the previous run's reports and images with this run's, all at once at the end: an interrupted run
+    leaves the earlier results whole, and a run on other masks leaves no old image beside the new ones. Only
+    test.py's own names are removed, never one of this run's inputs (earlier MaskResized- files fed back as
+    --masks). metrics.json goes first and comes back last: a folder holding it holds one whole run."""
     keep = {os.path.realpath(source) for _, source, *_ in inputs}
-    replaced = 0
-    for name in os.listdir(path):
-        file = os.path.join(path, name)
-        ours = name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif')))
-        if ours and os.path.realpath(file) not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(file)
-                replaced += name.startswith('Generated-')
+    old = [name for name in os.listdir(path)
+           if is_output_name(name) and os.path.realpath(os.path.join(path, name)) not in keep]
+    for name in sorted(old, key=lambda name: name != 'metrics.json'):
+        os.remove(os.path.join(path, name))
+    for name in sorted(os.listdir(staging), key=lambda name: name == 'metrics.json'):
+        os.replace(os.path.join(staging, name), os.path.join(path, name))
+    os.rmdir(staging)
+    replaced = sum(name.startswith('Generated-') for name in old)
     if replaced:
-        print(f'note: {path}: removed {counted(replaced, "result")} of an earlier run there '
+        print(f'note: {path}: replaced {counted(replaced, "result")} of an earlier run there '
               '(--results_dir keeps them apart)')
 
 
@@ -374,45 +426,44 @@ def check_outputs_spare_inputs(results_dir, mode, inputs):
                                 f'choose another --results_dir')
 
 
-def save_outputs(results_dir, mode, name, source, generated, mask_out, real):
-    """Write one input's images; {kind: file name}. A failed write (a full disk) is one clear error."""
+def save_outputs(folder, mode, name, source, generated, mask_out, real):
+    """Write one input's images into folder; {kind: file name}. A failed write (a full disk) is one clear error."""
     files = output_names(mode, name, source, real is not None)
     try:
         if files['generated'].endswith('.tif'):
-            save_geotiff(os.path.join(results_dir, files['generated']), generated, source)
+            save_geotiff(os.path.join(folder, files['generated']), generated, source)
         else:
-            save_png(os.path.join(results_dir, files['generated']), generated)
-        save_png(os.path.join(results_dir, files['mask']), mask_out)
+            save_png(os.path.join(folder, files['generated']), generated)
+        save_png(os.path.join(folder, files['mask']), mask_out)
         if real is not None:
-            save_png(os.path.join(results_dir, files['real']), real)
+            save_png(os.path.join(folder, files['real']), real)
         panels = [mask_out, generated] + ([real] if real is not None else [])
-        save_png(os.path.join(results_dir, files['grid']), grid_image(panels))
+        save_png(os.path.join(folder, files['grid']), grid_image(panels))
     except OSError as err:
-        raise UserError(f'{results_dir}: cannot write the outputs of {source} ({err.strerror or err}; '
-                        f'{free_space(results_dir)})') from None
+        raise UserError(f'{folder}: cannot write the outputs of {source} ({err.strerror or err}; '
+                        f'{free_space(folder)})') from None
     return files
 
 
-def save_geotiff(path, array, source):
-    """A TIFF carrying the GEO_TAGS of `source`'s first page (tifffile extratags: code, dtype, count, value,
-    writeonce); metadata=None: no tifffile JSON description."""
-    with tifffile.TiffFile(source) as tif:
-        tags = tif.pages[0].tags
-        # ASCII values as bytes: tifffile reads them as UTF-8 text (GDAL writes UTF-8) but writes text as 7-bit only
-        extratags = [(code, tags[code].dtype, tags[code].count,
-                      tags[code].value.encode() if isinstance(tags[code].value, str) else tags[code].value, True)
-                     for code in GEO_TAGS if code in tags]
-    write_tiff_atomic(path, array, photometric='rgb' if array.ndim == 3 else 'minisblack', compression='zlib',
-                      extratags=extratags)
-
-
-def grid_image(panels):
-    """Panels side by side, each downscaled so its longer side is at most GRID_MAX_SIDE."""
-    height, width = panels[0].shape[:2]
-    factor = min(1.0, GRID_MAX_SIDE / max(height, width))
-    h, w = max(1, round(height * factor)), max(1, round(width * factor))
-    rgb = [np.repeat(p[..., None], 3, 2) if p.ndim == 2 else p[..., :3] for p in panels]
-    return np.concatenate([resize_image(p, (h, w)) for p in rgb], axis=1)
+def generate_all(opt, G, cfg, size, device, inputs, folder, segmenter, fid_kid, desc):
+    """Generate, save into folder and score every input: one report row each."""
+    amp = amp_enabled(opt.amp, device)
+    rows = []
+    for name, source, mask, real, _ in tqdm(inputs, desc=desc, unit='mask'):
+        if mask is None:
+            mask = read_mask(source, cfg['input_nc'], opt.mask_tolerance)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
+            generated, mask_out, seams = generate(opt, G, cfg, mask, size, device)
+        if real is not None and real.shape[:2] != generated.shape[:2]:
+            real = resize_image(real, generated.shape[:2])
+        files = save_outputs(folder, opt.mode, name, source, generated, mask_out, real)
+        if real is not None and fid_kid:
+            for metric in fid_kid:
+                metric.update(as_tensor(generated).to(device), real=False)
+                metric.update(as_tensor(real).to(device), real=True)
+        rows.append({'name': name, 'source': source, 'size': list(generated.shape[:2]), 'files': files,
+                     'metrics': image_scores(generated, real, mask_out, seams, opt, segmenter)})
+    return rows
 
 
 # ---------------------------------------------------------------- main
@@ -424,50 +475,44 @@ def main(argv=None):
     ckpt = checkpoint_path(opt.run, opt.epoch)
     G, cfg, state = load_generator(ckpt, device)
     trained_epochs = state.get('epoch')
-    amp = amp_enabled(opt.amp, device)
     segmenter = load_segmenter(opt.segmenter, cfg, device) if opt.segmenter else None
     size = opt.load_size or cfg.get('crop_size')
     check_model_size(cfg, size)
     inputs = collect_inputs(opt, cfg)
     check_memory(opt, G, cfg, size, inputs, device)
+    note_masks_under_one_window(opt, inputs, size)
     run_name = os.path.basename(os.path.normpath(opt.run))
     results_dir = opt.results_dir or os.path.join('results', run_name, f'{opt.mode}_{opt.epoch}')
     fid_kid = make_fid_kid(opt.inception_weights, device) if inputs[0][3] is not None else None
     if opt.inception_weights and inputs[0][3] is None:
         print('FID/KID skipped: raw --masks have no ground-truth images')
     check_outputs_spare_inputs(results_dir, opt.mode, inputs)
+    check_results_dir_is_ours(results_dir)
     with writing_alone(results_dir, '--results_dir'):  # a second test.py into this folder stops here
-        prepare_results_dir(results_dir, inputs)
+        staging = start_staging(results_dir)
         if opt.no_eval:
             G.train()
             torch.manual_seed(0)  # the dropout noise: a re-run gives the same images
-        rows = []
-        for name, source, mask, real, _ in tqdm(inputs, desc=f'{opt.mode} {run_name}', unit='mask'):
-            if mask is None:
-                mask = read_mask(source, cfg['input_nc'], opt.mask_tolerance)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
-                generated, mask_out, seams = generate(opt, G, cfg, mask, size, device)
-            if real is not None and real.shape[:2] != generated.shape[:2]:
-                real = resize_image(real, generated.shape[:2])
-            files = save_outputs(results_dir, opt.mode, name, source, generated, mask_out, real)
-            if real is not None and fid_kid:
-                for metric in fid_kid:
-                    metric.update(as_tensor(generated).to(device), real=False)
-                    metric.update(as_tensor(real).to(device), real=True)
-            rows.append({'name': name, 'source': source, 'size': list(generated.shape[:2]), 'files': files,
-                         'metrics': image_scores(generated, real, mask_out, seams, opt, segmenter)})
+        try:
+            rows = generate_all(opt, G, cfg, size, device, inputs, staging, segmenter, fid_kid,
+                                f'{opt.mode} {run_name}')
+        except KeyboardInterrupt:
+            print(f'note: {results_dir}: the results of an earlier run there are unchanged; what this run finished '
+                  f'is in {staging} until the next run', file=sys.stderr)
+            raise
 
         mean = mean_scores(rows)
         set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
         train_mode = ' · G in train mode (--no_eval)' if opt.no_eval else ''
         title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained){train_mode}'
-        write_index_html(os.path.join(results_dir, 'index.html'), title, rows, {**mean, **set_metrics})
-        write_metrics_csv(os.path.join(results_dir, 'metrics.csv'), rows, mean)
-        write_json_atomic(os.path.join(results_dir, 'metrics.json'), {
+        write_index_html(os.path.join(staging, 'index.html'), title, rows, {**mean, **set_metrics})
+        write_metrics_csv(os.path.join(staging, 'metrics.csv'), rows, mean)
+        write_json_atomic(os.path.join(staging, 'metrics.json'), {
             'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs, 'mode': opt.mode,
             'eval_mode': not opt.no_eval,
             'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
             'mean': mean, **set_metrics, 'images': rows})
+        publish_results(results_dir, staging, inputs)
     summary = ', '.join(f'{k} {format_score(v)}' for k, v in {**mean, **set_metrics}.items())
     print(f'{counted(len(rows), "result")} in {results_dir}' + (f' ({summary})' if summary else ''))
     return 0

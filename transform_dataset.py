@@ -9,6 +9,7 @@ Aligned layout: one image holding A|B side by side, in <dataroot>/{train,val|tes
 Output: <out>/{train,val}/masks/<tile>.npy (H×W, or H×W×3 for colour label maps), <out>/{train,val}/images/<tile>.npy
 (H×W×3), <out>/{train,val}/manifest.json, <out>/transform.json. Re-running skips finished sources.
 """
+import contextlib
 import glob
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ SPLITS = ('train', 'val')
 # --min_building only picks the tiles the manifests list (every tile is saved), so a re-run with another value
 # rewrites the manifests in seconds.
 OUTPUT_DEFINING_OPTIONS = ('format', 'direction', 'size', 'split', 'val_pattern')
+MAX_SIZE = 8192  # a tile of 8192² is 200 MB of uint8 RGB; an Inria source is 5000²
 RECORD_VERSION = 2  # records list every tile of their source; version 1 listed only those --min_building kept
 
 
@@ -78,8 +80,8 @@ def check_options(opt):
     if not os.path.isdir(opt.dataroot):
         raise UserError(f'{opt.dataroot}: input folder not found')
     check_counts(opt, ('workers', 'crop_size'))
-    if opt.size < 16:
-        raise UserError(f'--size {opt.size} is too small (need >= 16)')
+    if not 16 <= opt.size <= MAX_SIZE:  # 100000000 was a MemoryError traceback, after transform.json was written
+        raise UserError(f'--size {opt.size}: must be between 16 and {MAX_SIZE} (the seed used 286)')
     if opt.size < opt.crop_size:
         raise UserError(f'--size {opt.size} is smaller than --crop_size {opt.crop_size}: training could not crop '
                         f'these arrays (use --size >= {opt.crop_size}, e.g. 286 for 256 crops)')
@@ -259,15 +261,20 @@ def transform_source(source, opt):
 
 
 def is_done(source, opt):
-    """A source is finished when its record (of this version) exists and every tile it lists is on disk."""
+    """A source is finished when its record (of this version) exists and every tile it lists is on disk. A record
+    that is not one this script writes (edited by hand) does not count: the source is done again."""
     stem, _, _, split = source
     path = record_path(opt.out, split, stem)
     if not os.path.exists(path):
         return False
-    record = read_json(path, 'source record')
-    return record.get('version') == RECORD_VERSION and all(
-        os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
-        for t in record['tiles'] for kind in ('images', 'masks'))
+    with contextlib.suppress(UserError):  # not JSON
+        record = read_json(path, 'source record')
+        tiles = record.get('tiles') if isinstance(record, dict) else None
+        return record.get('version') == RECORD_VERSION and isinstance(tiles, list) and all(
+            isinstance(t, dict) and isinstance(t.get('name'), str) and 'building_fraction' in t
+            and os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
+            for t in tiles for kind in ('images', 'masks'))
+    return False
 
 
 # ---------------------------------------------------------------- whole dataset
@@ -289,6 +296,8 @@ def check_same_settings(opt, settings, config_path):
     if not os.path.exists(config_path):
         return
     previous = read_json(config_path, 'transform config')
+    if not isinstance(previous, dict):
+        raise UserError(f'{config_path}: not a transform config (a JSON object of options); use a new --out')
     changed = [k for k in settings if previous.get(k) != settings[k]]
     old_root = previous.get('dataroot')
     if 'dataroot' in changed and old_root and os.path.realpath(old_root) == settings['dataroot']:

@@ -32,6 +32,18 @@ def test_an_overlap_outside_0_1_is_refused():
         bench.main(['--only', 'generate', '--gen_overlap', '-0.5'])
 
 
+@pytest.mark.parametrize('option, message', [
+    (['--threads', '-3'], '--threads must be >= 1, got -3'),  # a RuntimeError traceback
+    (['--threads', '0'], '--threads must be >= 1, got 0'),  # silently ignored
+    (['--iters', '0'], '--iters must be >= 1, got 0'),
+    (['--warmup', '-1'], '--warmup must be >= 0, got -1'),
+    (['--peak_tflops', 'nan'], '--peak_tflops must be a positive number, got nan'),  # printed "nan %"
+])
+def test_bad_options_are_one_line_errors(option, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        bench.main(QUICK + option)
+
+
 @pytest.mark.parametrize('rows', [['0'], ['1', '6']])
 def test_rows_outside_the_table_are_refused(rows):
     with pytest.raises(UserError, match=re.escape(f'--rows must be between 1 and {len(bench.STEPS)}')):

@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -188,3 +189,15 @@ def test_crop_larger_than_arrays(tmp_path):
     write_array_dataset(str(tmp_path), 'train', masks, images)
     with pytest.raises(UserError, match='--size >= 32'):
         PairedDataset(str(tmp_path), 'train', crop=32)
+
+
+@pytest.mark.parametrize('manifest', [{'tiles': [{'name': 5}]}, {'tiles': None}, [1, 2, 3], 'hello',
+                                      {'tiles': [{'source': 'a.tif'}]}])
+def test_a_manifest_edited_by_hand_is_one_line(tmp_path, manifest):
+    """Each of these was a TypeError or AttributeError traceback."""
+    masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
+    write_array_dataset(str(tmp_path), 'train', masks, images)
+    (tmp_path / 'train' / 'manifest.json').write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=r'train/manifest\.json: malformed manifest \(not a list of tiles with '
+                                        r'names\); re-run transform_dataset\.py with the same options$'):
+        load_split(str(tmp_path), 'train')

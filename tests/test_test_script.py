@@ -472,8 +472,14 @@ def test_unwritable_results_dir(run_dir, tmp_path):
     assert (tmp_path / 'a_file').read_text() == 'x'
 
 
-def test_a_rerun_that_stops_early_leaves_no_stale_reports(run_dir, tmp_path, monkeypatch):
+def folder_files(folder):
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder) if (folder / name).is_file()}
+
+
+def test_a_rerun_that_stops_early_leaves_the_earlier_results_whole(run_dir, tmp_path, monkeypatch, capsys):
+    """A re-run removed the earlier results first: Ctrl-C then left half of a new set and none of the old one."""
     generate(run_dir, tmp_path / 'out', '--num_test', '2')
+    before = folder_files(tmp_path / 'out')
     calls = []
 
     def interrupted_after_one(*args):
@@ -485,7 +491,29 @@ def test_a_rerun_that_stops_early_leaves_no_stale_reports(run_dir, tmp_path, mon
     monkeypatch.setattr(ts, 'generate', interrupted_after_one)
     with pytest.raises(KeyboardInterrupt):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--mode', 'tiles', '--num_test', '2'])
-    assert not [name for name in ts.REPORTS if (tmp_path / 'out' / name).exists()]
+    assert folder_files(tmp_path / 'out') == before
+    assert len([name for name in os.listdir(tmp_path / 'out' / ts.STAGING) if name.startswith('Generated-')]) == 1
+    assert 'the results of an earlier run there are unchanged' in capsys.readouterr().err
+    monkeypatch.undo()
+    assert generate(run_dir, tmp_path / 'out', '--mode', 'tiles', '--num_test', '1')['samples'] == 1
+    assert not (tmp_path / 'out' / ts.STAGING).exists()
+    assert len([name for name in os.listdir(tmp_path / 'out') if name.startswith('Generated-')]) == 1
+
+
+def test_a_folder_with_files_of_test_pys_names_it_did_not_write_is_refused(run_dir, tmp_path):
+    """--results_dir pointed at a website's folder replaced its index.html and deleted Grid-holiday.png."""
+    site = tmp_path / 'site'
+    site.mkdir()
+    (site / 'index.html').write_text('<h1>mine</h1>')
+    (site / 'Grid-holiday.png').write_bytes(b'mine')
+    with pytest.raises(UserError, match=re.escape(f'{site / "Grid-holiday.png"}: test.py would replace this file, '
+                                                  'which it did not write; choose an empty or new --results_dir')):
+        generate(run_dir, site)
+    assert sorted(os.listdir(site)) == ['Grid-holiday.png', 'index.html']  # no .lock, no mark
+    # a results folder of its own, also one written before the mark existed, is replaced as before
+    generate(run_dir, tmp_path / 'out', '--num_test', '1')
+    os.remove(tmp_path / 'out' / ts.RESULTS_MARK)
+    assert generate(run_dir, tmp_path / 'out', '--num_test', '2')['samples'] == 2
 
 
 def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_path, capsys):
@@ -493,7 +521,7 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_
     (tmp_path / 'out' / 'notes.txt').write_text('mine')
     capsys.readouterr()
     assert generate(run_dir, tmp_path / 'out', '--num_test', '1')['samples'] == 1
-    assert (f'note: {tmp_path / "out"}: removed 3 results of an earlier run there (--results_dir keeps them '
+    assert (f'note: {tmp_path / "out"}: replaced 3 results of an earlier run there (--results_dir keeps them '
             'apart)') in capsys.readouterr().out
     outputs = [name for name in os.listdir(tmp_path / 'out') if name.startswith(ts.OUTPUT_PREFIXES)]
     assert len(outputs) == 4  # the one sample's generated, mask, real and grid images
@@ -536,8 +564,8 @@ def test_a_failed_image_write_is_one_clear_error(run_dir, tmp_path, monkeypatch)
     def disk_full(path, array):
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(ts, 'save_png', disk_full)
-    with pytest.raises(UserError, match=r'out: cannot write the outputs of .*\.npy \(No space left on device; '
-                                        r'\d+ MB free there\)'):
+    with pytest.raises(UserError, match=r'out/\.unfinished: cannot write the outputs of .*\.npy \(No space left on '
+                                        r'device; \d+ MB free there\)'):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--num_test', '1'])
 
 
@@ -615,3 +643,24 @@ def test_memory_check_is_made_for_the_largest_input(monkeypatch):
     ts.check_memory(opt, None, cfg, 64, [small], torch.device('cpu'))  # the small one fits
     with pytest.raises(UserError, match='large.png: 3000×3000 mask'):
         ts.check_memory(opt, None, cfg, 64, [small, large], torch.device('cpu'))
+
+
+def test_a_scale_that_shrinks_masks_under_one_window_is_noted(run_dir, tmp_path, capsys):
+    """README's --scale 0.114 (for 5000² tiles at --split 2) on 256² forged masks made 29 px masks, generated as
+    mirrored padding and blown back up, without a word."""
+    capsys.readouterr()
+    generate(run_dir, tmp_path / 'a', '--mode', 'sliding', '--num_test', '2')
+    assert 'smaller than one' not in capsys.readouterr().out
+    generate(run_dir, tmp_path / 'b', '--mode', 'sliding', '--num_test', '2', '--scale', '0.25')
+    assert re.search(r'note: 2 of 2 masks are smaller than one 64² window at --scale 0\.25 \(e\.g\. \S+\.npy: 72×72 -> '
+                     r'18×18\)', capsys.readouterr().out)
+
+
+def test_a_window_too_large_to_measure_is_one_line(run_dir, tmp_path, monkeypatch):
+    """--load_size 100000: the memory check's own forward pass failed to allocate 40 GB, with a traceback."""
+    def out_of_memory(*args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
+    monkeypatch.setattr(ts, 'peak_window_bytes', out_of_memory)
+    with pytest.raises(UserError, match=r'^--load_size 64: one 64² window does not fit in cpu memory \(\[enforce'):
+        generate(run_dir, tmp_path / 'out')
+    assert not (tmp_path / 'out').exists()

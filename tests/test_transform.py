@@ -429,7 +429,8 @@ def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
     (['--dataroot', 'DOES_NOT_EXIST'], 'input folder not found'),
     (['--split', '0'], '--split 0'),
     (['--split', '20'], 'smaller --split'),
-    (['--size', '8'], '--size 8'),
+    (['--size', '8'], '--size 8: must be between 16 and 8192'),
+    (['--size', '100000000'], '--size 100000000: must be between 16 and 8192'),  # a MemoryError traceback
     (['--size', '64', '--crop_size', '128'], '--size 64 is smaller than --crop_size 128'),
     (['--min_building', '2'], '--min_building'),
     (['--mask_tolerance', '-1'], '--mask_tolerance -1.0: must be a fraction between 0 and 1'),
@@ -555,3 +556,32 @@ def test_a_damaged_tile_is_repaired_as_its_error_says(tmp_path):
     run(root, tmp_path / 'out', '--size', '32')
     assert np.array_equal(np.load(tile), original)
     assert len(load_split(str(tmp_path / 'out'), 'train')[0]) == 2
+
+
+def test_an_edited_source_is_redone_once_its_record_is_deleted(tmp_path):
+    """Sources are matched by name (documented): an edited source is skipped until its record goes."""
+    root = make_inria_dir(tmp_path / 'inria')
+    run(root, tmp_path / 'out', '--size', '32')
+    tifffile.imwrite(os.path.join(root, 'gt', 'austin6.tif'), np.zeros((64, 64), np.uint8), compression='lzw')
+    run(root, tmp_path / 'out', '--size', '32')
+    tile = tmp_path / 'out' / 'train' / 'masks' / 'austin6.npy'
+    assert np.load(tile).any()  # still the old buildings
+    os.remove(tmp_path / 'out' / 'train' / 'sources' / 'austin6.json')
+    run(root, tmp_path / 'out', '--size', '32')
+    assert not np.load(tile).any()
+
+
+def test_its_own_files_edited_by_hand_are_redone_or_one_line(tmp_path):
+    """A source record with "tiles": "x" was a TypeError traceback, transform.json [1] an AttributeError."""
+    root = make_inria_dir(tmp_path / 'inria')
+    run(root, tmp_path / 'out', '--size', '32')
+    manifest = (tmp_path / 'out' / 'train' / 'manifest.json').read_text()
+    record = tmp_path / 'out' / 'train' / 'sources' / 'austin6.json'
+    record.write_text('{"version": 2, "tiles": "x"}')
+    run(root, tmp_path / 'out', '--size', '32')  # the source is done again
+    assert json.loads(record.read_text())['tiles'][0]['name'] == 'austin6'
+    assert (tmp_path / 'out' / 'train' / 'manifest.json').read_text() == manifest
+    (tmp_path / 'out' / 'transform.json').write_text('[1]')
+    with pytest.raises(UserError, match=r'transform\.json: not a transform config \(a JSON object of options\); '
+                                        r'use a new --out$'):
+        run(root, tmp_path / 'out', '--size', '32')
