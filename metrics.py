@@ -1,18 +1,13 @@
 """Image metrics: PSNR/SSIM/L1 (train.py's validation, test.py), the seam score, the mask-fidelity IoU/F1 of a
-building segmenter, FID/KID from a local InceptionV3 file (never downloaded), and the index.html and
-metrics.csv reports test.py writes.
+building segmenter, and FID/KID from a local InceptionV3 file (never downloaded).
 """
-import csv
-import html
-import io
 import os
-import urllib.parse
 import warnings
 
 import numpy as np
 
-from image_io import TIFF_SUFFIXES, tile_bounds
-from utils import UserError, counted, load_error, write_text_atomic
+from image_io import tile_bounds
+from utils import UserError, counted, load_error
 
 
 def image_metrics(fake, real):
@@ -133,52 +128,3 @@ def compute_fid_kid(fid_kid, count):
     kid.subset_size = min(kid.subset_size, count)
     kid_mean, kid_std = kid.compute()
     return {'FID': float(fid.compute()), 'KID': float(kid_mean), 'KID_std': float(kid_std)}
-
-
-# ---------------------------------------------------------------- test.py's reports
-
-def format_score(value):
-    """A score as written in the reports: 4 significant digits; an empty cell for a score not computed."""
-    return '' if value is None else f'{value:.4g}' if isinstance(value, float) else str(value)
-
-
-def write_index_html(path, title, rows, mean):
-    """One table row per input: mask | generated | real | metrics; images by relative links."""
-    def img(name):
-        if name is None:
-            return '<td>—</td>'
-        link = urllib.parse.quote(name)
-        if name.lower().endswith(TIFF_SUFFIXES):  # browsers do not show TIFF: link it, show the grid instead
-            return f'<td><a href="{link}">{html.escape(name)}</a></td>'
-        return f'<td><a href="{link}"><img src="{link}" alt="{html.escape(name)}"></a></td>'
-    lines = ['<!DOCTYPE html>', '<html><head><meta charset="utf-8">', f'<title>{html.escape(title)}</title>',
-             '<style>body{font-family:sans-serif} td,th{border:1px solid #ccc;padding:4px;vertical-align:top}'
-             ' img{height:256px;image-rendering:pixelated} table{border-collapse:collapse}</style></head><body>',
-             f'<h1>{html.escape(title)}</h1>',
-             '<p>' + html.escape(', '.join(f'{k} {format_score(v)}' for k, v in mean.items())) + '</p>',
-             '<table><tr><th>name</th><th>mask</th><th>generated</th><th>real</th><th>grid</th><th>metrics</th></tr>']
-    for row in rows:
-        files = row['files']
-        metrics = '<br>'.join(html.escape(f'{k}: {format_score(v)}') for k, v in row['metrics'].items())
-        lines.append(f'<tr><td>{html.escape(row["name"])}</td>{img(files["mask"])}{img(files["generated"])}'
-                     f'{img(files.get("real"))}{img(files["grid"])}<td>{metrics}</td></tr>')
-    lines.append('</table></body></html>\n')
-    write_text_atomic(path, '\n'.join(lines))
-
-
-def write_metrics_csv(path, rows, mean):
-    keys = sorted({k for row in rows for k in row['metrics']})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator='\n')
-    writer.writerow(['name', 'height', 'width'] + keys)
-    for row in rows:
-        writer.writerow([row['name'], *row['size']] + [format_score(row['metrics'].get(k)) for k in keys])
-    writer.writerow(['mean', '', ''] + [format_score(mean.get(k)) for k in keys])
-    write_text_atomic(path, buffer.getvalue())
-
-
-def mean_scores(rows):
-    """Each score's mean over the rows that have it."""
-    keys = sorted({k for row in rows for k in row['metrics']})
-    values = {k: [row['metrics'][k] for row in rows if row['metrics'].get(k) is not None] for k in keys}
-    return {k: float(np.mean(v)) for k, v in values.items() if v}

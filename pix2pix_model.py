@@ -2,7 +2,6 @@
 and what a checkpoint saves and restores (the counterpart of the official repo's models/pix2pix_model.py).
 """
 import contextlib
-import pickle
 import warnings
 
 import torch
@@ -55,7 +54,7 @@ def build_vgg_loss(opt):
     """The VGG perceptual loss; a missing or unusable weights file is the user's to fix: one line, no traceback."""
     try:
         return networks.VGGLoss(opt.vgg_weights)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+    except Exception as err:  # torch.load of a damaged or foreign file raises many types
         message = load_error(err)
         if opt.vgg_weights and opt.vgg_weights not in message:  # torch's own errors do not name the file
             message = f'{opt.vgg_weights}: {message}'
@@ -190,9 +189,11 @@ class Trainer:
         return torch.stack([loss_G_GAN, loss_G_L1, loss_G_VGG, loss_D_real, loss_D_fake]).detach().float()
 
     def nonfinite_models(self):
-        """['G'], ['D'], both or none: the models whose weights hold NaN/inf (one host sync)."""
+        """['G'], ['D'], both or none: the models whose weights or buffers (batch-norm statistics) hold NaN/inf
+        (one host sync)."""
         models = (self.G, self.D)
-        finite = [torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all() for model in models]
+        finite = [torch.stack([torch.isfinite(t).all() for t in (*model.parameters(), *model.buffers())]).all()
+                  for model in models]
         return [name for name, ok in zip(('G', 'D'), torch.stack(finite).tolist()) if not ok]
 
     @torch.no_grad()

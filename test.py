@@ -13,11 +13,8 @@ in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, Ma
 Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see generate),
 FID/KID only with --inception_weights.
 """
-import contextlib
-import json
 import math
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -28,20 +25,14 @@ import networks
 from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
                         run_generator, sliding_plan, window_edges)
-from image_io import (TIFF_SUFFIXES, grid_image, list_images, read_binary_mask, read_image_file, resize_image,
-                      resize_mask, save_geotiff, save_png)
-from metrics import (building_scores, compute_fid_kid, format_score, image_metrics, make_fid_kid, mean_scores,
-                     seam_score, seam_score_at, write_index_html, write_metrics_csv)
+from image_io import list_images, read_binary_mask, read_image_file, resize_image, resize_mask
+from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score, seam_score_at
+from results import (MAX_NAME_BYTES, check_outputs_spare_inputs, check_results_dir_is_ours, format_score, mean_scores,
+                     publish_results, save_outputs, start_staging, write_index_html, write_metrics_csv)
 from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, counted, first_line,
-                   free_space, pick_device, remove_stale_temp_files, run_cli, to_uint8_hwc, write_json_atomic,
-                   write_text_atomic, writing_alone)
+                   pick_device, run_cli, to_uint8_hwc, write_json_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
-REPORTS = ('index.html', 'metrics.csv', 'metrics.json')
-OUTPUT_PREFIXES = ('Generated-', 'MaskResized-', 'Grid-', 'OriginalResized-')  # output_names' prefixes
-RESULTS_MARK = '.test_py_results'  # in a --results_dir: its reports and images are test.py's to replace
-STAGING = '.unfinished'  # a run's outputs are made here and moved into --results_dir when all are done
-MAX_NAME_BYTES = 255 - len('.OriginalResized-.png.12345678.tmp')  # the longest output's temp file name
 
 
 def build_parser():
@@ -265,7 +256,10 @@ def check_memory(opt, G, cfg, size, inputs, device):
     try:
         per_window = peak_window_bytes(G, cfg['input_nc'], size, device)
     except (RuntimeError, MemoryError) as err:  # the measurement itself: one window does not fit (--load_size 100000)
-        raise UserError(f'--load_size {size}: one {size}² window does not fit in {device.type} memory '
+        if not isinstance(err, MemoryError) and 'allocate' not in str(err):  # CPU and CUDA allocators say so
+            raise
+        given = '--load_size' if opt.load_size else 'the run\'s --crop_size; a smaller --load_size may fit'
+        raise UserError(f'one {size}² window ({given}) does not fit in {device.type} memory '
                         f'({first_line(err)})') from None
     _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
     if opt.mode == 'sliding':
@@ -345,106 +339,6 @@ def image_scores(generated, real, mask, seams, opt, segmenter=None):
     return scores
 
 
-# ---------------------------------------------------------------- outputs
-
-def is_output_name(name):
-    return name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif')))
-
-
-def written_by_test_py(path):
-    """Whether test.py wrote the reports and images in the folder: its mark, or (folders from before the mark)
-    a metrics.json of its own."""
-    if os.path.exists(os.path.join(path, RESULTS_MARK)):
-        return True
-    with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(path, 'metrics.json')) as f:
-            report = json.load(f)
-        return isinstance(report, dict) and {'run', 'mode', 'images'} <= report.keys()
-    return False
-
-
-def check_results_dir_is_ours(path):
-    """Refuse, before anything is written, a folder holding files of test.py's names that it did not write: a
-    website's index.html, someone's Grid-map.png would be replaced."""
-    if not os.path.isdir(path) or written_by_test_py(path):
-        return
-    theirs = sorted(name for name in os.listdir(path) if is_output_name(name))
-    if theirs:
-        raise UserError(f'{os.path.join(path, theirs[0])}: test.py would replace this file, which it did not write; '
-                        f'choose an empty or new --results_dir')
-
-
-def start_staging(path):
-    """Mark the (locked) results folder as test.py's and give this run an empty staging folder inside it; one left
-    by an interrupted run is removed."""
-    write_text_atomic(os.path.join(path, RESULTS_MARK), 'reports and images here are replaced by each test.py run\n')
-    remove_stale_temp_files(path)
-    staging = os.path.join(path, STAGING)
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    return staging
-
-
-def publish_results(path, staging, inputs):
-    """Replace the previous run's reports and images with this run's, all at once at the end: an interrupted run
-    leaves the earlier results whole, and a run on other masks leaves no old image beside the new ones. Only
-    test.py's own names are removed, never one of this run's inputs (earlier MaskResized- files fed back as
-    --masks). metrics.json goes first and comes back last: a folder holding it holds one whole run."""
-    keep = {os.path.realpath(source) for _, source, *_ in inputs}
-    old = [name for name in os.listdir(path)
-           if is_output_name(name) and os.path.realpath(os.path.join(path, name)) not in keep]
-    for name in sorted(old, key=lambda name: name != 'metrics.json'):
-        os.remove(os.path.join(path, name))
-    for name in sorted(os.listdir(staging), key=lambda name: name == 'metrics.json'):
-        os.replace(os.path.join(staging, name), os.path.join(path, name))
-    os.rmdir(staging)
-    replaced = sum(name.startswith('Generated-') for name in old)
-    if replaced:
-        print(f'note: {path}: replaced {counted(replaced, "result")} of an earlier run there '
-              '(--results_dir keeps them apart)')
-
-
-def output_names(mode, name, source, with_real):
-    """{kind: file name} of one input's images; a GeoTIFF is generated from a TIFF in sliding mode."""
-    geotiff = mode == 'sliding' and source.lower().endswith(TIFF_SUFFIXES)
-    files = {'generated': f'Generated-{name}.{"tif" if geotiff else "png"}', 'mask': f'MaskResized-{name}.png',
-             'grid': f'Grid-{name}.png'}
-    if with_real:
-        files['real'] = f'OriginalResized-{name}.png'
-    return files
-
-
-def check_outputs_spare_inputs(results_dir, mode, inputs):
-    """Refuse before writing when one input's outputs would overwrite another input: a.png fed in beside
-    MaskResized-a.png from an earlier run into the same folder would replace that mask, read or not yet read."""
-    sources = {os.path.realpath(source): source for _, source, *_ in inputs}
-    for name, source, _, real, _ in inputs:
-        for file in output_names(mode, name, source, real is not None).values():
-            clash = sources.get(os.path.realpath(os.path.join(results_dir, file)))
-            if clash:
-                raise UserError(f'{clash}: the output {file} of {source} would overwrite this input; '
-                                f'choose another --results_dir')
-
-
-def save_outputs(folder, mode, name, source, generated, mask_out, real):
-    """Write one input's images into folder; {kind: file name}. A failed write (a full disk) is one clear error."""
-    files = output_names(mode, name, source, real is not None)
-    try:
-        if files['generated'].endswith('.tif'):
-            save_geotiff(os.path.join(folder, files['generated']), generated, source)
-        else:
-            save_png(os.path.join(folder, files['generated']), generated)
-        save_png(os.path.join(folder, files['mask']), mask_out)
-        if real is not None:
-            save_png(os.path.join(folder, files['real']), real)
-        panels = [mask_out, generated] + ([real] if real is not None else [])
-        save_png(os.path.join(folder, files['grid']), grid_image(panels))
-    except OSError as err:
-        raise UserError(f'{folder}: cannot write the outputs of {source} ({err.strerror or err}; '
-                        f'{free_space(folder)})') from None
-    return files
-
-
 def generate_all(opt, G, cfg, size, device, inputs, folder, segmenter, fid_kid, desc):
     """Generate, save into folder and score every input: one report row each."""
     amp = amp_enabled(opt.amp, device)
@@ -487,7 +381,7 @@ def main(argv=None):
     if opt.inception_weights and inputs[0][3] is None:
         print('FID/KID skipped: raw --masks have no ground-truth images')
     check_outputs_spare_inputs(results_dir, opt.mode, inputs)
-    check_results_dir_is_ours(results_dir)
+    check_results_dir_is_ours(results_dir, inputs)
     with writing_alone(results_dir, '--results_dir'):  # a second test.py into this folder stops here
         staging = start_staging(results_dir)
         if opt.no_eval:

@@ -169,8 +169,8 @@ def diverged(trainer, what):
     latest = os.path.join(trainer.opt.runs_dir, trainer.opt.name, 'latest.pt')
     saved = 'latest.pt holds the last finite state' if os.path.exists(latest) else 'no checkpoint was saved yet'
     return UserError(f'training diverged at epoch {trainer.epoch + 1}, iteration {trainer.iteration}: {what} became '
-                     f'NaN/inf. Lower --lr (2e-4 works), try --gan_mode lsgan, or resume from an earlier '
-                     f'epoch_<N>.pt; {saved}')
+                     f'NaN/inf. Start a new --name with a lower --lr (2e-4 works) or --gan_mode lsgan, or copy an '
+                     f'earlier epoch_<N>.pt over latest.pt and --resume; {saved}')
 
 
 def raise_if_not_finite(losses, trainer):
@@ -342,6 +342,8 @@ def resume_from(trainer, path):
         check_mid_epoch_resume(state, trainer.opt, os.path.dirname(path))
         trainer.restore(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a checkpoint edited or cut by hand
+        if isinstance(err, RuntimeError) and 'state_dict' not in str(err):  # e.g. out of memory: not the file's fault
+            raise
         problem = f'no {err}' if isinstance(err, KeyError) else first_line(err)
         raise UserError(f'{path}: cannot resume from it ({problem}); resume from a copy of an epoch_<N>.pt or '
                         f'best.pt saved as latest.pt') from None

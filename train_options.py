@@ -168,8 +168,8 @@ def check_saved_config(parser, saved, path):
 
 
 def check_checkpoint_is_this_runs(state, opt, path):
-    """A latest.pt copied in from another run: its weights would not fit this run's networks (a traceback of
-    size mismatches), or would fit and silently continue another run's schedule."""
+    """A latest.pt copied in from another run (or a config.json edited): the weights would not fit the networks
+    config.json describes (a traceback of size mismatches), or would fit and silently continue another schedule."""
     saved = state.get('config')
     if not isinstance(saved, dict):
         raise UserError(f'{path}: holds no run config; not a checkpoint train.py wrote')
@@ -177,8 +177,8 @@ def check_checkpoint_is_this_runs(state, opt, path):
     if differ:
         theirs = ', '.join(f'--{key} {saved[key]}' for key in differ)
         ours = ', '.join(f'--{key} {getattr(opt, key)}' for key in differ)
-        raise UserError(f'{path}: saved by a run with {theirs}, but this run has {ours} (its config.json): the '
-                        f'checkpoint is another run\'s')
+        raise UserError(f'{path}: saved with {theirs}, but config.json beside it says {ours}: one of them comes from '
+                        f'another run or was edited')
 
 
 def check_mid_epoch_resume(state, opt, run_dir):
@@ -221,10 +221,13 @@ def check_options(opt):
     check_positive(opt, ('lr', 'init_gain'))
     if not 0 <= opt.beta1 < 1:
         raise UserError(f'--beta1 must be in [0, 1), got {opt.beta1}')
-    for name in ('lambda_L1', 'lambda_VGG', 'psnr_drop_warn'):
-        if not 0 <= getattr(opt, name) < float('inf'):  # nan and inf too: inf makes NaN weights, and invalid JSON
+    for name in ('lambda_L1', 'lambda_VGG'):
+        if not 0 <= getattr(opt, name) < float('inf'):  # nan and inf too: an infinite weight makes NaN weights
             raise UserError(f'--{name} must be a number >= 0, got {getattr(opt, name)}')
-    if os.path.normpath(opt.name) in ('.', '..') or os.path.normpath(opt.name).startswith('..' + os.sep):
+    if not opt.psnr_drop_warn >= 0:  # nan refused; inf turns the warning off
+        raise UserError(f'--psnr_drop_warn must be >= 0, got {opt.psnr_drop_warn}')
+    name = os.path.normpath(opt.name)
+    if name in ('.', '..') or name.startswith('..' + os.sep) or os.path.isabs(name):
         raise UserError(f'--name {opt.name!r}: must name a folder inside --runs_dir')
     if not abs(opt.seed) < 2 ** 40:  # dataset.EpochPlan seeds a torch generator with seed * 1_000_003 + epoch
         raise UserError(f'--seed must be within ±2**40, got {opt.seed}')

@@ -270,10 +270,10 @@ def is_done(source, opt):
     with contextlib.suppress(UserError):  # not JSON
         record = read_json(path, 'source record')
         tiles = record.get('tiles') if isinstance(record, dict) else None
-        return record.get('version') == RECORD_VERSION and isinstance(tiles, list) and all(
-            isinstance(t, dict) and isinstance(t.get('name'), str) and 'building_fraction' in t
-            and os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
-            for t in tiles for kind in ('images', 'masks'))
+        return (isinstance(tiles, list) and record.get('version') == RECORD_VERSION and len(tiles) == opt.split ** 2
+                and all(isinstance(t, dict) and isinstance(t.get('name'), str) and 'building_fraction' in t
+                        and os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
+                        for t in tiles for kind in ('images', 'masks')))
     return False
 
 

@@ -147,6 +147,8 @@ def load_error(err):
         return f'truncated or corrupt: {text.split(". ")[0]}'
     if isinstance(err, EOFError):
         return 'empty or truncated'
+    if isinstance(err, (KeyError, IndexError, UnicodeDecodeError)):  # torch's legacy unpickler on text, tiny files
+        return 'not a PyTorch file'
     return first_line(err)
 
 

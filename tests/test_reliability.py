@@ -354,10 +354,21 @@ def test_checkpoint_that_would_run_code_is_refused(transformed_root, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize('content, reason', [(b'', 'empty or truncated'), (b'text\n', 'not a PyTorch file')])
+def test_an_empty_or_text_vgg_weights_file_is_one_line(transformed_root, tmp_path, content, reason):
+    """An EOFError and a KeyError traceback: build_vgg_loss caught only some of torch.load's exception types."""
+    weights = tmp_path / 'vgg.pth'
+    weights.write_bytes(content)
+    with pytest.raises(UserError, match=re.escape(f'--vgg_weights: {weights}: {reason}')):
+        train.main(tiny(transformed_root, tmp_path, 'vgg', '--content_loss', 'l1+vgg', '--lambda_VGG', '1',
+                        '--vgg_weights', str(weights)))
+
+
 @pytest.mark.parametrize('content, reason', [
     (b'', 'empty or truncated'),
     (b'\x00garbage' * 100, 'not a PyTorch file: Unsupported operand 0'),
     (b'{"x": 1}', 'not a PyTorch file: Unsupported operand 123'),  # was "holds Python objects besides tensors"
+    (b'hello world, a text file\n', 'not a PyTorch file'),  # was "(101)"
     ('truncated', 'truncated or corrupt: PytorchStreamReader failed reading zip archive: failed finding central '
                   'directory'),  # was cut mid-sentence at 200 characters
 ])

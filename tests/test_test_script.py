@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 
 import generation
+import results
 import train
 from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
-from metrics import make_fid_kid, mean_scores, seam_score
+from metrics import make_fid_kid, seam_score
 from utils import UserError
 
 # Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
@@ -492,11 +493,11 @@ def test_a_rerun_that_stops_early_leaves_the_earlier_results_whole(run_dir, tmp_
     with pytest.raises(KeyboardInterrupt):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--mode', 'tiles', '--num_test', '2'])
     assert folder_files(tmp_path / 'out') == before
-    assert len([name for name in os.listdir(tmp_path / 'out' / ts.STAGING) if name.startswith('Generated-')]) == 1
+    assert len([name for name in os.listdir(tmp_path / 'out' / results.STAGING) if name.startswith('Generated-')]) == 1
     assert 'the results of an earlier run there are unchanged' in capsys.readouterr().err
     monkeypatch.undo()
     assert generate(run_dir, tmp_path / 'out', '--mode', 'tiles', '--num_test', '1')['samples'] == 1
-    assert not (tmp_path / 'out' / ts.STAGING).exists()
+    assert not (tmp_path / 'out' / results.STAGING).exists()
     assert len([name for name in os.listdir(tmp_path / 'out') if name.startswith('Generated-')]) == 1
 
 
@@ -506,14 +507,19 @@ def test_a_folder_with_files_of_test_pys_names_it_did_not_write_is_refused(run_d
     site.mkdir()
     (site / 'index.html').write_text('<h1>mine</h1>')
     (site / 'Grid-holiday.png').write_bytes(b'mine')
-    with pytest.raises(UserError, match=re.escape(f'{site / "Grid-holiday.png"}: test.py would replace this file, '
-                                                  'which it did not write; choose an empty or new --results_dir')):
+    with pytest.raises(UserError, match=re.escape(f"{site}: holds 2 files of test.py's output names (e.g. "
+                                                  'Grid-holiday.png) but not its mark; test.py would replace them')):
         generate(run_dir, site)
     assert sorted(os.listdir(site)) == ['Grid-holiday.png', 'index.html']  # no .lock, no mark
     # a results folder of its own, also one written before the mark existed, is replaced as before
     generate(run_dir, tmp_path / 'out', '--num_test', '1')
-    os.remove(tmp_path / 'out' / ts.RESULTS_MARK)
+    os.remove(tmp_path / 'out' / results.RESULTS_MARK)
     assert generate(run_dir, tmp_path / 'out', '--num_test', '2')['samples'] == 2
+    # this run's own inputs are never replaced, so they do not count against a folder
+    mask = next(name for name in os.listdir(tmp_path / 'out') if name.startswith('MaskResized-'))
+    (tmp_path / 'masks').mkdir()
+    shutil.copy(tmp_path / 'out' / mask, tmp_path / 'masks' / mask)
+    assert generate(run_dir, tmp_path / 'masks', '--masks', str(tmp_path / 'masks' / mask))['samples'] == 1
 
 
 def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_path, capsys):
@@ -523,7 +529,7 @@ def test_a_rerun_into_the_same_folder_replaces_the_previous_images(run_dir, tmp_
     assert generate(run_dir, tmp_path / 'out', '--num_test', '1')['samples'] == 1
     assert (f'note: {tmp_path / "out"}: replaced 3 results of an earlier run there (--results_dir keeps them '
             'apart)') in capsys.readouterr().out
-    outputs = [name for name in os.listdir(tmp_path / 'out') if name.startswith(ts.OUTPUT_PREFIXES)]
+    outputs = [name for name in os.listdir(tmp_path / 'out') if name.startswith(results.OUTPUT_PREFIXES)]
     assert len(outputs) == 4  # the one sample's generated, mask, real and grid images
     assert (tmp_path / 'out' / 'notes.txt').read_text() == 'mine'
 
@@ -563,7 +569,7 @@ def test_read_only_masks_are_taken_without_a_warning():
 def test_a_failed_image_write_is_one_clear_error(run_dir, tmp_path, monkeypatch):
     def disk_full(path, array):
         raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(ts, 'save_png', disk_full)
+    monkeypatch.setattr(results, 'save_png', disk_full)
     with pytest.raises(UserError, match=r'out/\.unfinished: cannot write the outputs of .*\.npy \(No space left on '
                                         r'device; \d+ MB free there\)'):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--num_test', '1'])
@@ -632,7 +638,7 @@ def test_a_perfect_copy_stores_psnr_as_null_in_strict_json():
 
 def test_means_skip_missing_values():
     rows = [{'metrics': {'PSNR': None, 'seam_score': 1.0}}, {'metrics': {'PSNR': 20.0, 'seam_score': None}}]
-    assert mean_scores(rows) == {'PSNR': 20.0, 'seam_score': 1.0}
+    assert results.mean_scores(rows) == {'PSNR': 20.0, 'seam_score': 1.0}
 
 
 def test_memory_check_is_made_for_the_largest_input(monkeypatch):
@@ -661,6 +667,9 @@ def test_a_window_too_large_to_measure_is_one_line(run_dir, tmp_path, monkeypatc
     def out_of_memory(*args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
     monkeypatch.setattr(ts, 'peak_window_bytes', out_of_memory)
-    with pytest.raises(UserError, match=r'^--load_size 64: one 64² window does not fit in cpu memory \(\[enforce'):
+    with pytest.raises(UserError, match=r"^one 64² window \(the run's --crop_size; a smaller --load_size may fit\) does "
+                                        r'not fit in cpu memory \(\[enforce'):
         generate(run_dir, tmp_path / 'out')
+    with pytest.raises(UserError, match=r'^one 128² window \(--load_size\) does not fit'):
+        generate(run_dir, tmp_path / 'out', '--load_size', '128')
     assert not (tmp_path / 'out').exists()

@@ -263,7 +263,7 @@ def test_tensorboard_curves_share_the_iteration_axis_across_a_stale_start_and_re
 
 
 def test_nan_canary_stops_with_advice(transformed_root, tmp_path):
-    with pytest.raises(UserError, match='NaN/inf.*Lower --lr'):
+    with pytest.raises(UserError, match=r'NaN/inf\. Start a new --name with a lower --lr'):
         train.main(tiny(transformed_root, tmp_path, 'nan', '--lr', '1e30', '--n_epochs', '3', '--n_epochs_decay', '0'))
 
 
@@ -340,11 +340,12 @@ def test_abbreviated_options_are_refused(capsys):
     (('--beta1', '1.5'), r'--beta1 must be in \[0, 1\), got 1.5'),
     (('--lambda_L1', '-1'), '--lambda_L1 must be a number >= 0, got -1.0'),
     (('--lambda_L1', 'inf'), '--lambda_L1 must be a number >= 0, got inf'),  # trained NaN weights, exit 0
-    (('--psnr_drop_warn', '-1'), '--psnr_drop_warn must be a number >= 0, got -1.0'),  # crashed at the first validation
+    (('--psnr_drop_warn', '-1'), '--psnr_drop_warn must be >= 0, got -1.0'),  # crashed at the first validation
     (('--init_gain', '0'), '--init_gain must be a positive number, got 0.0'),
     (('--ngf', '0'), '--ngf must be >= 1, got 0'),  # a traceback, after config.json was written
     (('--ndf', '-4'), '--ndf must be >= 1, got -4'),
     (('--name', ''), "--name '': must name a folder inside --runs_dir"),  # wrote latest.pt into --runs_dir itself
+    (('--name', '/elsewhere'), "--name '/elsewhere': must name a folder inside --runs_dir"),
     (('--seed', '99999999999999'), r'--seed must be within ±2\*\*40, got 99999999999999'),
     (('--output_nc', '1'), '--output_nc 1 but the images in .* have 3 channels'),  # crashed in the first D step
     (('--data_device', 'cuda'), '--data_device cuda needs a CUDA training device'),  # the suite runs on the CPU
@@ -541,8 +542,8 @@ def test_a_checkpoint_from_another_run_or_edited_is_one_line(transformed_root, t
     latest = tmp_path / 'mine' / 'latest.pt'
     shutil.copy(tmp_path / 'wide' / 'latest.pt', latest)
     line = cli_error(tiny(transformed_root, tmp_path, 'mine', '--resume'), capsys)
-    assert line == (f'error: {latest}: saved by a run with --ngf 16, but this run has --ngf 8 (its config.json): the '
-                    "checkpoint is another run's")
+    assert line == (f'error: {latest}: saved with --ngf 16, but config.json beside it says --ngf 8: one of them comes '
+                    'from another run or was edited')
     state = torch.load(tmp_path / 'mine' / 'epoch_1.pt', weights_only=True)
     del state['next_batch']
     torch.save(state, latest)
@@ -608,6 +609,19 @@ def tiny_trainer(root, tmp_path, *extra):
     opt = build_parser().parse_args(tiny(root, tmp_path, 'x', *extra))
     opt.input_nc = 1
     return pix2pix_model.Trainer(opt, torch.device('cpu'), 0, 1)
+
+
+def test_nan_in_batch_norm_statistics_counts_as_divergence(transformed_root, tmp_path):
+    trainer = tiny_trainer(transformed_root, tmp_path, '--norm', 'batch')
+    assert trainer.nonfinite_models() == []
+    bn = next(m for m in trainer.G.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean[0] = float('nan')  # a buffer, not a parameter: generate() then makes NaN images
+    assert trainer.nonfinite_models() == ['G']
+
+
+def test_an_infinite_psnr_drop_warn_turns_the_warning_off(transformed_root, tmp_path):
+    assert train.main(tiny(transformed_root, tmp_path, 'r', '--n_epochs', '1', '--n_epochs_decay', '0',
+                           '--psnr_drop_warn', 'inf')) == 0
 
 
 @pytest.mark.parametrize('layout', ['--channels_last', None])

@@ -571,13 +571,16 @@ def test_an_edited_source_is_redone_once_its_record_is_deleted(tmp_path):
     assert not np.load(tile).any()
 
 
-def test_its_own_files_edited_by_hand_are_redone_or_one_line(tmp_path):
-    """A source record with "tiles": "x" was a TypeError traceback, transform.json [1] an AttributeError."""
+@pytest.mark.parametrize('edited', ['{"version": 2, "tiles": "x"}', '[1, 2]', '"x"',
+                                    '{"version": 2, "tiles": []}'])
+def test_its_own_files_edited_by_hand_are_redone_or_one_line(tmp_path, edited):
+    """A source record with "tiles": "x" was a TypeError traceback, one with no tiles dropped its source silently,
+    and transform.json [1] was an AttributeError."""
     root = make_inria_dir(tmp_path / 'inria')
     run(root, tmp_path / 'out', '--size', '32')
     manifest = (tmp_path / 'out' / 'train' / 'manifest.json').read_text()
     record = tmp_path / 'out' / 'train' / 'sources' / 'austin6.json'
-    record.write_text('{"version": 2, "tiles": "x"}')
+    record.write_text(edited)
     run(root, tmp_path / 'out', '--size', '32')  # the source is done again
     assert json.loads(record.read_text())['tiles'][0]['name'] == 'austin6'
     assert (tmp_path / 'out' / 'train' / 'manifest.json').read_text() == manifest
