@@ -63,14 +63,26 @@ def load_generator(path, device, role='generator'):
 @torch.no_grad()
 def run_generator(G, masks, device):
     """uint8 B×H×W(×C) masks -> float B×C×H×W generator output in [-1, 1] on device (in the caller's autocast)."""
-    x = torch.tensor(np.asarray(masks))  # a copy: the caller's array may be read-only (from_numpy would warn)
+    masks = np.asarray(masks)
+    if masks.dtype != np.uint8:  # float or bool 0/1 inputs would run, silently, as near-black masks
+        raise ValueError(f'run_generator takes uint8 arrays (0/255 masks, 0-255 images), got {masks.dtype}')
+    x = torch.tensor(masks)  # a copy: the caller's array may be read-only (from_numpy would warn)
     x = to_unit_range((x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)).to(device))
     return G(x).float()
 
 
+def generate_full(G, mask, size, device):
+    """The seed's "fullsize" mode: the whole mask resized to the model size, one H×W×3 uint8 image of size²."""
+    mask = checked_mask(G, mask)
+    return to_uint8_hwc(run_generator(G, resize_mask(mask, size)[None], device)[0])
+
+
 def generate_tiles(G, mask, n, size, batch_size, device):
     """The seed's N×N mode: every tile resized to the model size alone, so neighbours disagree at the seams."""
-    check_input_channels(G, mask)
+    mask = checked_mask(G, mask)
+    check_batch_size(batch_size)
+    if not 1 <= n <= min(mask.shape[:2]):
+        raise ValueError(f'n must be between 1 and the mask\'s shorter side {min(mask.shape[:2])}, got {n}')
     height, width = mask.shape[:2]
     ys, xs = tile_bounds(height, n), tile_bounds(width, n)
     boxes = [(ys[r], ys[r + 1], xs[c], xs[c + 1]) for r in range(n) for c in range(n)]
@@ -84,6 +96,27 @@ def generate_tiles(G, mask, n, size, batch_size, device):
                 out = np.empty((height, width) + tile.shape[2:], np.uint8)
             out[t:b, l:r] = resize_image(tile, (b - t, r - l))
     return out
+
+
+def checked_mask(G, mask):
+    """The Python API's input, checked as test.py checks files: a uint8 H×W (or H×W×1) building mask of 0/255, or
+    an H×W×C label map or image for a C-channel G. A 0/1, bool or float mask would run, silently, as an empty one.
+    Returns the mask as H×W when it has one channel."""
+    if not isinstance(mask, np.ndarray) or mask.ndim not in (2, 3) or not mask.size:
+        shape = getattr(mask, 'shape', None)
+        raise ValueError(f'mask must be a non-empty H×W or H×W×C numpy array, got {type(mask).__name__} {shape}')
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    check_input_channels(G, mask)
+    if mask.dtype != np.uint8 or (mask.ndim == 2 and not np.isin(mask, (0, 255)).all()):
+        got = mask.dtype if mask.dtype != np.uint8 else f'values {np.unique(mask)[:4].tolist()}'
+        raise ValueError(f'mask must be a uint8 array of 0/255 (image_io.read_binary_mask reads one), got {got}')
+    return mask
+
+
+def check_batch_size(batch_size):
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+        raise ValueError(f'batch_size must be an int >= 1, got {batch_size!r}')
 
 
 def check_input_channels(G, mask):
@@ -128,10 +161,10 @@ def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
     Windows run row by row in batches. Only a band of `window` rows is kept in float: once the windows reach
     row y, padded rows above y get no more contributions, so they are normalised, cropped and written into the
     uint8 output. The weights form a full separable grid, so the weight sum is row_sum[y] · col_sum[x]."""
-    if mask.dtype != np.uint8 or (mask.ndim == 2 and mask.max() not in (0, 255)):  # bool or 0/1: all background
-        got = mask.dtype if mask.dtype != np.uint8 else f'values up to {mask.max()}'
-        raise ValueError(f'mask must be a uint8 array of 0/255 (image_io.read_binary_mask reads one), got {got}')
-    check_input_channels(G, mask)
+    mask = checked_mask(G, mask)
+    check_batch_size(batch_size)
+    if not 0 <= overlap < 1:  # 1 would be a stride of one pixel: a window per pixel
+        raise ValueError(f'overlap must be a fraction in [0, 1), got {overlap}')
     height, width = mask.shape[:2]
     top, bottom, ys = sliding_plan(height, window, overlap)
     left, right, xs = sliding_plan(width, window, overlap)

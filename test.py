@@ -23,14 +23,14 @@ from tqdm import tqdm
 
 import networks
 from dataset import load_split, to_unit_range
-from generation import (available_bytes, generate_sliding, generate_tiles, load_generator, peak_window_bytes,
-                        run_generator, sliding_plan, window_edges)
+from generation import (available_bytes, generate_full, generate_sliding, generate_tiles, load_generator,
+                        peak_window_bytes, sliding_plan, window_edges)
 from image_io import list_images, read_binary_mask, read_image_file, resize_image, resize_mask
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score, seam_score_at
 from results import (MAX_NAME_BYTES, check_outputs_spare_inputs, check_results_dir_is_ours, format_score, mean_scores,
                      publish_results, save_outputs, start_staging, write_index_html, write_metrics_csv)
 from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, counted, first_line,
-                   pick_device, run_cli, to_uint8_hwc, write_json_atomic, writing_alone)
+                   pick_device, run_cli, write_json_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding')
 
@@ -295,9 +295,8 @@ def generate(opt, G, cfg, mask, size, device):
     same lines in full mode, which has none); the window edges in sliding mode, before --scale is undone (resizing
     back up would spread a seam over many pixels)."""
     if opt.mode == 'full':
-        small = resize_mask(mask, size)
-        image = to_uint8_hwc(run_generator(G, small[None], device)[0])
-        return image, small, seam_score(image, opt.tiles)
+        image = generate_full(G, mask, size, device)
+        return image, resize_mask(mask, size), seam_score(image, opt.tiles)
     if opt.mode == 'tiles':
         image = generate_tiles(G, mask, opt.tiles, size, opt.batch_size, device)
         return image, mask, seam_score(image, opt.tiles)

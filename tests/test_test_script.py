@@ -26,6 +26,7 @@ import results
 import train
 from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
+from image_io import read_image_file
 from metrics import make_fid_kid, seam_score
 from utils import UserError
 
@@ -160,11 +161,43 @@ def test_sliding_blend_puts_every_window_in_place(height, width, overlap, batch_
                                                       torch.device('cpu')), label_map)
 
 
-def test_the_python_api_refuses_a_mask_that_is_not_0_255_uint8():
-    for mask, got in ((np.ones((40, 40), bool), 'bool'), (np.ones((40, 40), np.float32), 'float32'),
-                      (np.ones((40, 40), np.uint8), 'values up to 1')):  # 0/1 masks
-        with pytest.raises(ValueError, match=f'mask must be a uint8 array of 0/255 .*got {got}$'):
-            generate_sliding(Copy(), mask, WINDOW, 0.5, 4, torch.device('cpu'))
+GREY_BACKGROUND = np.full((40, 40), 128, np.uint8)
+GREY_BACKGROUND[10:20, 10:20] = 255
+
+
+@pytest.mark.parametrize('mask, got', [
+    (np.ones((40, 40), bool), 'got bool'), (np.ones((40, 40), np.float32), 'got float32'),
+    (np.ones((40, 40), np.uint8), r'got values \[1\]'),  # a 0/1 mask: all background after a resize
+    (np.ones((40, 40, 1), np.uint8), r'got values \[1\]'),  # H×W×1 skipped the check
+    (GREY_BACKGROUND, r'got values \[128, 255\]'),  # test.py refuses this file; the API took it
+])
+@pytest.mark.parametrize('api', ['full', 'tiles', 'sliding'])
+def test_the_python_api_refuses_a_mask_that_is_not_0_255_uint8(mask, got, api):
+    """Only generate_sliding checked, and only a 2-D mask's maximum; generate_tiles turned a 0/1 mask into an empty
+    one without a word."""
+    cpu = torch.device('cpu')
+    run = {'full': lambda: generation.generate_full(Copy(), mask, WINDOW, cpu),
+           'tiles': lambda: generate_tiles(Copy(), mask, 2, WINDOW, 4, cpu),
+           'sliding': lambda: generate_sliding(Copy(), mask, WINDOW, 0.5, 4, cpu)}[api]
+    with pytest.raises(ValueError, match=f'^mask must be a uint8 array of 0/255 .*{got}$'):
+        run()
+
+
+def test_the_python_api_refuses_what_test_py_refuses():
+    cpu, mask = torch.device('cpu'), np.zeros((40, 40), np.uint8)
+    for call, message in (
+            (lambda: generate_sliding(Copy(), mask, WINDOW, 1.0, 4, cpu), r'overlap must be a fraction in \[0, 1\)'),
+            (lambda: generate_sliding(Copy(), mask, WINDOW, 0.5, 0, cpu), 'batch_size must be an int >= 1, got 0'),
+            (lambda: generate_tiles(Copy(), mask, 41, WINDOW, 4, cpu), "n must be between 1 and the mask's shorter "
+                                                                         'side 40, got 41'),  # a ZeroDivisionError
+            (lambda: generate_sliding(Copy(), [[0, 255]], WINDOW, 0.5, 4, cpu),
+             'non-empty H×W or H×W×C numpy array, got list'),
+            (lambda: generate_sliding(Copy(), np.zeros((0, 0), np.uint8), WINDOW, 0.5, 4, cpu), 'non-empty'),
+            (lambda: run_generator(Copy(), np.ones((1, 8, 8), np.float32), cpu), 'takes uint8 arrays .*got float32')):
+        with pytest.raises(ValueError, match=message):
+            call()
+    one_channel = generate_sliding(Copy(), mask[..., None], WINDOW, 0.5, 4, cpu)  # H×W×1 reads as H×W
+    np.testing.assert_array_equal(one_channel, generate_sliding(Copy(), mask, WINDOW, 0.5, 4, cpu))
 
 
 def test_the_docstring_example_of_the_python_api_runs_as_written(run_dir, tmp_path, monkeypatch):
@@ -658,8 +691,8 @@ def test_a_scale_that_shrinks_masks_under_one_window_is_noted(run_dir, tmp_path,
     generate(run_dir, tmp_path / 'a', '--mode', 'sliding', '--num_test', '2')
     assert 'smaller than one' not in capsys.readouterr().out
     generate(run_dir, tmp_path / 'b', '--mode', 'sliding', '--num_test', '2', '--scale', '0.25')
-    assert re.search(r'note: 2 of 2 masks are smaller than one 64² window at --scale 0\.25 \(e\.g\. \S+\.npy: 72×72 -> '
-                     r'18×18\)', capsys.readouterr().out)
+    assert re.search(r'note: 2 of 2 masks are smaller than one 64² window at --scale 0\.25 \(e\.g\. \S+\.npy: '
+                     r'72×72 -> 18×18\)', capsys.readouterr().out)
 
 
 def test_a_window_too_large_to_measure_is_one_line(run_dir, tmp_path, monkeypatch):
@@ -667,9 +700,24 @@ def test_a_window_too_large_to_measure_is_one_line(run_dir, tmp_path, monkeypatc
     def out_of_memory(*args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
     monkeypatch.setattr(ts, 'peak_window_bytes', out_of_memory)
-    with pytest.raises(UserError, match=r"^one 64² window \(the run's --crop_size; a smaller --load_size may fit\) does "
-                                        r'not fit in cpu memory \(\[enforce'):
+    with pytest.raises(UserError, match=r"^one 64² window \(the run's --crop_size; a smaller --load_size may fit\) "
+                                        r'does not fit in cpu memory \(\[enforce'):
         generate(run_dir, tmp_path / 'out')
     with pytest.raises(UserError, match=r'^one 128² window \(--load_size\) does not fit'):
         generate(run_dir, tmp_path / 'out', '--load_size', '128')
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('mode, extra', [('full', []), ('tiles', ['--tiles', '2']),
+                                         ('sliding', ['--overlap', '0.25', '--batch_size', '3'])])
+def test_the_python_api_gives_test_pys_pixels(run_dir, tmp_path, mode, extra):
+    mask = ramp_mask(100, 140, 0)
+    save_mask(tmp_path / 'forged.png', mask)
+    ts.main(['--run', run_dir, '--mode', mode, '--masks', str(tmp_path / 'forged.png'),
+             '--results_dir', str(tmp_path / 'out'), *extra])
+    G, cfg, _ = load_generator(os.path.join(run_dir, 'latest.pt'), torch.device('cpu'))
+    cpu, size = torch.device('cpu'), cfg['crop_size']
+    image = {'full': lambda: generation.generate_full(G, mask, size, cpu),
+             'tiles': lambda: generate_tiles(G, mask, 2, size, 8, cpu),
+             'sliding': lambda: generate_sliding(G, mask, size, 0.25, 3, cpu)}[mode]()
+    np.testing.assert_array_equal(image, read_image_file(str(tmp_path / 'out' / 'Generated-forged.png')))
