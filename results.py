@@ -22,8 +22,13 @@ STAGING = '.unfinished'  # a run's outputs are made here and moved into --result
 MAX_NAME_BYTES = 255 - len('.OriginalResized-.png.12345678.tmp')  # the longest output's temp file name
 
 
-def is_output_name(name):
-    return name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif')))
+def replaceable_outputs(path, inputs):
+    """The files in path of test.py's output names, but for this run's inputs (earlier MaskResized- files fed back
+    as --masks): what a run replaces there."""
+    keep = {os.path.realpath(source) for _, source, *_ in inputs}
+    return sorted(name for name in os.listdir(path)
+                  if (name in REPORTS or (name.startswith(OUTPUT_PREFIXES) and name.endswith(('.png', '.tif'))))
+                  and os.path.realpath(os.path.join(path, name)) not in keep)
 
 
 def written_by_test_py(path):
@@ -43,9 +48,7 @@ def check_results_dir_is_ours(path, inputs):
     website's index.html, someone's Grid-map.png would be replaced. (This run's inputs are never replaced.)"""
     if not os.path.isdir(path) or written_by_test_py(path):
         return
-    keep = {os.path.realpath(source) for _, source, *_ in inputs}
-    unmarked = sorted(name for name in os.listdir(path)
-                      if is_output_name(name) and os.path.realpath(os.path.join(path, name)) not in keep)
+    unmarked = replaceable_outputs(path, inputs)
     if unmarked:
         raise UserError(f'{path}: holds {counted(len(unmarked), "file")} of test.py\'s output names (e.g. '
                         f'{unmarked[0]}) but not its mark; test.py would replace them: choose an empty or new '
@@ -65,12 +68,9 @@ def start_staging(path):
 
 def publish_results(path, staging, inputs):
     """Replace the previous run's reports and images with this run's, all at once at the end: an interrupted run
-    leaves the earlier results whole, and a run on other masks leaves no old image beside the new ones. Only
-    test.py's own names are removed, never one of this run's inputs (earlier MaskResized- files fed back as
-    --masks). metrics.json goes first and comes back last: a folder holding it holds one whole run."""
-    keep = {os.path.realpath(source) for _, source, *_ in inputs}
-    old = [name for name in os.listdir(path)
-           if is_output_name(name) and os.path.realpath(os.path.join(path, name)) not in keep]
+    leaves the earlier results whole, and a run on other masks leaves no old image beside the new ones.
+    metrics.json goes first and comes back last: a folder holding it holds one whole run."""
+    old = replaceable_outputs(path, inputs)
     for name in sorted(old, key=lambda name: name != 'metrics.json'):
         os.remove(os.path.join(path, name))
     for name in sorted(os.listdir(staging), key=lambda name: name == 'metrics.json'):
