@@ -237,9 +237,11 @@ def note_side_by_side_pairs(inputs, input_nc):
 def note_masks_under_one_window(opt, inputs, size):
     """Sliding mode fills a window around a smaller mask by mirroring it, a picture the model never saw: most often
     a --scale meant for 5000² tiles given to masks already at the model's resolution. A note: the output is made."""
-    small = [(source, shape, scaled_size(shape, opt.scale)) for _, source, _, _, shape in inputs
-             if min(scaled_size(shape, opt.scale)) < size]
-    if opt.mode == 'sliding' and small:
+    if opt.mode != 'sliding':
+        return
+    scaled = [(source, shape, scaled_size(shape, opt.scale)) for _, source, _, _, shape in inputs]
+    small = [entry for entry in scaled if min(entry[2]) < size]
+    if small:
         source, (height, width), (h, w) = small[0]
         print(f'note: {len(small)} of {len(inputs)} masks are smaller than one {size}² window at --scale {opt.scale} '
               f'(e.g. {source}: {width}×{height} -> {w}×{h}); the window around them is mirrored mask, which the '
@@ -295,8 +297,9 @@ def generate(opt, G, cfg, mask, size, device):
     same lines in full mode, which has none); the window edges in sliding mode, before --scale is undone (resizing
     back up would spread a seam over many pixels)."""
     if opt.mode == 'full':
-        image = generate_full(G, mask, size, device)
-        return image, resize_mask(mask, size), seam_score(image, opt.tiles)
+        small = resize_mask(mask, size)
+        image = generate_full(G, small, size, device)  # at the model size already: generate_full resizes nothing
+        return image, small, seam_score(image, opt.tiles)
     if opt.mode == 'tiles':
         image = generate_tiles(G, mask, opt.tiles, size, opt.batch_size, device)
         return image, mask, seam_score(image, opt.tiles)
