@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-from utils import UserError, first_line, read_json
+from utils import UserError, counted, first_line, read_json
 
 
 def load_split(root, split):
@@ -57,6 +57,19 @@ def check_crop_and_batch_fit(train_masks, opt):
         raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
     if opt.batch_size > len(train_masks):
         raise UserError(f'--batch_size {opt.batch_size} is larger than the {len(train_masks)} training samples')
+
+
+def check_val_fits(val_masks, train_masks, opt):
+    """Hand-made val arrays that the model cannot take would fail only in the first validation, an epoch in
+    (load_split has paired each split's masks with its images)."""
+    where = os.path.join(opt.dataroot, 'val', 'masks')
+    if val_masks.shape[1] != train_masks.shape[1]:
+        raise UserError(f'{where}: {counted(val_masks.shape[1], "channel")}, but the train masks have '
+                        f'{train_masks.shape[1]}; re-run transform_dataset.py into a new --out')
+    height, width = val_masks.shape[-2:]
+    if min(height, width) < opt.crop_size:
+        raise UserError(f'{where}: {height}×{width} arrays, smaller than --crop_size {opt.crop_size} (validation '
+                        f'uses centre crops of that size); re-run transform_dataset.py into a new --out')
 
 
 def _load_array(path):

@@ -356,7 +356,7 @@ def train(opt, stop, held):
     val = load_split(opt.dataroot, 'val')[:2]
     run_dir = os.path.join(opt.runs_dir, opt.name)
     check_same_data(opt, data_identity(opt.dataroot), run_dir)
-    check_options_fit(opt, train_masks, train_images, device, world_size)
+    check_options_fit(opt, train_masks, train_images, val[0], device, world_size)
     total = total_epochs(vars(opt))
     last_epoch = min(total, opt.stop_epoch or total)
     trainer = Trainer(opt, device, rank, world_size)

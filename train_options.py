@@ -10,7 +10,7 @@ import sys
 import torch
 
 import networks
-from dataset import check_crop_and_batch_fit
+from dataset import check_crop_and_batch_fit, check_val_fits
 from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json
 
 # Options that define the networks or the data they see: a resumed run must keep them.
@@ -277,7 +277,7 @@ def check_same_data(opt, identity, run_dir):
     opt.data_identity = identity
 
 
-def check_options_fit(opt, train_masks, train_images, device, world_size):
+def check_options_fit(opt, train_masks, train_images, val_masks, device, world_size):
     """The options against the training data, the device and the number of processes (--input_nc defaults to
     the masks' channels)."""
     opt.input_nc = opt.input_nc or train_masks.shape[1]
@@ -288,6 +288,7 @@ def check_options_fit(opt, train_masks, train_images, device, world_size):
         raise UserError(f'--output_nc {opt.output_nc} but the images in {opt.dataroot} have {train_images.shape[1]} '
                         f'channels')
     check_crop_and_batch_fit(train_masks, opt)
+    check_val_fits(val_masks, train_masks, opt)
     if opt.batch_size % world_size:
         raise UserError(f'--batch_size {opt.batch_size} must be divisible by the {world_size} processes')
     if opt.data_device == 'cuda' and device.type != 'cuda':

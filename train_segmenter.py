@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import networks
-from dataset import EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, load_split, place_split
+from dataset import (EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, check_val_fits,
+                     load_split, place_split)
 from metrics import building_scores
 from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, check_positive, make_writable_dir,
                    pick_device, run_cli, save_checkpoint)
@@ -64,6 +65,7 @@ def load_data(opt):
         raise UserError(f'{opt.dataroot}: masks have {train_masks.shape[1]} channels; the segmenter needs binary '
                         f'building masks (1 channel)')
     check_crop_and_batch_fit(train_masks, opt)
+    check_val_fits(val_masks, train_masks, opt)
     return train_masks, train_images, val_masks, val_images
 
 

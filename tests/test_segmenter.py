@@ -142,6 +142,19 @@ def test_label_map_masks_are_refused(tmp_path):
         train_segmenter.main(seg_args(tmp_path / 'colour', tmp_path / 's.pt', '--crop_size', '16'))
 
 
+@pytest.mark.parametrize('val_mask, message', [((2, 16, 16, 3), r'val/masks: 3 channels, but the train masks have 1'),
+                                                ((2, 8, 8), r'val/masks: 8×8 arrays, smaller than --crop_size 16')])
+def test_a_val_split_that_does_not_match_train_is_refused(tmp_path, val_mask, message):
+    """Each failed only in the first validation, after the training epochs."""
+    write_array_dataset(str(tmp_path / 'd'), 'train', np.zeros((2, 16, 16), np.uint8),
+                        np.zeros((2, 16, 16, 3), np.uint8))
+    write_array_dataset(str(tmp_path / 'd'), 'val', np.zeros(val_mask, np.uint8),
+                        np.zeros(val_mask[:3] + (3,), np.uint8))
+    with pytest.raises(UserError, match=message):
+        train_segmenter.main(seg_args(tmp_path / 'd', tmp_path / 's.pt', '--crop_size', '16', '--batch_size', '2'))
+    assert not os.path.exists(tmp_path / 's.pt')
+
+
 def test_cli_reports_one_line_and_exit_2(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(REPO, 'train_segmenter.py'), '--dataroot',
                              str(tmp_path / 'nowhere')], capture_output=True, text=True, cwd=tmp_path)

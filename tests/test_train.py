@@ -308,6 +308,21 @@ def test_dataroot_without_val(tmp_path):
         train.main(tiny(tmp_path / 'd', tmp_path, 'x'))
 
 
+@pytest.mark.parametrize('val_mask, val_image, message', [
+    ((2, 72, 72, 3), (2, 72, 72, 3), r'val/masks: 3 channels, but the train masks have 1'),
+    ((2, 48, 48), (2, 48, 48, 3), r'val/masks: 48×48 arrays, smaller than --crop_size 64'),
+])
+def test_val_split_that_does_not_match_train(tmp_path, capsys, val_mask, val_image, message):
+    """Hand-made val arrays that train's G cannot take: refused before the run folder is made (it was a
+    traceback in the first validation, after an epoch of training)."""
+    write_array_dataset(str(tmp_path / 'd'), 'train', np.zeros((2, 72, 72), np.uint8),
+                        np.zeros((2, 72, 72, 3), np.uint8))
+    write_array_dataset(str(tmp_path / 'd'), 'val', np.zeros(val_mask, np.uint8), np.zeros(val_image, np.uint8))
+    with pytest.raises(UserError, match=message):
+        train.main(tiny(tmp_path / 'd', tmp_path / 'runs', 'x', '--n_epochs', '1', '--n_epochs_decay', '0'))
+    assert not (tmp_path / 'runs').exists()
+
+
 def test_empty_split(tmp_path):
     write_array_dataset(str(tmp_path / 'd'), 'train', [], [])
     write_array_dataset(str(tmp_path / 'd'), 'val', [], [])
