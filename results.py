@@ -83,8 +83,9 @@ def publish_results(path, staging, inputs):
 
 
 def output_names(mode, name, source, with_real):
-    """{kind: file name} of one input's images; a GeoTIFF is generated from a TIFF in sliding mode."""
-    geotiff = mode == 'sliding' and source.lower().endswith(TIFF_SUFFIXES)
+    """{kind: file name} of one input's images; a GeoTIFF is generated from a TIFF in the modes whose output is on
+    the input's pixel grid (sliding, tiles)."""
+    geotiff = mode in ('sliding', 'tiles') and source.lower().endswith(TIFF_SUFFIXES)
     files = {'generated': f'Generated-{name}.{"tif" if geotiff else "png"}', 'mask': f'MaskResized-{name}.png',
              'grid': f'Grid-{name}.png'}
     if with_real:

@@ -7,9 +7,10 @@
         # --scale 0.1144 = 286/2500: the resolution runs/inria_unet trained at (data/inria286, --size 286 --split 2)
 
 Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles = N×N tiles generated apart and
-stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly, output exactly the input size (TIFF
-in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-, OriginalResized-
-(with ground truth) and Grid- (mask | generated | real) <name>.png, index.html, metrics.csv, metrics.json (last).
+stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly. Tiles and sliding output exactly the
+input size (TIFF in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-,
+OriginalResized- (with ground truth) and Grid- (mask | generated | real) <name>.png, index.html, metrics.csv,
+metrics.json (last).
 Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see generate),
 FID/KID only with --inception_weights.
 """

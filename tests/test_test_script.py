@@ -294,7 +294,8 @@ def test_seam_score():
     assert seam_score(np.zeros((10, 10), np.uint8), 2) == 1.0 and seam_score(noise, 1) is None
 
 
-def test_geotiff_tags_are_copied(run_dir, tmp_path):
+@pytest.mark.parametrize('mode', ['sliding', 'tiles'])  # tiles mode wrote a PNG: its output is on the same grid
+def test_geotiff_tags_are_copied(run_dir, tmp_path, mode):
     dt = tifffile.DATATYPE
     tags = [(33550, dt.DOUBLE, 3, (0.3, 0.3, 0.0), True),
             (33922, dt.DOUBLE, 6, (0.0, 0.0, 0.0, 620000.0, 3350000.0, 0.0), True),
@@ -305,7 +306,7 @@ def test_geotiff_tags_are_copied(run_dir, tmp_path):
                  (42113, dt.ASCII, 0, b'0', True)]  # the mask's nodata: it would hide the image's black pixels
     mask = ramp_mask(90, 110, 2)
     tifffile.imwrite(tmp_path / 'geo.tif', mask, compression='lzw', extratags=tags + mask_only, metadata=None)
-    generate(run_dir, tmp_path / 'out', '--mode', 'sliding', '--masks', str(tmp_path / 'geo.tif'))
+    generate(run_dir, tmp_path / 'out', '--mode', mode, '--masks', str(tmp_path / 'geo.tif'))
     with tifffile.TiffFile(tmp_path / 'out' / 'Generated-geo.tif') as tif, \
             tifffile.TiffFile(tmp_path / 'geo.tif') as source:
         page = tif.pages[0]
