@@ -29,18 +29,21 @@ GPU_SETUP = {'size': 286, 'crop': 256, 'train': ['--netG', 'unet_256', '--batch_
 def run(script, *args):
     command = [sys.executable, os.path.join(HERE, script), *map(str, args)]
     print('\n$ ' + ' '.join(['python', script, *map(str, args)]), flush=True)
-    # Ctrl-C reaches the script too, which stops cleanly (train.py saves first): wait for it instead of dying with
-    # a traceback, after which subprocess would kill it a quarter-second later, mid-save. (Not passed on: a second
-    # SIGINT would cut that save short. A SIGINT sent to the demo alone stops it once the script ends.)
+    # Ctrl-C (or a scheduler's SIGTERM to the process group) reaches the script too, which stops cleanly (train.py
+    # saves first): wait for it instead of dying with a traceback, after which subprocess would kill it a
+    # quarter-second later, mid-save. (Not passed on: a second signal would cut that save short. One sent to the
+    # demo alone stops it once the script ends.)
     interrupted = []
-    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         returncode = subprocess.call(command)
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if interrupted or returncode in (130, -signal.SIGINT, -signal.SIGTERM):  # scripts exit 130 on Ctrl-C
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if interrupted or returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # scripts: 130 Ctrl-C, 143 SIGTERM
         print(f'demo interrupted during {script}: run the same demo command again to go on', file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if signal.SIGTERM in interrupted or returncode in (143, -signal.SIGTERM) else 130)
     if returncode != 0:
         sys.exit(f'demo stopped: {script} failed (see its message above)')
 

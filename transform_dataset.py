@@ -12,9 +12,12 @@ Output: <out>/{train,val}/masks/<tile>.npy (H×W, or H×W×3 for colour label ma
 import contextlib
 import glob
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
+import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -405,7 +408,8 @@ def transform_in_processes(todo, opt, bar):
     """Sources in --workers processes. A worker killed (out of memory, a crashing decoder) is an error, not a
     hang; after any error the running sources finish (their records are written) and the queued ones are dropped."""
     # spawn: a fork of a process that already imported torch/threads can deadlock
-    pool = ProcessPoolExecutor(min(opt.workers, len(todo)), mp_context=multiprocessing.get_context('spawn'))
+    pool = ProcessPoolExecutor(min(opt.workers, len(todo)), mp_context=multiprocessing.get_context('spawn'),
+                               initializer=leave_stopping_to_the_parent)
     try:
         for done in as_completed([pool.submit(transform_source, source, opt) for source in todo]):
             done.result()  # re-raises a worker's UserError
@@ -415,6 +419,22 @@ def transform_in_processes(todo, opt, bar):
                         f'kept: re-run, with fewer --workers if memory is short') from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def leave_stopping_to_the_parent():
+    """Worker set-up. Ctrl-C or a SIGTERM to the process group stops the parent, which lets the running sources
+    finish (their records are written) and drops the queued ones; a worker dying of the signal instead would read
+    as a crash. A parent gone without that (kill -9) left its workers waiting forever for work, outside the
+    folder lock: they now exit with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    threading.Thread(target=exit_when_closed, args=(parent.sentinel,), daemon=True).start()
+
+
+def exit_when_closed(sentinel):
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)  # a half-written tile is a temp file, removed by the next run
 
 
 def main(argv=None):

@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -31,6 +32,14 @@ os.umask(_UMASK)
 
 class UserError(Exception):
     """A problem with the user's input or options: reported as one line, no traceback."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside training's own stop handling: unwinds like Ctrl-C, so the same clean-up runs."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -84,8 +93,10 @@ def check_fractions(opt, keys):
 
 
 def run_cli(main):
-    """Run a script's main(); turn UserError into one clear line on stderr and exit status 2, and Ctrl-C into
-    one line and 130 (every output is written atomically, so nothing is left half-written)."""
+    """Run a script's main(); turn UserError into one clear line on stderr and exit status 2, and Ctrl-C or
+    SIGTERM into one line and 130 or 143 (every output is written atomically, so nothing is left half-written)."""
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
         return main()
     except UserError as err:
@@ -96,6 +107,9 @@ def run_cli(main):
         # a folder or file the checks could not foresee (unreadable, a folder where a file should be, ...): the OS
         # names it, which is all the user needs; a traceback would only bury that line
         exit_with_error(f'{err.filename}: {err.strerror}')
+    except Terminated:
+        print('terminated (SIGTERM): what was finished is kept', file=sys.stderr)
+        sys.exit(143)  # 128 + 15, what a shell reports for a process SIGTERM killed
     except KeyboardInterrupt:
         print('interrupted (Ctrl-C): what was finished is kept', file=sys.stderr)
         sys.exit(130)
@@ -103,6 +117,9 @@ def run_cli(main):
         tell_torchrun({'message': f'{type(err).__name__}: {err}',
                        'extraInfo': {'py_callstack': traceback.format_exc(), 'timestamp': str(int(time.time()))}})
         raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def exit_with_error(message):

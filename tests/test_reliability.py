@@ -211,12 +211,12 @@ def worker_processes_of(pid):
     return workers
 
 
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
-def test_transform_worker_killed_is_one_clear_error_not_a_hang(tmp_path):
-    """An out-of-memory kill of one --workers process: multiprocessing.Pool waited for its result forever."""
+def start_a_long_transform_in_two_workers(tmp_path):
+    """transform_dataset.py --workers 2 on 100 sources, each --split 5 into 25 tiles (a few seconds of work),
+    once both workers run: (the process, its output folder, the worker pids)."""
     make_synthetic_inria(str(tmp_path / 'two'), n_tiles=2, size=1000, seed=3, progress=False)
     source, out = tmp_path / 'inria', tmp_path / 'out'
-    for sub in ('images', 'gt'):  # 100 sources, each --split 5 into 25 tiles: a few seconds of work
+    for sub in ('images', 'gt'):
         os.makedirs(source / sub)
         for i in range(100):
             os.symlink(tmp_path / 'two' / sub / ('austin1.tif' if i % 2 else 'chicago1.tif'),
@@ -226,7 +226,24 @@ def test_transform_worker_killed_is_one_clear_error_not_a_hang(tmp_path):
     # after a first finished source, both workers have started: a kill while the pool still spawns workers meets
     # a CPython race (the pool then waits for a worker it never stopped), which an out-of-memory kill does not
     assert wait_for(lambda: finished_sources(out) >= 1, timeout=60)
-    os.kill(worker_processes_of(proc.pid)[0], signal.SIGKILL)
+    workers = worker_processes_of(proc.pid)
+    assert len(workers) == 2
+    return proc, out, workers
+
+
+def running(pid):
+    """Whether the process exists and has not ended (an orphan's zombie may linger where nothing reaps it)."""
+    try:
+        return open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0] not in 'ZX'
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
+def test_transform_worker_killed_is_one_clear_error_not_a_hang(tmp_path):
+    """An out-of-memory kill of one --workers process: multiprocessing.Pool waited for its result forever."""
+    proc, out, workers = start_a_long_transform_in_two_workers(tmp_path)
+    os.kill(workers[0], signal.SIGKILL)
     try:
         stderr = proc.communicate(timeout=120)[1].decode()
     except subprocess.TimeoutExpired:
@@ -237,6 +254,40 @@ def test_transform_worker_killed_is_one_clear_error_not_a_hang(tmp_path):
     assert stderr.splitlines()[-1] == (f'error: {out}: a worker process died (killed, probably out of memory); '
                                        'finished sources are kept: re-run, with fewer --workers if memory is short')
     assert 'Traceback' not in stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
+@pytest.mark.parametrize('signum, to_group, returncode, line', [
+    (signal.SIGTERM, False, 143, 'terminated (SIGTERM): what was finished is kept'),
+    (signal.SIGTERM, True, 143, 'terminated (SIGTERM): what was finished is kept'),
+    (signal.SIGINT, True, 130, 'interrupted (Ctrl-C): what was finished is kept'),
+])
+def test_transform_stopped_by_a_signal_stops_its_workers_and_says_so(tmp_path, signum, to_group, returncode, line):
+    """A SIGTERM to the parent alone left both workers waiting forever for work (seen: 10 min), outside the folder
+    lock; one to the group killed the workers mid-source, with no message and a "leaked semaphore" warning."""
+    proc, out, workers = start_a_long_transform_in_two_workers(tmp_path)
+    (os.killpg if to_group else os.kill)(proc.pid, signum)
+    try:
+        stderr = proc.communicate(timeout=60)[1].decode()
+    except subprocess.TimeoutExpired:
+        kill_9(proc)
+        pytest.fail('transform_dataset.py did not stop')
+    assert proc.returncode == returncode and stderr.splitlines()[-1] == line, stderr
+    assert 'Traceback' not in stderr and 'leaked' not in stderr
+    assert wait_for(lambda: not any(map(running, workers)), timeout=30), 'a worker runs on'
+    assert finished_sources(out) < 100  # stopped mid-run; the sources under way were finished, not cut:
+    assert not glob.glob(str(out / '**' / '*.tmp'), recursive=True, include_hidden=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
+def test_transform_workers_exit_with_a_parent_killed_with_9(tmp_path):
+    """They waited forever for work, outside the folder lock; a re-run then finishes the dataset."""
+    proc, out, workers = start_a_long_transform_in_two_workers(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert wait_for(lambda: not any(map(running, workers)), timeout=30), 'a worker runs on'
+    assert subprocess.run(proc.args, capture_output=True).returncode == 0
+    assert finished_sources(out) == 100
 
 
 @pytest.mark.parametrize('workers', ['1', '2'])
@@ -425,21 +476,24 @@ def demo_step(tmp_path, child_code):
 DEMO_INTERRUPTED = 'demo interrupted during child.py: run the same demo command again to go on'
 
 
-def test_ctrl_c_in_the_demo_lets_the_running_script_stop_cleanly(tmp_path):
-    """Ctrl-C goes to the terminal's whole process group: demo.py and the script it runs. The script stops cleanly
-    (train.py finishes saving); demo.py must wait for it, then say how to go on, without a traceback."""
+@pytest.mark.parametrize('signum, returncode', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_in_the_demo_lets_the_running_script_stop_cleanly(tmp_path, signum, returncode):
+    """Ctrl-C goes to the terminal's whole process group: demo.py and the script it runs; so does a scheduler's
+    SIGTERM. The script stops cleanly (train.py finishes saving); demo.py must wait for it, then say how to go on,
+    without a traceback. (On a SIGTERM it killed the script mid-save.)"""
     proc = demo_step(tmp_path, f'''
         import os, signal, sys, time
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # as the scripts' run_cli: a clean stop
         try:
-            os.killpg(os.getpgrp(), signal.SIGINT)  # the terminal's Ctrl-C
+            os.killpg(os.getpgrp(), {int(signum)})  # the terminal's Ctrl-C, or the scheduler's notice
             time.sleep(10)
         except KeyboardInterrupt:
             time.sleep(1)  # a clean stop takes a while: subprocess would have killed it after 0.25 s
             open({str(tmp_path / 'saved')!r}, 'w').close()
-            sys.exit(130)
+            sys.exit({returncode})
     ''')
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
+    assert proc.returncode == returncode and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
     assert (tmp_path / 'saved').exists()
 
 

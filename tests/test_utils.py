@@ -6,6 +6,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -328,3 +329,23 @@ def test_stop_request_gives_back_the_previous_handlers():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_sigterm_outside_training_is_one_line_and_exit_143_and_the_handler_comes_back(capsys):
+    """A SIGTERM killed any script but a training loop at once: no message, and no clean-up (test.py's staged
+    results note, transform_dataset.py stopping its workers) ran."""
+    before = signal.getsignal(signal.SIGTERM)
+    cleaned_up = []
+
+    def work():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises as soon as the signal is delivered
+        except KeyboardInterrupt:
+            cleaned_up.append(True)
+            raise
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(work)
+    assert exit_info.value.code == 143 and cleaned_up
+    assert capsys.readouterr().err.splitlines() == ['terminated (SIGTERM): what was finished is kept']
+    assert signal.getsignal(signal.SIGTERM) is before
