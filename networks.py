@@ -222,6 +222,11 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):
+        # Another side came out rounded up to a multiple of 4 (30 -> 32), a size mismatch only further on;
+        # a side of 4 fails in the 1×1 bottleneck (see generator_size_problem).
+        if x.shape[-2] % 4 or x.shape[-1] % 4 or min(x.shape[-2:]) < 8:
+            raise ValueError(f'a ResNet generator needs H and W to be multiples of 4, at least 8, got '
+                             f'{tuple(x.shape[-2:])}')
         return self.model(x)
 
 

@@ -63,6 +63,16 @@ def test_unet_rejects_wrong_size():
         G(torch.zeros(1, 1, 64, 64))
 
 
+@pytest.mark.parametrize('side', [(30, 32), (4, 4)])
+def test_resnet_rejects_a_size_it_cannot_return(side):
+    """30 gave 32×32 out of a 30×30 input (generation.generate_full returned it; sliding windows failed further on
+    in a size mismatch); 4 failed in instance norm of the 1×1 bottleneck."""
+    G = define_G('resnet_6blocks', ngf=8).eval()
+    with pytest.raises(ValueError, match=r'multiples of 4, at least 8, got \(' + str(side[0])):
+        G(torch.zeros(1, 1, *side))
+    assert G(torch.zeros(1, 1, 8, 12)).shape == (1, 3, 8, 12)
+
+
 def test_unet_min_size():
     assert generator_side_multiple('unet_256') == 256
     assert generator_side_multiple('unet_128') == 128
