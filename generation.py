@@ -155,8 +155,9 @@ def window_edges(length, window, overlap):
 
 
 @torch.no_grad()
-def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
-    """Full-resolution output, exactly mask's size, from overlapping windows blended by window_weights.
+def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3, progress=True):
+    """Full-resolution output, exactly mask's size, from overlapping windows blended by window_weights (a tqdm bar
+    from 64 windows on, unless progress is False: a pipeline over many masks draws its own).
 
     Windows run row by row in batches. Only a band of `window` rows is kept in float: once the windows reach
     row y, padded rows above y get no more contributions, so they are normalised, cropped and written into the
@@ -190,7 +191,7 @@ def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3):
             out[lo - top:hi - top] = to_uint8_hwc(block)
 
     positions = [(y, x) for y in ys for x in xs]
-    bar = tqdm(total=len(positions), desc='windows', unit='window', leave=False, disable=len(positions) < 64)
+    bar = tqdm(total=len(positions), desc='windows', unit='window', leave=False, disable=not progress or len(positions) < 64)
     for start in range(0, len(positions), batch_size):
         chunk = positions[start:start + batch_size]
         fake = run_generator(G, np.stack([padded[y:y + window, x:x + window] for y, x in chunk]), device)

@@ -161,6 +161,13 @@ def test_sliding_blend_puts_every_window_in_place(height, width, overlap, batch_
                                                       torch.device('cpu')), label_map)
 
 
+@pytest.mark.parametrize('progress', [True, False])
+def test_the_sliding_progress_bar_can_be_turned_off_from_python(capsys, progress):
+    mask = np.zeros((200, 200), np.uint8)  # 24² windows at overlap 0.5: 256 of them, enough for a bar
+    generate_sliding(Copy(), mask, 24, 0.5, 64, torch.device('cpu'), progress=progress)
+    assert ('windows' in capsys.readouterr().err) == progress
+
+
 GREY_BACKGROUND = np.full((40, 40), 128, np.uint8)
 GREY_BACKGROUND[10:20, 10:20] = 255
 
