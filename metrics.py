@@ -14,14 +14,17 @@ def image_metrics(fake, real):
     """Per-image PSNR (dB), SSIM and L1 of generator outputs against targets, both in [-1, 1].
 
     Computed on [0, 1] images with data range 1 (the seed used [-1, 1] with peak 1: 6 dB off).
-    SSIM is torchmetrics' Gaussian-window implementation, not a hand-rolled one.
+    SSIM is torchmetrics' Gaussian-window implementation, not a hand-rolled one. Always in float32: inside a
+    caller's bf16 autocast (generation.py's example), SSIM's convolutions ran in bf16 and gave 0.09 for 0.24.
     """
+    import torch
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-    fake01 = ((fake.float() + 1) / 2).clamp(0, 1)
-    real01 = ((real.float() + 1) / 2).clamp(0, 1)
-    psnr = peak_signal_noise_ratio(fake01, real01, data_range=1.0, reduction='none', dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(fake01, real01, data_range=1.0, reduction='none')
-    l1 = (fake01 - real01).abs().mean(dim=(1, 2, 3))
+    with torch.autocast(fake.device.type, enabled=False):
+        fake01 = ((fake.float() + 1) / 2).clamp(0, 1)
+        real01 = ((real.float() + 1) / 2).clamp(0, 1)
+        psnr = peak_signal_noise_ratio(fake01, real01, data_range=1.0, reduction='none', dim=(1, 2, 3))
+        ssim = structural_similarity_index_measure(fake01, real01, data_range=1.0, reduction='none')
+        l1 = (fake01 - real01).abs().mean(dim=(1, 2, 3))
     return {'PSNR': psnr, 'SSIM': ssim, 'L1': l1}
 
 

@@ -718,6 +718,9 @@ def test_image_metrics_use_the_0_1_convention_with_peak_1():
     on_01 = ssim((a + 1) / 2, (b + 1) / 2, data_range=1.0).item()  # 0.74
     assert abs(on_01 - ssim(a, b, data_range=1.0).item()) > 0.1  # on [-1, 1] it would read 0.42
     assert image_metrics(a, b)['SSIM'].item() == pytest.approx(on_01, abs=1e-5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # as generation.py's example runs the generator
+        in_autocast = image_metrics(a, b)
+    assert {k: v.item() for k, v in in_autocast.items()} == {k: v.item() for k, v in image_metrics(a, b).items()}
 
 
 def test_resume_with_other_architecture_and_existing_run(transformed_root, tmp_path):
