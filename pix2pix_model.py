@@ -31,15 +31,19 @@ def build_models(opt, device, world_size):
 
 
 def build_scheduler(opt, optimizer):
-    if opt.lr_policy == 'linear':  # constant for n_epochs, then linearly to 0 (official pix2pix rule)
-        rule = lambda epoch: 1.0 - max(0, epoch + 1 - opt.n_epochs) / float(opt.n_epochs_decay + 1)
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, rule)
+    if opt.lr_policy == 'linear':
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: linear_factor(vars(opt), epoch))
     if opt.lr_policy == 'step':
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=opt.lr_decay_iters, gamma=0.1)
     if opt.lr_policy == 'plateau':  # on a validation metric: the seed's plateau on GAN losses drove lr to 0
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=BEST_METRICS[opt.best_metric], factor=0.5,
                                                           threshold=0.01, patience=5)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_epochs(vars(opt)), eta_min=0)
+
+
+def linear_factor(config, epoch):
+    """The official pix2pix rule: constant for n_epochs, then linearly to 0 over n_epochs_decay (0-based epoch)."""
+    return 1.0 - max(0, epoch + 1 - config['n_epochs']) / float(config['n_epochs_decay'] + 1)
 
 
 def apply_linear_rule(sched):

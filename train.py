@@ -10,8 +10,10 @@ epoch_<N>.pt (every --save_epoch_freq epochs), best.pt (the best validation --be
 """
 import contextlib
 import glob
+import json
 import math
 import os
+import platform
 import signal
 import sys
 import time
@@ -22,11 +24,12 @@ from tqdm import tqdm
 
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
 from metrics import image_metrics
-from pix2pix_model import LOSS_NAMES, Trainer, memory_format, seed_dropout_noise
-from train_options import (BEST_METRICS, check_checkpoint_is_this_runs, check_mid_epoch_resume, check_options_fit,
-                           check_same_data, data_identity, parse_options, total_epochs)
-from utils import (StopRequest, UserError, counted, first_line, load_checkpoint, pick_device, remove_stale_temp_files,
-                   run_cli, save_checkpoint, write_json_atomic, writing_alone)
+from pix2pix_model import LOSS_NAMES, Trainer, linear_factor, memory_format, seed_dropout_noise
+from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, check_checkpoint_is_this_runs, check_mid_epoch_resume,
+                           check_options_fit, check_same_data, data_identity, parse_options, total_epochs)
+from utils import (StopRequest, UserError, counted, first_line, git_commit, load_checkpoint, pick_device, read_json,
+                   remove_stale_temp_files, run_cli, save_checkpoint, write_json_atomic, write_text_atomic,
+                   writing_alone)
 
 # ---------------------------------------------------------------- setup
 
@@ -82,20 +85,48 @@ def image_grid(trainer, val_masks, val_images, n):
     return ((rows + 1) / 2).clamp(0, 1).cpu()
 
 
-def open_run_dir(run_dir, opt, iteration, held):
-    """Create and lock the run folder (for as long as `held` is), write config.json, open TensorBoard; unwritable
-    -> one clear error."""
+def open_run_dir(run_dir, opt, trainer, command, held):
+    """Create and lock the run folder (for as long as `held` is), write config.json and this start's run_log.jsonl
+    entry, open TensorBoard; unwritable -> one clear error."""
     held.enter_context(writing_alone(run_dir, '--runs_dir or --name'))
+    config_path = os.path.join(run_dir, 'config.json')
+    before = read_json(config_path, 'run config') if opt.resume else {}  # checked by resolve_options
+    changed = {key: [before[key], value] for key, value in vars(opt).items()
+               if key in before and before[key] != value and key not in RUN_CONTROL_OPTIONS}
+    entry = run_log_entry(opt, trainer, command, changed)
     try:
         remove_stale_temp_files(run_dir)  # checkpoint writes cut short by a kill
-        write_json_atomic(os.path.join(run_dir, 'config.json'), vars(opt))
+        write_json_atomic(config_path, vars(opt))
+        log_path = os.path.join(run_dir, 'run_log.jsonl')
+        earlier = open(log_path).read() if os.path.exists(log_path) else ''
+        write_text_atomic(log_path, earlier + json.dumps(entry) + '\n')
     except OSError as err:
         raise UserError(f'{run_dir}: cannot write the run folder ({err.strerror or err})') from None
+    if changed:
+        changes = ', '.join(f'--{key} {old} → {new}' for key, (old, new) in changed.items())
+        print(f'note: --resume changes {changes} from epoch {trainer.epoch + 1} on; config.json holds the new '
+              f'values, run_log.jsonl every start\'s')
     from torch.utils.tensorboard import SummaryWriter
     # TensorBoard drops the events of earlier files from purge_step on (the files stay). Resumed: those a killed run
     # logged after its checkpoint at `iteration`, which are redone now; the checkpoint's own step stays. Fresh: all
     # of them, left by an attempt that crashed before its first checkpoint.
-    return SummaryWriter(run_dir, purge_step=iteration + 1 if opt.resume else 0)
+    writer = SummaryWriter(run_dir, purge_step=trainer.iteration + 1 if opt.resume else 0)
+    writer.add_text('run_log', f'```\n{json.dumps(entry, indent=2)}\n```', trainer.iteration)
+    return writer
+
+
+def run_log_entry(opt, trainer, command, changed):
+    """What a researcher needs to tell this start of the run from others: when, how it was started, where it picks
+    up, what the resume changed, and the software and hardware it ran on (config.json keeps only the options)."""
+    device = trainer.device
+    return {'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'), 'command': ['train.py', *command],
+            'epoch': trainer.epoch + 1, 'batch': trainer.next_batch, 'iteration': trainer.iteration,
+            'changed_options': changed,
+            'device': f'cuda ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else device.type,
+            'processes': trainer.world_size, 'bf16_autocast': trainer.amp,
+            'python': platform.python_version(), 'torch': torch.__version__, 'git_commit': git_commit(),
+            'transform': read_json(os.path.join(opt.dataroot, 'transform.json'), 'transform config')
+            if os.path.exists(os.path.join(opt.dataroot, 'transform.json')) else None}
 
 
 def log_epoch(writer, trainer, lr, metrics, seconds, images_per_s, data_share):
@@ -200,7 +231,10 @@ def stop_everywhere(stop, world_size, device):
 
 
 def nothing_to_train(trained, total, last_epoch, run_dir):
-    if trained >= total:
+    if trained > total:  # a schedule shorter than what was trained: a mistyped --n_epochs, not a finished run
+        raise UserError(f'--resume: --n_epochs + --n_epochs_decay make {counted(total, "epoch")}, but {run_dir} has '
+                        f'trained {trained}; a run cannot be shortened: give at least {trained} in all')
+    if trained == total:
         return (f'nothing to train: {run_dir} has finished its {counted(trained, "epoch")}; to extend it, resume with '
                 f'more --n_epochs or --n_epochs_decay')
     return (f'nothing to train: {run_dir} has already trained {counted(trained, "epoch")} (--stop_epoch '
@@ -347,9 +381,25 @@ def resume_from(trainer, path):
         problem = f'no {err}' if isinstance(err, KeyError) else first_line(err)
         raise UserError(f'{path}: cannot resume from it ({problem}); resume from a copy of an epoch_<N>.pt or '
                         f'best.pt saved as latest.pt') from None
+    if trainer.rank == 0:
+        note_a_rising_linear_rate(trainer, state['config'])
 
 
-def train(opt, stop, held):
+def note_a_rising_linear_rate(trainer, saved):
+    """A longer --n_epochs or --n_epochs_decay redraws the linear schedule as if planned from the start: a run far
+    into its decay can go back up (2+2 epochs extended to 4+2: 6.7e-5 at epoch 4, then 1.3e-4)."""
+    opt, epoch = trainer.opt, trainer.epoch
+    last_trained = epoch if trainer.next_batch else epoch - 1  # mid-epoch, the epoch goes on at the new rate
+    if opt.lr_policy != 'linear' or last_trained < 0:
+        return
+    last, next_ = opt.lr * linear_factor(saved, last_trained), opt.lr * linear_factor(vars(opt), epoch)
+    if next_ > last:
+        print(f'note: the linear lr schedule is redrawn for --n_epochs {opt.n_epochs} --n_epochs_decay '
+              f'{opt.n_epochs_decay} as if planned from the start: epoch {epoch + 1} trains at {next_:.3g}, up from '
+              f'{last:.3g} at epoch {last_trained + 1}')
+
+
+def train(opt, stop, held, command=()):
     device = setup_device(opt)  # first: each process must be on its own GPU before NCCL starts
     rank, world_size = setup_distributed(device)
     train_masks, train_images, _ = load_split(opt.dataroot, 'train')
@@ -370,7 +420,7 @@ def train(opt, stop, held):
         seed_dropout_noise(opt, rank)
     writer = None
     if rank == 0:
-        writer = open_run_dir(run_dir, opt, trainer.iteration, held)  # locked: another process may be training
+        writer = open_run_dir(run_dir, opt, trainer, command, held)  # locked: another process may be training
         if opt.resume:
             print(f'resumed from {run_dir}/latest.pt: epoch {trainer.epoch + 1}, batch {trainer.next_batch}')
     split = place_split(train_masks, train_images, device, opt.data_device)
@@ -400,10 +450,11 @@ def train(opt, stop, held):
 
 
 def main(argv=None):
-    opt = parse_options(sys.argv[1:] if argv is None else argv, description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    opt = parse_options(argv, description=__doc__)
     try:
         with StopRequest() as stop, contextlib.ExitStack() as held:
-            return train(opt, stop, held)
+            return train(opt, stop, held, argv)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -13,7 +13,7 @@ import networks
 from dataset import check_crop_and_batch_fit, check_val_fits
 from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json
 
-# Options that define the networks or the data they see: a resumed run must keep them.
+# Options that define the networks or the shape of the data they take: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
                         'output_nc', 'gan_mode', 'crop_size', 'init_type', 'init_gain', 'content_loss')
 # Options that define the optimiser and lr-schedule state a checkpoint restores (Adam's lr and betas, the

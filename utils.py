@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -138,6 +139,20 @@ def tell_torchrun(message):
     data = {'message': message, 'timestamp': str(int(time.time()))}
     with contextlib.suppress(OSError), atomic_open(path, 'w') as f:  # best effort: the error itself comes first
         json.dump(data, f)
+
+
+def git_commit():
+    """This checkout's commit ('+modified' when tracked files differ from it), or None outside a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return None
+        changes = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                                 capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):  # no git installed, or it hung on a network file system
+        return None
+    return head.stdout.strip() + ('+modified' if changes.stdout.strip() else '')
 
 
 def counted(n, noun, plural=None):

@@ -459,6 +459,11 @@ def test_messages_tell_a_stopped_run_from_a_finished_one(transformed_root, tmp_p
     assert capsys.readouterr().out.splitlines()[-1] == (f'nothing to train: {tmp_path / "run"} has finished its 2 '
                                                         'epochs; to extend it, resume with more --n_epochs or '
                                                         '--n_epochs_decay')
+    # a schedule shorter than the epochs trained is a mistake, not a finished run (it read "finished its 2 epochs")
+    line = cli_error([*args, '--resume', '--n_epochs_decay', '0'], capsys)
+    assert line == (f'error: --resume: --n_epochs + --n_epochs_decay make 1 epoch, but {tmp_path / "run"} has '
+                    'trained 2; a run cannot be shortened: give at least 2 in all')
+    assert run_files(tmp_path / 'run') == before
 
 
 def test_an_extended_run_shows_its_new_options_in_the_hparams_table(transformed_root, tmp_path):
@@ -470,6 +475,36 @@ def test_an_extended_run_shows_its_new_options_in_the_hparams_table(transformed_
     start = HParamsPluginData.FromString(hparams.PluginTagToContent('hparams')['_hparams_/session_start_info'])
     assert start.session_start_info.hparams['n_epochs'].number_value == 2
     assert len(hparams.Scalars('hparam/best_epoch')) == 1  # the second finish's metrics only
+
+
+def test_every_start_is_in_the_run_log_and_a_resume_says_what_it_changes(transformed_root, tmp_path, capsys):
+    """config.json holds the current options only: a --resume that changed --lambda_L1 or --rotate (allowed: they
+    reshape neither the networks nor the optimiser) rewrote it silently, and nothing recorded the first value."""
+    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs', '2', '--n_epochs_decay', '0')
+    train.main([*args, '--stop_epoch', '1'])
+    capsys.readouterr()
+    train.main([*args, '--resume', '--lambda_L1', '10', '--rotate'])
+    assert ('note: --resume changes --lambda_L1 100.0 → 10.0, --rotate False → True from epoch 2 on; config.json '
+            "holds the new values, run_log.jsonl every start's") in capsys.readouterr().out.splitlines()
+    first, second = [json.loads(line) for line in open(tmp_path / 'run' / 'run_log.jsonl')]
+    assert first['command'] == ['train.py', *args, '--stop_epoch', '1'] and first['changed_options'] == {}
+    assert (first['epoch'], first['iteration'], second['epoch'], second['iteration']) == (1, 0, 2, 5)
+    assert second['changed_options'] == {'lambda_L1': [100.0, 10.0], 'rotate': [False, True]}
+    assert second['torch'] == torch.__version__ and second['device'] == 'cpu' and second['processes'] == 1
+    assert second['transform']['size'] == 72  # the data's settings, readable (config.json has only their digest)
+    assert json.load(open(tmp_path / 'run' / 'config.json'))['lambda_L1'] == 10.0
+    assert 'run_log/text_summary' in events(tmp_path / 'run').Tags()['tensors']  # TensorBoard's Text tab
+
+
+def test_extending_a_linear_run_says_when_its_rate_goes_back_up(transformed_root, tmp_path, capsys):
+    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs_decay', '2')
+    train.main([*args, '--n_epochs', '2'])  # rates 2e-4, 2e-4, 1.33e-4, 6.67e-5
+    capsys.readouterr()
+    wait_for_the_next_second()
+    train.main([*args, '--n_epochs', '4', '--resume', '--stop_epoch', '5'])
+    assert ('note: the linear lr schedule is redrawn for --n_epochs 4 --n_epochs_decay 2 as if planned from the '
+            'start: epoch 5 trains at 0.000133, up from 6.67e-05 at epoch 4') in capsys.readouterr().out.splitlines()
+    assert [e.value for e in events(tmp_path / 'run').Scalars('lr')][-2:] == pytest.approx([2e-4 / 3, 4e-4 / 3])
 
 
 def test_a_stop_epoch_behind_the_trained_epochs_changes_nothing(transformed_root, tmp_path, capsys):
