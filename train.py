@@ -268,10 +268,12 @@ class RunningLosses:
         means = global_mean_losses(self.sums, self.count, self.world_size)  # the one host sync per log interval
         raise_if_not_finite(means, trainer)
         if writer:
-            values = means.tolist()
-            for name, value in zip(LOSS_NAMES, values):
+            used = {name: value for name, value in zip(LOSS_NAMES, means.tolist())
+                    if name != 'G_VGG' or 'vgg' in trainer.opt.content_loss}  # no flat line of zeros
+            for name, value in used.items():
                 writer.add_scalar(f'loss/{name}', value, trainer.iteration)
-            bar.set_postfix({n: f'{v:.3f}' for n, v in zip(LOSS_NAMES, values)})
+            if bar:
+                bar.set_postfix({name: f'{value:.3f}' for name, value in used.items()})
         self.sums.zero_()
         self.count = 0
 
@@ -444,6 +446,8 @@ def train(opt, stop, held, command=()):
             if rank == 0:
                 print(saved_for_resume(run_dir, trainer))
             return stop_exit_status(stop)
+    if losses.count:  # the steps since the last log step: the curves reach the run's last iteration
+        losses.log(trainer, writer, None)
     if writer:
         finish_run(writer, trainer, run_dir, last_epoch)
     return 0

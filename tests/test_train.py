@@ -65,9 +65,10 @@ def test_one_epoch_reduces_l1_and_logs_everything(many_tiles_root, tmp_path):
     assert len(l1) == 45  # one point per iteration at --log_freq 1
     assert np.mean(l1[-10:]) < 0.7 * np.mean(l1[:10]), l1  # a real learning signal, not just "runs"
     tags = acc.Tags()
-    for name in ('loss/G_GAN', 'loss/G_L1', 'loss/G_VGG', 'loss/D_real', 'loss/D_fake', 'lr', 'val/PSNR',
+    for name in ('loss/G_GAN', 'loss/G_L1', 'loss/D_real', 'loss/D_fake', 'lr', 'val/PSNR',
                  'val/SSIM', 'time/epoch_seconds', 'time/images_per_second', 'time/data_share'):
         assert name in tags['scalars'], name
+    assert 'loss/G_VGG' not in tags['scalars']  # --content_loss l1: it was a flat line of zeros
     assert 'val/mask|generated|real' in tags['images']
     image = acc.Images('val/mask|generated|real')[0]
     assert (image.width, image.height) == (3 * 64, 2 * 64)  # mask | generated | real, one row per sample
@@ -260,6 +261,12 @@ def test_tensorboard_curves_share_the_iteration_axis_across_a_stale_start_and_re
         assert [e.step for e in acc.Scalars(tag)] == [5, 10, 15], tag  # per-epoch tags at the global iteration
     # linear: 1 epoch at 2e-4, then 2 of decay; each point is the rate its epoch trained at
     assert [e.value for e in acc.Scalars('lr')] == pytest.approx([2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
+
+
+def test_the_loss_curves_reach_the_last_iteration(transformed_root, tmp_path):
+    """The steps after the last --log_freq step were never logged: a 10-iteration run ended its curves at 9."""
+    train.main(tiny(transformed_root, tmp_path, 'tail', '--n_epochs', '2', '--n_epochs_decay', '0', '--log_freq', '3'))
+    assert [e.step for e in events(tmp_path / 'tail').Scalars('loss/G_L1')] == [3, 6, 9, 10]
 
 
 def test_nan_canary_stops_with_advice(transformed_root, tmp_path):
