@@ -4,10 +4,10 @@ test.py is the command line over these; they are also the Python API for growing
 
     import torch
     from generation import generate_sliding, load_generator
-    from image_io import read_binary_mask
+    from image_io import read_mask
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     G, cfg, _ = load_generator('runs/inria_2x2/best.pt', device)
-    mask = read_binary_mask('forged/austin1.tif')  # H×W uint8 0/255, from any mask format transform reads
+    mask = read_mask('forged/austin1.tif', cfg['input_nc'])  # H×W uint8 0/255 (a label map for facades models)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
         image = generate_sliding(G, mask, cfg['crop_size'], overlap=0.5, batch_size=16, device=device)
 
@@ -110,7 +110,7 @@ def checked_mask(G, mask):
     check_input_channels(G, mask)
     if mask.dtype != np.uint8 or (mask.ndim == 2 and not ((mask == 0) | (mask == 255)).all()):  # 6 ms at 5000²
         got = mask.dtype if mask.dtype != np.uint8 else f'values {np.unique(mask)[:4].tolist()}'
-        raise ValueError(f'mask must be a uint8 array of 0/255 (image_io.read_binary_mask reads one), got {got}')
+        raise ValueError(f'mask must be a uint8 array of 0/255 (image_io.read_mask reads one), got {got}')
     return mask
 
 
@@ -126,8 +126,8 @@ def check_input_channels(G, mask):
     takes = next((m.in_channels for m in modules if isinstance(m, torch.nn.Conv2d)), None)
     has = 1 if mask.ndim == 2 else mask.shape[2]
     if takes is not None and has != takes:
-        read_with = ' (image_io.read_binary_mask reads a mask file as one)' if takes == 1 else ''
-        raise ValueError(f'the generator takes {takes}-channel input{read_with}, got an array of shape {mask.shape}')
+        raise ValueError(f'the generator takes {takes}-channel input (image_io.read_mask(path, {takes}) reads a file '
+                         f'as one), got an array of shape {mask.shape}')
 
 
 def window_weights(size):

@@ -85,6 +85,32 @@ def read_binary_mask(path, tolerance=0.01):
     return check_binary_mask(array, path, tolerance, lossy)
 
 
+def read_mask(path, input_nc, tolerance=0.01):
+    """A mask file as a model with input_nc channels takes it (cfg['input_nc'] of a run): H×W {0,255} uint8 for
+    building-mask models, H×W×input_nc uint8 for label-map models (facades), else UserError naming the file."""
+    if input_nc == 1:
+        return read_binary_mask(path, tolerance)
+    array = read_image_file(path)
+    if array.dtype != np.uint8:
+        raise UserError(f'{path}: label map must be 8-bit (uint8), got {array.dtype}')
+    if array.ndim == 3:
+        array = without_opaque_alpha(array, path)
+    if array.ndim != 3 or array.shape[2] != input_nc:
+        raise UserError(f'{path}: this model takes {input_nc}-channel label maps, got shape {array.shape}')
+    return array
+
+
+def without_opaque_alpha(label_map, path):
+    """Drop the alpha channel of an RGBA label map (PIL and tifffile put it last) if it is all opaque. Paint tools
+    keep any colour under transparent pixels, which would be read as classes: refused, not guessed."""
+    if label_map.shape[2] != 4:
+        return label_map
+    if np.any(label_map[..., -1] != 255):
+        raise UserError(f'{path}: label map has transparent pixels (alpha channel); save it without alpha, since '
+                        'the colour under transparency would be read as classes')
+    return label_map[..., :-1]
+
+
 def read_image_header(path):
     """(height, width, channels, dtype) without decoding pixels, to validate a whole dataset up front."""
     path = os.fspath(path)

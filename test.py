@@ -26,7 +26,7 @@ import networks
 from dataset import load_split, to_unit_range
 from generation import (available_bytes, generate_full, generate_sliding, generate_tiles, load_generator,
                         peak_window_bytes, sliding_plan, window_edges)
-from image_io import list_images, read_binary_mask, read_image_file, resize_image, resize_mask
+from image_io import list_images, read_mask, resize_image, resize_mask
 from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_kid, seam_score, seam_score_at
 from results import (MAX_NAME_BYTES, check_outputs_spare_inputs, check_results_dir_is_ours, format_score, mean_scores,
                      publish_results, save_outputs, start_staging, write_index_html, write_metrics_csv)
@@ -149,31 +149,6 @@ def mask_fidelity(segmenter, image, mask, batch_size):
 
 
 # ---------------------------------------------------------------- inputs
-
-def read_mask(path, input_nc, tolerance):
-    """A raw mask file -> H×W {0,255} uint8 (1-channel models) or H×W×3 uint8 label map, else UserError."""
-    if input_nc == 1:
-        return read_binary_mask(path, tolerance)
-    array = read_image_file(path)
-    if array.dtype != np.uint8:
-        raise UserError(f'{path}: label map must be 8-bit (uint8), got {array.dtype}')
-    if array.ndim == 3:
-        array = without_opaque_alpha(array, path)
-    if array.ndim != 3 or array.shape[2] != input_nc:
-        raise UserError(f'{path}: this model takes {input_nc}-channel label maps, got shape {array.shape}')
-    return array
-
-
-def without_opaque_alpha(label_map, path):
-    """Drop the alpha channel of an RGBA label map (PIL and tifffile put it last) if it is all opaque. Paint tools
-    keep any colour under transparent pixels, which would be read as classes: refused, not guessed."""
-    if label_map.shape[2] != 4:
-        return label_map
-    if np.any(label_map[..., -1] != 255):
-        raise UserError(f'{path}: label map has transparent pixels (alpha channel); save it without alpha, since '
-                        'the colour under transparency would be read as classes')
-    return label_map[..., :-1]
-
 
 def list_mask_files(paths):
     files = []

@@ -26,7 +26,7 @@ import results
 import train
 from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
-from image_io import read_image_file
+from image_io import read_image_file, read_mask
 from metrics import make_fid_kid, seam_score
 from utils import UserError
 
@@ -209,7 +209,7 @@ def test_the_python_api_refuses_what_test_py_refuses():
 
 def test_the_docstring_example_of_the_python_api_runs_as_written(run_dir, tmp_path, monkeypatch):
     code = textwrap.dedent(next(part for part in generation.__doc__.split('\n\n') if part.startswith('    ')))
-    assert 'generate_sliding(' in code and 'read_binary_mask(' in code
+    assert 'generate_sliding(' in code and 'read_mask(' in code
     monkeypatch.chdir(tmp_path)
     os.makedirs('runs/inria_2x2')
     shutil.copy(os.path.join(run_dir, 'latest.pt'), 'runs/inria_2x2/best.pt')
@@ -225,7 +225,7 @@ def test_the_python_api_names_a_mask_read_in_colour(run_dir):
     rgb = np.repeat(ramp_mask(50, 60, 0)[..., None], 3, 2)  # a mask PNG read with PIL, not read_binary_mask
     for generate_some in (lambda: generate_sliding(G, rgb, cfg['crop_size'], 0.5, 4, torch.device('cpu')),
                           lambda: generate_tiles(G, rgb, 2, cfg['crop_size'], 4, torch.device('cpu'))):
-        with pytest.raises(ValueError, match=r'takes 1-channel input \(image_io.read_binary_mask .*\(50, 60, 3\)$'):
+        with pytest.raises(ValueError, match=r'takes 1-channel input \(image_io.read_mask\(path, 1\) .*\(50, 60, 3\)$'):
             generate_some()
     as_function = generate_sliding(lambda x: G(x), rgb[..., 0], cfg['crop_size'], 0.5, 4, torch.device('cpu'))
     assert as_function.shape == (50, 60, 3)  # a plain function stands in for G, as before the check
@@ -367,15 +367,15 @@ def test_fid_and_kid_reach_metrics_json(run_dir, tmp_path, monkeypatch, capsys):
 def test_label_map_models_take_rgb_masks(tmp_path):
     label_map = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     Image.fromarray(label_map).save(tmp_path / 'labels.png')
-    np.testing.assert_array_equal(ts.read_mask(str(tmp_path / 'labels.png'), 3, 0.01), label_map)
+    np.testing.assert_array_equal(read_mask(str(tmp_path / 'labels.png'), 3, 0.01), label_map)
     Image.fromarray(label_map).convert('RGBA').save(tmp_path / 'opaque.png')
-    np.testing.assert_array_equal(ts.read_mask(str(tmp_path / 'opaque.png'), 3, 0.01), label_map)
+    np.testing.assert_array_equal(read_mask(str(tmp_path / 'opaque.png'), 3, 0.01), label_map)
     Image.fromarray(np.dstack([label_map, label_map[..., :1]])).save(tmp_path / 'see-through.png')
     with pytest.raises(UserError, match=r'see-through.png: label map has transparent pixels \(alpha channel\)'):
-        ts.read_mask(str(tmp_path / 'see-through.png'), 3, 0.01)
+        read_mask(str(tmp_path / 'see-through.png'), 3, 0.01)
     Image.fromarray(label_map[..., 0]).save(tmp_path / 'grey.png')
     with pytest.raises(UserError, match='grey.png: this model takes 3-channel label maps'):
-        ts.read_mask(str(tmp_path / 'grey.png'), 3, 0.01)
+        read_mask(str(tmp_path / 'grey.png'), 3, 0.01)
 
 
 def test_no_eval_keeps_dropout_on_as_the_official_test_does_and_is_seeded(run_dir, tmp_path):
