@@ -2,14 +2,16 @@
 and what a checkpoint saves and restores (the counterpart of the official repo's models/pix2pix_model.py).
 """
 import contextlib
+import os
 import warnings
 
 import torch
 import torch.distributed as dist
 
 import networks
-from train_options import BEST_METRICS, total_epochs
-from utils import CHECKPOINT_FORMAT, UserError, amp_enabled, load_error, rng_states, set_rng_states
+from train_options import BEST_METRICS, WEIGHT_SHAPE_OPTIONS, total_epochs
+from utils import (CHECKPOINT_FORMAT, UserError, amp_enabled, first_line, load_checkpoint, load_error, rng_states,
+                   set_rng_states)
 
 # ---------------------------------------------------------------- building blocks
 
@@ -211,3 +213,25 @@ class Trainer:
 
 
 LOSS_NAMES = ('G_GAN', 'G_L1', 'G_VGG', 'D_real', 'D_fake')
+
+
+def init_from_checkpoint(trainer, path):
+    """--init_from: G and D start from another run's weights; the optimisers, schedule, epochs and validation history
+    start fresh (every process loads the same file: the replicas stay identical)."""
+    if not os.path.isfile(path):
+        raise UserError(f'{path}: --init_from checkpoint not found')
+    state = load_checkpoint(path)
+    saved = state.get('config')
+    if state.get('role', 'generator') != 'generator' or not isinstance(saved, dict) or not {'G', 'D'} <= state.keys():
+        raise UserError(f'{path}: not a checkpoint of train.py (latest.pt, best.pt or epoch_<N>.pt of a run)')
+    differ = [key for key in WEIGHT_SHAPE_OPTIONS if saved.get(key) != getattr(trainer.opt, key)]
+    if differ:
+        theirs = ', '.join(f'--{key} {saved.get(key)}' for key in differ)
+        ours = ', '.join(f'--{key} {getattr(trainer.opt, key)}' for key in differ)
+        raise UserError(f'{path}: trained with {theirs}, not {ours}; --init_from needs the same networks')
+    try:
+        trainer.G.load_state_dict(state['G'])
+        trainer.D.load_state_dict(state['D'])
+    except (RuntimeError, TypeError) as err:  # edited by hand: the config and the weights disagree
+        raise UserError(f'{path}: its weights do not fit the networks its config describes ({first_line(err)})') \
+            from None

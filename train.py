@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
 from metrics import image_metrics
-from pix2pix_model import LOSS_NAMES, Trainer, linear_factor, memory_format, seed_dropout_noise
+from pix2pix_model import (LOSS_NAMES, Trainer, init_from_checkpoint, linear_factor, memory_format,
+                           seed_dropout_noise)
 from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, check_checkpoint_is_this_runs, check_mid_epoch_resume,
                            check_options_fit, check_same_data, data_identity, parse_options, total_epochs)
 from utils import (StopRequest, UserError, counted, first_line, git_commit, load_checkpoint, pick_device, read_json,
@@ -419,6 +420,8 @@ def train(opt, stop, held, command=()):
                 print(nothing_to_train(trainer.epoch, total, last_epoch, run_dir))
             return 0
     else:
+        if opt.init_from:
+            init_from_checkpoint(trainer, opt.init_from)
         seed_dropout_noise(opt, rank)
     writer = None
     if rank == 0:

@@ -16,13 +16,16 @@ from utils import ArgumentParser, UserError, check_counts, check_positive, count
 # Options that define the networks or the shape of the data they take: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
                         'output_nc', 'gan_mode', 'crop_size', 'init_type', 'init_gain', 'content_loss')
+# The options that shape G's and D's weights: --init_from needs a checkpoint with the same ones.
+WEIGHT_SHAPE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'upsample', 'input_nc', 'output_nc')
 # Options that define the optimiser and lr-schedule state a checkpoint restores (Adam's lr and betas, the
 # scheduler's base rate, step size and policy): new values given with --resume would be overridden by that state.
 SCHEDULE_OPTIONS = ('lr', 'beta1', 'lr_policy', 'lr_decay_iters')
 # Why a resumed run must keep each of those options.
 FIXED_ON_RESUME = {**dict.fromkeys(ARCHITECTURE_OPTIONS, 'the networks continue from the checkpoint'),
                    **dict.fromkeys(SCHEDULE_OPTIONS, 'the optimiser and lr schedule continue from the checkpoint'),
-                   'best_metric': 'best.pt and the plateau schedule were chosen by it'}
+                   'best_metric': 'best.pt and the plateau schedule were chosen by it',
+                   'init_from': 'the networks continue from the checkpoint'}
 # The validation metrics --best_metric may name, each with the direction that is better.
 BEST_METRICS = {'PSNR': 'max', 'SSIM': 'max', 'L1': 'min'}
 # Options that steer this invocation only: never taken from a saved config.
@@ -94,6 +97,9 @@ def build_parser(description=None):
     a('--psnr_drop_warn', type=float, default=3.0,
       help='warn when val PSNR falls this many dB below its best (the seed\'s collapse canary)')
     a('--resume', action='store_true', help='continue from <runs_dir>/<name>/latest.pt with the saved options')
+    a('--init_from', default=None, metavar='CHECKPOINT',
+      help='start a new run from the G and D weights of another run\'s checkpoint (fine-tuning, e.g. on a new city), '
+           'with fresh optimisers, lr schedule and epoch count; the networks must be the same')
     a('--stop_epoch', type=int, default=None,
       help='stop after this epoch (the lr schedule still plans all epochs); resume later with --resume')
     return p
@@ -119,6 +125,8 @@ def resolve_options(parser, argv):
         parser.error('the following arguments are required: --dataroot')
     if opt.dataroot is not None:
         opt.dataroot = os.path.abspath(opt.dataroot)  # test.py reads it back from config.json, from anywhere
+    if opt.init_from is not None:
+        opt.init_from = os.path.abspath(opt.init_from)
     run_dir = os.path.join(opt.runs_dir, opt.name)
     if not opt.resume:
         if os.path.exists(os.path.join(run_dir, 'latest.pt')):
