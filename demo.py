@@ -15,7 +15,7 @@ import torch
 
 from synthetic_inria import SETTINGS_FILE
 from train_options import total_epochs
-from utils import ArgumentParser, load_checkpoint, read_json, run_cli
+from utils import ArgumentParser, load_checkpoint, read_json, run_cli, stop_signals_noted
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,19 +31,19 @@ def run(script, *args):
     print('\n$ ' + ' '.join(['python', script, *map(str, args)]), flush=True)
     # Ctrl-C (or a scheduler's SIGTERM to the process group) reaches the script too, which stops cleanly (train.py
     # saves first): wait for it instead of dying with a traceback, after which subprocess would kill it a
-    # quarter-second later, mid-save. (Not passed on: a second signal would cut that save short. One sent to the
-    # demo alone stops it once the script ends.)
-    interrupted = []
-    previous = {sig: signal.signal(sig, lambda signum, _: interrupted.append(signum))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        returncode = subprocess.call(command)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if interrupted or returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # scripts: 130 Ctrl-C, 143 SIGTERM
+    # quarter-second later, mid-save. A SIGTERM sent to the demo alone (a container's stop) is passed on once; a
+    # Ctrl-C sent to it alone stops it once the script ends (passed on, a second one would cut a save short).
+    with stop_signals_noted() as asked:
+        child, passed_on = subprocess.Popen(command), False
+        while child.poll() is None:
+            if signal.SIGTERM in asked and not passed_on:
+                child.send_signal(signal.SIGTERM)  # the scripts take a repeated SIGTERM as the same one
+                passed_on = True
+            time.sleep(0.1)
+    returncode = child.returncode
+    if asked or returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # scripts: 130 Ctrl-C, 143 SIGTERM
         print(f'demo interrupted during {script}: run the same demo command again to go on', file=sys.stderr)
-        sys.exit(143 if signal.SIGTERM in interrupted or returncode in (143, -signal.SIGTERM) else 130)
+        sys.exit(143 if signal.SIGTERM in asked or returncode in (143, -signal.SIGTERM) else 130)
     if returncode != 0:
         sys.exit(f'demo stopped: {script} failed (see its message above)')
 

@@ -13,7 +13,8 @@ import urllib.parse
 import numpy as np
 
 from image_io import TIFF_SUFFIXES, grid_image, save_geotiff, save_png
-from utils import UserError, counted, free_space, remove_stale_temp_files, write_text_atomic
+from utils import (UserError, counted, free_space, raise_noted_stop, remove_stale_temp_files, stop_signals_noted,
+                   write_text_atomic)
 
 REPORTS = ('index.html', 'metrics.csv', 'metrics.json')
 OUTPUT_PREFIXES = ('Generated-', 'MaskResized-', 'Grid-', 'OriginalResized-')  # output_names' prefixes
@@ -69,13 +70,16 @@ def start_staging(path):
 def publish_results(path, staging, inputs):
     """Replace the previous run's reports and images with this run's, all at once at the end: an interrupted run
     leaves the earlier results whole, and a run on other masks leaves no old image beside the new ones.
-    metrics.json goes first and comes back last: a folder holding it holds one whole run."""
+    metrics.json goes first and comes back last: a folder holding it holds one whole run. Renames only, so a
+    Ctrl-C or SIGTERM waits for them (raised in the middle, it left half of each run there)."""
     old = replaceable_outputs(path, inputs)
-    for name in sorted(old, key=lambda name: name != 'metrics.json'):
-        os.remove(os.path.join(path, name))
-    for name in sorted(os.listdir(staging), key=lambda name: name == 'metrics.json'):
-        os.replace(os.path.join(staging, name), os.path.join(path, name))
-    os.rmdir(staging)
+    with stop_signals_noted() as asked:
+        for name in sorted(old, key=lambda name: name != 'metrics.json'):
+            os.remove(os.path.join(path, name))
+        for name in sorted(os.listdir(staging), key=lambda name: name == 'metrics.json'):
+            os.replace(os.path.join(staging, name), os.path.join(path, name))
+        os.rmdir(staging)
+    raise_noted_stop(asked)
     replaced = sum(name.startswith('Generated-') for name in old)
     if replaced:
         print(f'note: {path}: replaced {counted(replaced, "result")} of an earlier run there '

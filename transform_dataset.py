@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
@@ -26,8 +26,9 @@ from tqdm import tqdm
 from image_io import (building_fraction, check_mask_format, check_rgb_format, check_rgb_image, list_images,
                       read_binary_mask, read_image_file, read_image_header, resize_image, resize_mask, tile_bounds)
 from synthetic_inria import make_synthetic_inria
-from utils import (ArgumentParser, UserError, check_counts, check_fractions, counted, read_json,
-                   remove_stale_temp_files, run_cli, save_npy_atomic, write_json_atomic, writing_alone)
+from utils import (ArgumentParser, UserError, check_counts, check_fractions, counted, raise_noted_stop, read_json,
+                   remove_stale_temp_files, run_cli, save_npy_atomic, stop_signals_noted, write_json_atomic,
+                   writing_alone)
 
 INRIA_VAL_PATTERN = r'^[a-z-]+[1-5](?!\d)'  # Inria's usual validation split: images 1-5 of each city
 SPLITS = ('train', 'val')
@@ -406,19 +407,44 @@ def transform(opt):
 
 def transform_in_processes(todo, opt, bar):
     """Sources in --workers processes. A worker killed (out of memory, a crashing decoder) is an error, not a
-    hang; after any error the running sources finish (their records are written) and the queued ones are dropped."""
-    # spawn: a fork of a process that already imported torch/threads can deadlock
-    pool = ProcessPoolExecutor(min(opt.workers, len(todo)), mp_context=multiprocessing.get_context('spawn'),
-                               initializer=leave_stopping_to_the_parent)
+    hang; after any error the running sources finish (their records are written) and the rest are dropped.
+    Ctrl-C and SIGTERM are noted while the pool runs and raised once it has stopped the same way: raised inside
+    the pool's own start-up or shutdown, they left a traceback or workers waiting forever."""
+    with stop_signals_noted() as asked:
+        # spawn: a fork of a process that already imported torch/threads can deadlock
+        pool = ProcessPoolExecutor(min(opt.workers, len(todo)), mp_context=multiprocessing.get_context('spawn'),
+                                   initializer=leave_stopping_to_the_parent)
+        try:
+            with blocked_in_new_workers():  # the workers start in the first submit()
+                pending = {pool.submit(transform_source, source, opt) for source in todo}
+            while pending and not asked:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # re-raises a worker's UserError
+                    bar.update()
+        except BrokenProcessPool:
+            if not asked:  # a worker the signal reached before its set-up: the signal's doing, not a crash
+                raise UserError(f'{opt.out}: a worker process died (killed, probably out of memory); finished '
+                                f'sources are kept: re-run, with fewer --workers if memory is short') from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    raise_noted_stop(asked)
+
+
+@contextlib.contextmanager
+def blocked_in_new_workers():
+    """Ctrl-C and SIGTERM blocked in this thread while it starts worker processes, which inherit the blocked set: a
+    signal to the whole process group then waits in a starting worker until leave_stopping_to_the_parent ignores it.
+    Unblocked, it killed the worker half-started, and the pool waited forever for it. This process gets its own
+    copy as it unblocks (stop_signals_noted notes it)."""
+    if not hasattr(signal, 'pthread_sigmask'):  # Windows: no process groups to signal either
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        for done in as_completed([pool.submit(transform_source, source, opt) for source in todo]):
-            done.result()  # re-raises a worker's UserError
-            bar.update()
-    except BrokenProcessPool:
-        raise UserError(f'{opt.out}: a worker process died (killed, probably out of memory); finished sources are '
-                        f'kept: re-run, with fewer --workers if memory is short') from None
+        yield
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def leave_stopping_to_the_parent():

@@ -40,7 +40,29 @@ class Terminated(KeyboardInterrupt):
 
 
 def raise_terminated(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a repeat (SLURM, torchrun) must not cut the clean-up short
     raise Terminated
+
+
+@contextlib.contextmanager
+def stop_signals_noted():
+    """Ctrl-C and SIGTERM are noted in the yielded list instead of raised, for steps that must not be cut in the
+    middle (a pool of workers starting or stopping, a child script saving, results being renamed into place); the
+    previous handlers come back after. raise_noted_stop then acts on them."""
+    asked = []
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    previous = {sig: signal.signal(sig, lambda signum, _: asked.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+    try:
+        yield asked
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def raise_noted_stop(asked):
+    if asked:
+        raise Terminated if signal.SIGTERM in asked else KeyboardInterrupt
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -351,6 +373,8 @@ def save_checkpoint(path, state):
         with atomic_open(path) as f:
             torch.save(state, f)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError "unexpected pos"
+        if isinstance(err.__context__, KeyboardInterrupt):  # so does a Ctrl-C or SIGTERM during the write
+            raise err.__context__ from None
         reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
         raise UserError(f'{path}: could not save checkpoint ({reason}; {free_space(path)}); '
                         f'the previous version of this file is intact') from None

@@ -257,16 +257,22 @@ def test_transform_worker_killed_is_one_clear_error_not_a_hang(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
-@pytest.mark.parametrize('signum, to_group, returncode, line', [
-    (signal.SIGTERM, False, 143, 'terminated (SIGTERM): what was finished is kept'),
-    (signal.SIGTERM, True, 143, 'terminated (SIGTERM): what was finished is kept'),
-    (signal.SIGINT, True, 130, 'interrupted (Ctrl-C): what was finished is kept'),
+@pytest.mark.parametrize('signum, to_group, times, returncode, line', [
+    (signal.SIGTERM, False, 1, 143, 'terminated (SIGTERM): what was finished is kept'),
+    (signal.SIGTERM, True, 1, 143, 'terminated (SIGTERM): what was finished is kept'),
+    (signal.SIGINT, True, 1, 130, 'interrupted (Ctrl-C): what was finished is kept'),
+    (signal.SIGTERM, False, 2, 143, 'terminated (SIGTERM): what was finished is kept'),
+    (signal.SIGINT, True, 2, 130, 'interrupted (Ctrl-C): what was finished is kept'),
 ])
-def test_transform_stopped_by_a_signal_stops_its_workers_and_says_so(tmp_path, signum, to_group, returncode, line):
+def test_transform_stopped_by_a_signal_stops_its_workers_and_says_so(tmp_path, signum, to_group, times, returncode,
+                                                                     line):
     """A SIGTERM to the parent alone left both workers waiting forever for work (seen: 10 min), outside the folder
-    lock; one to the group killed the workers mid-source, with no message and a "leaked semaphore" warning."""
+    lock; one to the group killed the workers mid-source, with no message and a "leaked semaphore" warning. A
+    repeat (a scheduler's second notice, an impatient Ctrl-C) cut the pool's shutdown short: a hang."""
     proc, out, workers = start_a_long_transform_in_two_workers(tmp_path)
-    (os.killpg if to_group else os.kill)(proc.pid, signum)
+    for _ in range(times):
+        (os.killpg if to_group else os.kill)(proc.pid, signum)
+        time.sleep(0.05)
     try:
         stderr = proc.communicate(timeout=60)[1].decode()
     except subprocess.TimeoutExpired:
@@ -277,6 +283,29 @@ def test_transform_stopped_by_a_signal_stops_its_workers_and_says_so(tmp_path, s
     assert wait_for(lambda: not any(map(running, workers)), timeout=30), 'a worker runs on'
     assert finished_sources(out) < 100  # stopped mid-run; the sources under way were finished, not cut:
     assert not glob.glob(str(out / '**' / '*.tmp'), recursive=True, include_hidden=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
+@pytest.mark.parametrize('signum, to_group', [(signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_transform_stopped_while_its_workers_start_is_one_line(tmp_path, signum, to_group):
+    """Raised inside the pool's start-up, a SIGTERM gave 'cannot join thread before it is started' tracebacks and
+    exit 1 (9 times in 30); one to the group killed a half-started worker, and the pool waited for it forever."""
+    make_synthetic_inria(str(tmp_path / 'inria'), n_tiles=10, size=2000, seed=3, progress=False)
+    for attempt in range(4):
+        out = tmp_path / f'out{attempt}'
+        proc = start(TRANSFORM + ['--dataroot', str(tmp_path / 'inria'), '--out', str(out), '--split', '5',
+                                  '--size', '32', '--crop_size', '32', '--workers', '2'])
+        assert wait_for(lambda: worker_processes_of(proc.pid) or proc.poll() is not None, timeout=60)
+        (os.killpg if to_group else os.kill)(proc.pid, signum)
+        try:
+            stderr = proc.communicate(timeout=60)[1].decode()
+        except subprocess.TimeoutExpired:
+            kill_9(proc)
+            pytest.fail('transform_dataset.py hung')
+        if proc.returncode == 0:
+            continue  # finished before the signal came: nothing to see this time
+        assert proc.returncode == 128 + signum and 'Traceback' not in stderr, stderr
+        assert 'what was finished is kept' in stderr.splitlines()[-1]
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
@@ -483,7 +512,10 @@ def test_ctrl_c_in_the_demo_lets_the_running_script_stop_cleanly(tmp_path, signu
     without a traceback. (On a SIGTERM it killed the script mid-save.)"""
     proc = demo_step(tmp_path, f'''
         import os, signal, sys, time
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # as the scripts' run_cli: a clean stop
+        def stop_once(signum, frame):  # as the scripts' run_cli: a clean stop, and a repeat is the same one
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, stop_once)
         try:
             os.killpg(os.getpgrp(), {int(signum)})  # the terminal's Ctrl-C, or the scheduler's notice
             time.sleep(10)
@@ -509,3 +541,26 @@ def test_sigint_to_the_demo_alone_stops_it_after_the_running_script(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
     assert (tmp_path / 'finished').exists()
+
+
+def test_a_sigterm_to_the_demo_alone_is_passed_on_to_the_running_script(tmp_path):
+    """A container's stop signals the demo (its PID 1) alone: the demo waited for the whole training to end, and
+    the runtime killed both with -9 before that."""
+    proc = demo_step(tmp_path, f'''
+        import signal, sys, time
+        def stop_once(signum, frame):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, stop_once)
+        open({str(tmp_path / 'started')!r}, 'w').close()
+        try:
+            time.sleep(60)  # a long training
+        except KeyboardInterrupt:
+            open({str(tmp_path / 'saved')!r}, 'w').close()
+            sys.exit(143)
+    ''')
+    assert wait_for(lambda: (tmp_path / 'started').exists(), timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
+    assert (tmp_path / 'saved').exists()
