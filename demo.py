@@ -34,7 +34,8 @@ def run(script, *args):
     # quarter-second later, mid-save. A SIGTERM sent to the demo alone (a container's stop) is passed on once; a
     # Ctrl-C sent to it alone stops it once the script ends (passed on, a second one would cut a save short).
     with stop_signals_noted() as asked:
-        child, passed_on = subprocess.Popen(command), False
+        child = subprocess.Popen(command)
+        passed_on = False
         while child.poll() is None:
             if signal.SIGTERM in asked and not passed_on:
                 child.send_signal(signal.SIGTERM)  # the scripts take a repeated SIGTERM as the same one
@@ -43,7 +44,8 @@ def run(script, *args):
     returncode = child.returncode
     if asked or returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM):  # scripts: 130 Ctrl-C, 143 SIGTERM
         print(f'demo interrupted during {script}: run the same demo command again to go on', file=sys.stderr)
-        sys.exit(143 if signal.SIGTERM in asked or returncode in (143, -signal.SIGTERM) else 130)
+        terminated = signal.SIGTERM in asked or returncode in (143, -signal.SIGTERM)
+        sys.exit(143 if terminated else 130)
     if returncode != 0:
         sys.exit(f'demo stopped: {script} failed (see its message above)')
 

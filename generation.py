@@ -26,7 +26,7 @@ from tqdm import tqdm
 import networks
 from dataset import to_unit_range
 from image_io import resize_image, resize_mask, tile_bounds
-from utils import UserError, load_checkpoint, to_uint8_hwc
+from utils import UserError, load_checkpoint, state_dict_mismatch, to_uint8_hwc
 
 WINDOW_FLOOR = 0.01  # minimum blending weight, so every pixel has a non-zero weight sum
 
@@ -46,16 +46,10 @@ def load_generator(path, device, role='generator'):
         raise UserError(f'{path}: checkpoint config lacks {err}') from None
     except (ValueError, TypeError) as err:
         raise UserError(f'{path}: checkpoint config does not describe a generator ({err})') from None
-    # Compare keys and shapes first: load_state_dict's error is a screenful of parameter names.
-    expected = G.state_dict()
-    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
-    reshaped = [k for k in expected.keys() & weights.keys()
-                if tuple(getattr(weights[k], 'shape', ())) != tuple(expected[k].shape)]
-    if missing or unexpected or reshaped:
-        example = sorted(missing or unexpected or reshaped)[0]
+    mismatch = state_dict_mismatch(G.state_dict(), weights)
+    if mismatch:
         raise UserError(f'{path}: checkpoint does not match --netG {cfg["netG"]} --ngf {cfg["ngf"]} --norm '
-                        f'{cfg["norm"]} --upsample {cfg["upsample"]} of its config ({len(missing)} missing, '
-                        f'{len(unexpected)} unexpected, {len(reshaped)} reshaped tensors, e.g. {example})')
+                        f'{cfg["norm"]} --upsample {cfg["upsample"]} of its config ({mismatch})')
     G.load_state_dict(weights)
     return G.to(device).eval(), cfg, state
 

@@ -206,6 +206,7 @@ class ResnetGenerator(nn.Module):
         norm_layer = get_norm_layer(norm)
         use_bias = _use_bias(norm)
         n_downsampling = 2
+        self.side_multiple = 2 ** n_downsampling
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7, bias=use_bias),
                   norm_layer(ngf), nn.ReLU(True)]
         for i in range(n_downsampling):
@@ -222,11 +223,12 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):
-        # Another side came out rounded up to a multiple of 4 (30 -> 32), a size mismatch only further on;
-        # a side of 4 fails in the 1×1 bottleneck (see generator_size_problem).
-        if x.shape[-2] % 4 or x.shape[-1] % 4 or min(x.shape[-2:]) < 8:
-            raise ValueError(f'a ResNet generator needs H and W to be multiples of 4, at least 8, got '
-                             f'{tuple(x.shape[-2:])}')
+        # Another side came out rounded up to the next multiple (30 -> 32), a size mismatch only further on; a
+        # side of one multiple fails in the 1×1 bottleneck (see generator_size_problem).
+        multiple = self.side_multiple
+        if x.shape[-2] % multiple or x.shape[-1] % multiple or min(x.shape[-2:]) < 2 * multiple:
+            raise ValueError(f'a ResNet generator needs H and W to be multiples of {multiple}, at least '
+                             f'{2 * multiple}, got {tuple(x.shape[-2:])}')
         return self.model(x)
 
 

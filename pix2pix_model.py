@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 
 import networks
-from train_options import BEST_METRICS, WEIGHT_SHAPE_OPTIONS, total_epochs
-from utils import (CHECKPOINT_FORMAT, UserError, amp_enabled, first_line, load_checkpoint, load_error, rng_states,
-                   set_rng_states)
+from train_options import BEST_METRICS, WEIGHT_SHAPE_OPTIONS, differing_options, total_epochs
+from utils import (CHECKPOINT_FORMAT, UserError, amp_enabled, load_checkpoint, load_error, rng_states, set_rng_states,
+                   state_dict_mismatch)
 
 # ---------------------------------------------------------------- building blocks
 
@@ -224,14 +224,13 @@ def init_from_checkpoint(trainer, path):
     saved = state.get('config')
     if state.get('role', 'generator') != 'generator' or not isinstance(saved, dict) or not {'G', 'D'} <= state.keys():
         raise UserError(f'{path}: not a checkpoint of train.py (latest.pt, best.pt or epoch_<N>.pt of a run)')
-    differ = [key for key in WEIGHT_SHAPE_OPTIONS if saved.get(key) != getattr(trainer.opt, key)]
-    if differ:
-        theirs = ', '.join(f'--{key} {saved.get(key)}' for key in differ)
-        ours = ', '.join(f'--{key} {getattr(trainer.opt, key)}' for key in differ)
-        raise UserError(f'{path}: trained with {theirs}, not {ours}; --init_from needs the same networks')
-    try:
-        trainer.G.load_state_dict(state['G'])
-        trainer.D.load_state_dict(state['D'])
-    except (RuntimeError, TypeError) as err:  # edited by hand: the config and the weights disagree
-        raise UserError(f'{path}: its weights do not fit the networks its config describes ({first_line(err)})') \
-            from None
+    for name in ('G', 'D'):
+        weights = state[name]
+        mismatch = state_dict_mismatch(getattr(trainer, name).state_dict(), weights) if isinstance(weights, dict) \
+            else 'not a state_dict'
+        if mismatch:  # options that shape the weights (and --no_dropout, which renumbers a ResNet's layers)
+            theirs, ours = differing_options(saved, trainer.opt, (*WEIGHT_SHAPE_OPTIONS, 'no_dropout'))
+            why = f'trained with {theirs}, not {ours}' if theirs else 'its config does not describe its weights'
+            raise UserError(f'{path}: {why}; --init_from needs networks whose weights fit ({name}: {mismatch})')
+    trainer.G.load_state_dict(state['G'])
+    trainer.D.load_state_dict(state['D'])

@@ -98,9 +98,7 @@ def open_run_dir(run_dir, opt, trainer, command, held):
     try:
         remove_stale_temp_files(run_dir)  # checkpoint writes cut short by a kill
         write_json_atomic(config_path, vars(opt))
-        log_path = os.path.join(run_dir, 'run_log.jsonl')
-        earlier = open(log_path).read() if os.path.exists(log_path) else ''
-        write_text_atomic(log_path, earlier + json.dumps(entry) + '\n')
+        append_line(os.path.join(run_dir, 'run_log.jsonl'), json.dumps(entry))
     except OSError as err:
         raise UserError(f'{run_dir}: cannot write the run folder ({err.strerror or err})') from None
     if changed:
@@ -116,6 +114,21 @@ def open_run_dir(run_dir, opt, trainer, command, held):
     return writer
 
 
+def append_line(path, line):
+    """Append by rewriting the whole file atomically: a kill mid-write leaves the earlier lines as they were."""
+    earlier = ''
+    if os.path.exists(path):
+        with open(path) as f:
+            earlier = f.read()
+    write_text_atomic(path, earlier + line + '\n')
+
+
+def transform_settings(dataroot):
+    """transform_dataset.py's options for this data, readable (config.json holds only a digest of them)."""
+    path = os.path.join(dataroot, 'transform.json')
+    return read_json(path, 'transform config') if os.path.exists(path) else None
+
+
 def run_log_entry(opt, trainer, command, changed):
     """What a researcher needs to tell this start of the run from others: when, how it was started, where it picks
     up, what the resume changed, and the software and hardware it ran on (config.json keeps only the options)."""
@@ -126,8 +139,7 @@ def run_log_entry(opt, trainer, command, changed):
             'device': f'cuda ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else device.type,
             'processes': trainer.world_size, 'bf16_autocast': trainer.amp,
             'python': platform.python_version(), 'torch': torch.__version__, 'git_commit': git_commit(),
-            'transform': read_json(os.path.join(opt.dataroot, 'transform.json'), 'transform config')
-            if os.path.exists(os.path.join(opt.dataroot, 'transform.json')) else None}
+            'transform': transform_settings(opt.dataroot)}
 
 
 def log_epoch(writer, trainer, lr, metrics, seconds, images_per_s, data_share):
@@ -273,7 +285,7 @@ class RunningLosses:
                     if name != 'G_VGG' or 'vgg' in trainer.opt.content_loss}  # no flat line of zeros
             for name, value in used.items():
                 writer.add_scalar(f'loss/{name}', value, trainer.iteration)
-            if bar:
+            if bar is not None:
                 bar.set_postfix({name: f'{value:.3f}' for name, value in used.items()})
         self.sums.zero_()
         self.count = 0
@@ -393,7 +405,7 @@ def note_a_rising_linear_rate(trainer, saved):
     into its decay can go back up (2+2 epochs extended to 4+2: 6.7e-5 at epoch 4, then 1.3e-4)."""
     opt, epoch = trainer.opt, trainer.epoch
     last_trained = epoch if trainer.next_batch else epoch - 1  # mid-epoch, the epoch goes on at the new rate
-    if opt.lr_policy != 'linear' or last_trained < 0:
+    if opt.lr_policy != 'linear' or last_trained < 0 or epoch >= total_epochs(vars(opt)):
         return
     last, next_ = opt.lr * linear_factor(saved, last_trained), opt.lr * linear_factor(vars(opt), epoch)
     if next_ > last:
@@ -416,8 +428,9 @@ def train(opt, stop, held, command=()):
     if opt.resume:
         resume_from(trainer, os.path.join(run_dir, 'latest.pt'))
         if trainer.epoch >= last_epoch:  # before the run folder is touched: nothing in it changes
+            message = nothing_to_train(trainer.epoch, total, last_epoch, run_dir)  # or an error, on every rank
             if rank == 0:
-                print(nothing_to_train(trainer.epoch, total, last_epoch, run_dir))
+                print(message)
             return 0
     else:
         if opt.init_from:

@@ -181,12 +181,19 @@ def check_checkpoint_is_this_runs(state, opt, path):
     saved = state.get('config')
     if not isinstance(saved, dict):
         raise UserError(f'{path}: holds no run config; not a checkpoint train.py wrote')
-    differ = [key for key in FIXED_ON_RESUME if key in saved and saved[key] != getattr(opt, key)]
-    if differ:
-        theirs = ', '.join(f'--{key} {saved[key]}' for key in differ)
-        ours = ', '.join(f'--{key} {getattr(opt, key)}' for key in differ)
+    theirs, ours = differing_options(saved, opt, FIXED_ON_RESUME)
+    if theirs:
         raise UserError(f'{path}: saved with {theirs}, but config.json beside it says {ours}: one of them comes from '
                         f'another run or was edited')
+
+
+def differing_options(saved, opt, keys):
+    """('--a 1, --b 2', '--a 3, --b 4'): the keys whose value in a saved run config differs from opt's, as each
+    side has them ('' when none does). A key the run predates took its default then."""
+    defaults = build_parser()
+    differ = [key for key in keys if saved.get(key, defaults.get_default(key)) != getattr(opt, key)]
+    return (', '.join(f'--{key} {saved.get(key, defaults.get_default(key))}' for key in differ),
+            ', '.join(f'--{key} {getattr(opt, key)}' for key in differ))
 
 
 def check_mid_epoch_resume(state, opt, run_dir):

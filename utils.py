@@ -61,6 +61,8 @@ def stop_signals_noted():
 
 
 def raise_noted_stop(asked):
+    if signal.SIGTERM in asked and signal.getsignal(signal.SIGTERM) is raise_terminated:
+        raise_terminated(signal.SIGTERM, None)  # under run_cli: a repeat is ignored while the script cleans up
     if asked:
         raise Terminated if signal.SIGTERM in asked else KeyboardInterrupt
 
@@ -378,6 +380,19 @@ def save_checkpoint(path, state):
         reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
         raise UserError(f'{path}: could not save checkpoint ({reason}; {free_space(path)}); '
                         f'the previous version of this file is intact') from None
+
+
+def state_dict_mismatch(expected, weights):
+    """Why `weights` cannot load into a module whose state_dict is `expected` (missing, unexpected or reshaped
+    tensors, with an example), or None. load_state_dict's own error is a screenful of parameter names."""
+    missing, unexpected = expected.keys() - weights.keys(), weights.keys() - expected.keys()
+    reshaped = [key for key in expected.keys() & weights.keys()
+                if tuple(getattr(weights[key], 'shape', ())) != tuple(expected[key].shape)]
+    if not (missing or unexpected or reshaped):
+        return None
+    example = sorted(missing or unexpected or reshaped)[0]
+    return (f'{len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} reshaped tensors, '
+            f'e.g. {example}')
 
 
 def free_space(path):

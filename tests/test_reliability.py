@@ -291,6 +291,7 @@ def test_transform_stopped_while_its_workers_start_is_one_line(tmp_path, signum,
     """Raised inside the pool's start-up, a SIGTERM gave 'cannot join thread before it is started' tracebacks and
     exit 1 (9 times in 30); one to the group killed a half-started worker, and the pool waited for it forever."""
     make_synthetic_inria(str(tmp_path / 'inria'), n_tiles=10, size=2000, seed=3, progress=False)
+    stopped = 0
     for attempt in range(4):
         out = tmp_path / f'out{attempt}'
         proc = start(TRANSFORM + ['--dataroot', str(tmp_path / 'inria'), '--out', str(out), '--split', '5',
@@ -304,8 +305,10 @@ def test_transform_stopped_while_its_workers_start_is_one_line(tmp_path, signum,
             pytest.fail('transform_dataset.py hung')
         if proc.returncode == 0:
             continue  # finished before the signal came: nothing to see this time
+        stopped += 1
         assert proc.returncode == 128 + signum and 'Traceback' not in stderr, stderr
         assert 'what was finished is kept' in stderr.splitlines()[-1]
+    assert stopped  # 10 sources of 25 tiles take seconds: the signal comes while the workers start
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')

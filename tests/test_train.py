@@ -684,7 +684,9 @@ def test_init_from_starts_a_new_run_from_another_runs_weights(transformed_root, 
 
 
 @pytest.mark.parametrize('extra, problem', [
-    (('--ngf', '16'), 'trained with --ngf 8, not --ngf 16; --init_from needs the same networks'),
+    (('--ngf', '16'), 'trained with --ngf 8, not --ngf 16; --init_from needs networks whose weights fit (G: '),
+    # a ResNet's dropout layers shift its layer numbers: the file is fine, the option differs
+    (('--no_dropout',), 'trained with --no_dropout False, not --no_dropout True; --init_from needs networks whose'),
     (('--init_from', 'nowhere.pt'), '--init_from checkpoint not found'),
 ])
 def test_init_from_a_checkpoint_of_other_networks_is_one_line(transformed_root, tmp_path, capsys, extra, problem):

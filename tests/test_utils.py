@@ -333,7 +333,8 @@ def test_stop_request_gives_back_the_previous_handlers():
 
 def test_sigterm_outside_training_is_one_line_and_exit_143_and_the_handler_comes_back(capsys):
     """A SIGTERM killed any script but a training loop at once: no message, and no clean-up (test.py's staged
-    results note, transform_dataset.py stopping its workers) ran."""
+    results note, transform_dataset.py stopping its workers) ran. A repeat (a scheduler's second notice) must not
+    cut that clean-up short."""
     before = signal.getsignal(signal.SIGTERM)
     cleaned_up = []
 
@@ -342,6 +343,8 @@ def test_sigterm_outside_training_is_one_line_and_exit_143_and_the_handler_comes
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises as soon as the signal is delivered
         except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # a second raise would land here
             cleaned_up.append(True)
             raise
     with pytest.raises(SystemExit) as exit_info:
@@ -349,6 +352,27 @@ def test_sigterm_outside_training_is_one_line_and_exit_143_and_the_handler_comes
     assert exit_info.value.code == 143 and cleaned_up
     assert capsys.readouterr().err.splitlines() == ['terminated (SIGTERM): what was finished is kept']
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_noted_sigterm_raised_later_ignores_a_repeat_too(capsys):
+    """stop_signals_noted + raise_noted_stop (transform's pool, test.py's renames) raised Terminated with run_cli's
+    handler back in place: a second SIGTERM then cut the clean-up short."""
+    cleaned_up = []
+
+    def work():
+        with utils.stop_signals_noted() as asked:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)  # noted here, not raised
+        try:
+            utils.raise_noted_stop(asked)
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+            cleaned_up.append(True)
+            raise
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(work)
+    assert exit_info.value.code == 143 and cleaned_up
 
 
 def test_a_stop_during_a_checkpoint_write_is_a_stop_not_a_disk_error(tmp_path, monkeypatch):
