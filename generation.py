@@ -185,7 +185,8 @@ def generate_sliding(G, mask, window, overlap, batch_size, device, output_nc=3, 
             out[lo - top:hi - top] = to_uint8_hwc(block)
 
     positions = [(y, x) for y in ys for x in xs]
-    bar = tqdm(total=len(positions), desc='windows', unit='window', leave=False, disable=not progress or len(positions) < 64)
+    bar = tqdm(total=len(positions), desc='windows', unit='window', leave=False,
+               disable=not progress or len(positions) < 64)
     for start in range(0, len(positions), batch_size):
         chunk = positions[start:start + batch_size]
         fake = run_generator(G, np.stack([padded[y:y + window, x:x + window] for y, x in chunk]), device)

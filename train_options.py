@@ -16,7 +16,7 @@ from utils import ArgumentParser, UserError, check_counts, check_positive, count
 # Options that define the networks or the shape of the data they take: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
                         'output_nc', 'gan_mode', 'crop_size', 'init_type', 'init_gain', 'content_loss')
-# The options that shape G's and D's weights: --init_from needs a checkpoint with the same ones.
+# The options that shape G's and D's weights: named when the weights of an --init_from checkpoint do not fit.
 WEIGHT_SHAPE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'upsample', 'input_nc', 'output_nc')
 # Options that define the optimiser and lr-schedule state a checkpoint restores (Adam's lr and betas, the
 # scheduler's base rate, step size and policy): new values given with --resume would be overridden by that state.
@@ -99,7 +99,7 @@ def build_parser(description=None):
     a('--resume', action='store_true', help='continue from <runs_dir>/<name>/latest.pt with the saved options')
     a('--init_from', default=None, metavar='CHECKPOINT',
       help='start a new run from the G and D weights of another run\'s checkpoint (fine-tuning, e.g. on a new city), '
-           'with fresh optimisers, lr schedule and epoch count; the networks must be the same')
+           'with fresh optimisers, lr schedule and epoch count; its weights must fit the networks of this run')
     a('--stop_epoch', type=int, default=None,
       help='stop after this epoch (the lr schedule still plans all epochs); resume later with --resume')
     return p

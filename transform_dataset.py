@@ -449,9 +449,9 @@ def blocked_in_new_workers():
 
 def leave_stopping_to_the_parent():
     """Worker set-up. Ctrl-C or a SIGTERM to the process group stops the parent, which lets the running sources
-    finish (their records are written) and drops the queued ones; a worker dying of the signal instead would read
-    as a crash. A parent gone without that (kill -9) left its workers waiting forever for work, outside the
-    folder lock: they now exit with it."""
+    (and the few already handed to the workers) finish, their records written, and drops the rest; a worker dying
+    of the signal instead would read as a crash. A parent gone without that (kill -9) left its workers waiting
+    forever for work, outside the folder lock: they now exit with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     parent = multiprocessing.parent_process()

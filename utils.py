@@ -61,10 +61,13 @@ def stop_signals_noted():
 
 
 def raise_noted_stop(asked):
-    if signal.SIGTERM in asked and signal.getsignal(signal.SIGTERM) is raise_terminated:
-        raise_terminated(signal.SIGTERM, None)  # under run_cli: a repeat is ignored while the script cleans up
+    """Raise the stop that stop_signals_noted noted, as the handlers would have raised it."""
+    if signal.SIGTERM in asked:
+        if signal.getsignal(signal.SIGTERM) is raise_terminated:  # under run_cli: a repeat is ignored from now on
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
     if asked:
-        raise Terminated if signal.SIGTERM in asked else KeyboardInterrupt
+        raise KeyboardInterrupt
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
