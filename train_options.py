@@ -134,8 +134,7 @@ def resolve_options(parser, argv):
         return opt
     saved = read_json(os.path.join(run_dir, 'config.json'), 'run config (nothing to --resume)')
     check_saved_config(parser, saved, os.path.join(run_dir, 'config.json'))
-    # an option newer than the run (or deleted from its config): its default is what ran
-    saved = {**{action.dest: action.default for action in parser._actions if action.dest != 'help'}, **saved}
+    saved = with_defaults(parser, saved)
     if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
         raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from')
     resumed = dict(saved)
@@ -187,12 +186,17 @@ def check_checkpoint_is_this_runs(state, opt, path):
                         f'another run or was edited')
 
 
+def with_defaults(parser, saved):
+    """A saved run config with every option: one newer than the run (or deleted from its config) took its default."""
+    return {**{action.dest: action.default for action in parser._actions if action.dest != 'help'}, **saved}
+
+
 def differing_options(saved, opt, keys):
     """('--a 1, --b 2', '--a 3, --b 4'): the keys whose value in a saved run config differs from opt's, as each
-    side has them ('' when none does). A key the run predates took its default then."""
-    defaults = build_parser()
-    differ = [key for key in keys if saved.get(key, defaults.get_default(key)) != getattr(opt, key)]
-    return (', '.join(f'--{key} {saved.get(key, defaults.get_default(key))}' for key in differ),
+    side has them ('' when none does)."""
+    saved = with_defaults(build_parser(), saved)
+    differ = [key for key in keys if saved[key] != getattr(opt, key)]
+    return (', '.join(f'--{key} {saved[key]}' for key in differ),
             ', '.join(f'--{key} {getattr(opt, key)}' for key in differ))
 
 
