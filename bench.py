@@ -7,8 +7,9 @@
 
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
 (pix2pix_model.Trainer, the one train.py runs, so the numbers are the real loop's): fused Adam, bf16 autocast,
-torch.compile, channels_last. Data time is the share of the step spent making the augmented batch (the uint8 split
-lives on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak
+torch.compile, channels_last. Steps run back to back as in train.py: the host never waits for the GPU between them.
+Data share = the time making the same augmented batches takes alone, as a share of the step's (the uint8 split lives
+on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak
 (--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
 """
 import os
@@ -18,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import generation
 import pix2pix_model
@@ -50,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument('--data_in_ram', action='store_true',
                    help='leave the uint8 split in RAM (batches copied through pinned memory), as train.py does '
                         'when it does not fit on the GPU')
+    p.add_argument('--profile', action='store_true',
+                   help="after the table, each row's torch.profiler table: what takes the device's (or CPU's) time")
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
@@ -101,7 +105,7 @@ def flops_per_image(trainer, masks, images, plan, crop):
     return counter.get_total_flops()
 
 
-def bench_train_row(device, overrides, batch, iters, warmup, data):
+def bench_train_row(device, overrides, batch, iters, warmup, data, with_profile=False):
     masks, images = data
     # A fresh compile cache per row: a shared one would turn the batch dimension dynamic from the second batch size
     # on, which is not the static-shape graph train.py compiles.
@@ -110,26 +114,50 @@ def bench_train_row(device, overrides, batch, iters, warmup, data):
     plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0).to(device)
     n_batches = len(masks) // batch
     layout = pix2pix_model.memory_format(trainer.opt)
-    data_seconds = step_seconds = 0.0
-    for i in range(warmup + iters):
-        if i == warmup and device.type == 'cuda':  # the steady step's memory, not cuDNN's autotuning or compilation
-            sync(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        t0 = time.perf_counter()
+
+    def make_batch(i):
         mask, real = batch_on_device(masks, images, plan, i % n_batches, batch, 256)
-        mask, real = mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
-        sync(device)  # only the benchmark syncs here, to split data time from step time
-        t1 = time.perf_counter()
-        trainer.train_step(mask, real)
-        sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            data_seconds += t1 - t0
-            step_seconds += t2 - t1
-    total = data_seconds + step_seconds
-    return {'ms_per_iter': 1000 * total / iters, 'images_per_s': batch * iters / total,
-            'data_share': data_seconds / total, 'peak_mb': peak_memory_mb(device)}
+        return mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
+
+    def train_steps(n):
+        for i in range(n):
+            trainer.train_step(*make_batch(i))
+
+    def make_batches(n):
+        for i in range(n):
+            make_batch(i)
+
+    seconds_of(train_steps, warmup, device)  # cuDNN's autotuning and compilation
+    if device.type == 'cuda':  # the steady step's memory
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = seconds_of(train_steps, iters, device)
+    row = {'ms_per_iter': 1000 * seconds / iters, 'images_per_s': batch * iters / seconds,
+           'peak_mb': peak_memory_mb(device)}
+    row['data_share'] = seconds_of(make_batches, iters, device) / seconds
+    if with_profile:
+        row['profile'] = profile_table(train_steps, min(iters, 5), device)
+    return row
+
+
+def seconds_of(run, n, device):
+    """Wall time of run(n), n steps back to back as train.py runs them: the host queues work while the GPU
+    computes, and waits for it only at the end."""
+    sync(device)
+    t0 = time.perf_counter()
+    run(n)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def profile_table(train_steps, n, device):
+    """torch.profiler's table of n steps: the ops and kernels that take the most device (or CPU) time first."""
+    gpu = device.type == 'cuda'
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=activities) as prof:
+        seconds = seconds_of(train_steps, n, device)
+    sort = 'self_device_time_total' if gpu else 'self_cpu_time_total'
+    return (f"{n} step{'s' * (n != 1)}, {1000 * seconds / n:.1f} ms per step under the profiler\n"
+            + prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70))
 
 
 def bench_train(opt, device):
@@ -158,6 +186,7 @@ def bench_train(opt, device):
     print()
     print('| batch | configuration | ms/iter | images/s | speed-up | data share | peak MB | TFLOP/s | MFU |')
     print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
+    profiles = []
     for batch in batches:
         overrides, baseline = {}, None
         for position, (label, change) in enumerate(STEPS, 1):
@@ -166,13 +195,16 @@ def bench_train(opt, device):
                 continue
             if overrides.get('amp') == 'on' and not gpu and not torch.backends.mkldnn.is_available():
                 continue
-            row = bench_train_row(device, overrides, batch, iters, warmup, (masks, images))
+            row = bench_train_row(device, overrides, batch, iters, warmup, (masks, images), opt.profile)
             baseline = row['images_per_s'] if position == 1 else baseline
             speedup = f"{row['images_per_s'] / baseline:.2f}×" if baseline else 'n/a'  # only against the plain row
             tflops = flops * row['images_per_s'] / 1e12
             mfu = f'{100 * tflops / peak:.1f} %' if peak else 'n/a'
             print(f"| {batch} | {label} | {row['ms_per_iter']:.1f} | {row['images_per_s']:.2f} | {speedup} | "
                   f"{100 * row['data_share']:.1f} % | {row['peak_mb']:.0f} | {tflops:.3f} | {mfu} |", flush=True)
+            if opt.profile:  # after the table, which it would break
+                profiles.append(f"\n### Profile, batch {batch}, {label}: {row['profile']}")
+    print(*profiles, sep='\n')
 
 
 def bench_generate(opt, device):

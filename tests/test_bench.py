@@ -27,6 +27,17 @@ def test_without_the_plain_row_there_is_no_speed_up_to_show(capsys):
     assert [(row[1], row[4]) for row in rows] == [(bench.STEPS[1][0], 'n/a')]
 
 
+def test_profiles_follow_the_table_without_breaking_it(capsys):
+    bench.main(QUICK + ['--rows', '1', '2', '--profile'])
+    out = capsys.readouterr().out
+    table = out[:out.index('### Profile')]
+    assert [row[1] for row in table_rows(table)] == [bench.STEPS[0][0], bench.STEPS[1][0]]
+    profiles = out[out.index('### Profile'):]
+    for label, _ in bench.STEPS[:2]:
+        assert f'### Profile, batch 1, {label}: 1 step, ' in profiles
+    assert profiles.count('Self CPU time total') == 2
+
+
 def test_an_overlap_outside_0_1_is_refused():
     with pytest.raises(UserError, match=re.escape('--gen_overlap -0.5: must be a fraction in [0, 1)')):
         bench.main(['--only', 'generate', '--gen_overlap', '-0.5'])

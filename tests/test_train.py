@@ -717,7 +717,29 @@ def test_d_gets_its_input_in_the_chosen_layout(transformed_root, tmp_path, layou
     fmt = pix2pix_model.memory_format(trainer.opt)
     trainer.train_step(torch.zeros(2, 1, 64, 64).contiguous(memory_format=fmt),
                        torch.zeros(2, 3, 64, 64).contiguous(memory_format=fmt))
-    assert len(seen) == 3 and all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
+    # the D step judges fake and real in one call of 2 × 2 samples (instance norm), the G step the fake again
+    assert [len(x) for x in seen] == [4, 2]
+    assert all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
+
+
+@pytest.mark.parametrize('norm, calls', [('instance', 1), ('none', 1), ('batch', 2)])
+def test_one_d_call_on_fake_and_real_judges_as_two_calls_do(transformed_root, tmp_path, norm, calls):
+    """One D call on both halves is a speed-up only where it computes what the official repo's two calls do:
+    per-sample (or no) normalisation. Batch norm's statistics would mix the halves, so it keeps two calls."""
+    trainer = tiny_trainer(transformed_root, tmp_path, '--norm', norm)
+    torch.manual_seed(0)
+    mask, fake, real = torch.randn(3, 1, 64, 64).sign(), torch.randn(3, 3, 64, 64), torch.randn(3, 3, 64, 64)
+    seen = []
+    trainer.D.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    judged = trainer.judge_fake_and_real(mask, fake, real)
+    assert seen == ([6] if calls == 1 else [3, 3])
+    with torch.no_grad():
+        joint = trainer.D(trainer.pair(torch.cat((mask, mask)), torch.cat((fake, real)))).chunk(2)
+    separate = [trainer.D(trainer.pair(mask, image)) for image in (fake, real)]  # (batch norm's statistics move)
+    for mine, theirs in zip(judged, separate):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    if norm == 'batch':  # the joint call is not the same here: the test can tell the two apart
+        assert not torch.allclose(joint[0], separate[0], atol=1e-3)
 
 
 @pytest.mark.parametrize('batch_size', [8, 2])  # 5 val samples: one short batch, or a short last batch
