@@ -53,7 +53,8 @@ def parse_args(argv=None):
                    help='leave the uint8 split in RAM (batches copied through pinned memory), as train.py does '
                         'when it does not fit on the GPU')
     p.add_argument('--profile', action='store_true',
-                   help="after the table, each row's torch.profiler table: what takes the device's (or CPU's) time")
+                   help="after the table, each row's torch.profiler table (what takes the device's or CPU's time) "
+                        'and its copies by what made them')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
@@ -113,11 +114,10 @@ def bench_train_row(device, overrides, batch, iters, warmup, data, with_profile=
     trainer = make_trainer(device, overrides)
     plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0).to(device)
     n_batches = len(masks) // batch
-    layout = pix2pix_model.memory_format(trainer.opt)
 
     def make_batch(i):
         mask, real = batch_on_device(masks, images, plan, i % n_batches, batch, 256)
-        return mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
+        return pix2pix_model.in_layout(mask, trainer.opt), pix2pix_model.in_layout(real, trainer.opt)
 
     def train_steps(n):
         for i in range(n):
@@ -150,14 +150,66 @@ def seconds_of(run, n, device):
 
 
 def profile_table(train_steps, n, device):
-    """torch.profiler's table of n steps: the ops and kernels that take the most device (or CPU) time first."""
+    """torch.profiler's table of n steps, the ops and kernels that take the most device (or CPU) time first, then the
+    copies by where they come from."""
     gpu = device.type == 'cuda'
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         seconds = seconds_of(train_steps, n, device)
     sort = 'self_device_time_total' if gpu else 'self_cpu_time_total'
     return (f"{n} step{'s' * (n != 1)}, {1000 * seconds / n:.1f} ms per step under the profiler\n"
-            + prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70))
+            + prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70)
+            + copies_table(prof.events(), n, gpu))
+
+
+# What copy_ runs inside: the op that asked for the copy is the first ancestor that is none of these.
+COPY_WRAPPERS = {'aten::copy_', 'aten::_to_copy', 'aten::to', 'aten::clone', 'aten::contiguous'}
+SHORT_DTYPES = {'c10::BFloat16': 'bf16', 'float': 'fp32', 'c10::Half': 'fp16', 'double': 'fp64'}
+
+
+def copies_table(events, n, gpu, rows=15):
+    """aten::copy_ per step, grouped by the op that asked for it, the shape and the dtype and layout it converts:
+    the op table counts copies; this says where they come from (layouts need a torch that records strides)."""
+    groups = {}
+    for event in events:
+        if event.name != 'aten::copy_' or len(event.input_shapes or ()) < 2:
+            continue
+        dtypes = getattr(event, 'input_dtypes', None) or ['?', '?']
+        strides = getattr(event, 'structured_input_strides', None) or [None, None]
+        to, source = ((SHORT_DTYPES.get(dtypes[i], dtypes[i]), layout_of(event.input_shapes[i], strides[i]))
+                      for i in (0, 1))
+        key = (copy_maker(event), '×'.join(map(str, event.input_shapes[0])), f'{" ".join(to)} ← {" ".join(source)}')
+        calls, microseconds = groups.get(key, (0, 0.0))
+        groups[key] = calls + 1, microseconds + (event.device_time_total if gpu else event.cpu_time_total)
+    lines = [f"\nCopies (aten::copy_) per step by what made them, {'device' if gpu else 'CPU'} time, most first:",
+             '| calls | ms | made by | shape | to ← from |', '| ---: | ---: | --- | --- | --- |']
+    for (maker, shape, conversion), (calls, microseconds) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:rows]:
+        lines.append(f'| {calls / n:g} | {microseconds / 1000 / n:.3f} | {maker} | {shape} | {conversion} |')
+    if len(groups) > rows:
+        lines.append(f'({len(groups) - rows} smaller groups left out)')
+    return '\n'.join(lines)
+
+
+def copy_maker(event):
+    """The nearest ancestor op that is not a copy wrapper, with its parent: 'aten::cat < CompiledFunction'."""
+    names, parent = [], event.cpu_parent
+    while parent is not None and len(names) < 2:
+        if parent.name not in COPY_WRAPPERS:
+            names.append(parent.name.replace('autograd::engine::evaluate_function: ', 'backward: ')[:60])
+        parent = parent.cpu_parent
+    return ' < '.join(names) or 'Python code (no op above it)'
+
+
+def layout_of(shape, strides):
+    """'NCHW', 'NHWC' or 'strided' for a 4-D tensor ('' for other ranks or unknown strides); the strides of size-1
+    axes do not count."""
+    if len(shape) != 4 or not strides or len(strides) != 4:
+        return ''
+    _, c, h, w = shape
+    for name, expected in (('NCHW', (c * h * w, h * w, w, 1)), ('NHWC', (h * w * c, 1, w * c, c))):
+        if all(size == 1 or stride == want for size, stride, want in zip(shape, strides, expected)):
+            return name
+    return 'strided'
 
 
 def bench_train(opt, device):

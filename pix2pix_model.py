@@ -19,6 +19,17 @@ def memory_format(opt):
     return torch.channels_last if opt.channels_last else torch.contiguous_format
 
 
+def in_layout(batch, opt):
+    """A batch laid out as the models are. A 1-channel batch is contiguous in either layout, but torch.cat reads its
+    default (NCHW) strides as NCHW and returns the (mask, image) pair in NCHW, which D's input must then copy into
+    channels_last. The same memory with NHWC strides lets torch.cat write D's input in channels_last directly."""
+    batch = batch.contiguous(memory_format=memory_format(opt))
+    if opt.channels_last and batch.shape[1] == 1:
+        _, _, height, width = batch.shape
+        batch = batch.as_strided(batch.shape, (height * width, 1, width, 1))  # a view: the strides of C are free
+    return batch
+
+
 def build_models(opt, device, world_size):
     torch.manual_seed(opt.seed)  # identical initial weights on every rank and every run
     G = networks.define_G_from_config(vars(opt))
@@ -166,8 +177,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def pair(self, mask, image):
-        """D's input. A 1-channel mask counts as laid out either way, and torch.cat then returns NCHW: with
-        --channels_last every D call would convert its input."""
+        """D's input in the models' layout: already so from torch.cat where mask and image come from in_layout."""
         return torch.cat((mask, image), 1).contiguous(memory_format=memory_format(self.opt))
 
     def judge_fake_and_real(self, mask, fake, real):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
 from metrics import image_metrics
-from pix2pix_model import (LOSS_NAMES, Trainer, init_from_checkpoint, linear_factor, memory_format,
+from pix2pix_model import (LOSS_NAMES, Trainer, in_layout, init_from_checkpoint, linear_factor,
                            seed_dropout_noise)
 from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, check_checkpoint_is_this_runs, check_mid_epoch_resume,
                            check_options_fit, check_same_data, data_identity, parse_options, total_epochs)
@@ -303,7 +303,6 @@ def train_epoch(trainer, split, losses, writer, stop):
     masks, images = split
     plan = EpochPlan(len(masks), masks.shape[-1], opt.crop_size, opt.seed, trainer.epoch, not opt.no_flip,
                      opt.rotate).to(device)
-    layout = memory_format(opt)
     trained, data_seconds = 0, 0.0
     bar = tqdm(range(trainer.next_batch, len(masks) // opt.batch_size), leave=False, disable=trainer.rank != 0,
                desc=f'epoch {trainer.epoch + 1}/{total_epochs(vars(opt))}')
@@ -311,7 +310,7 @@ def train_epoch(trainer, split, losses, writer, stop):
         data_start = time.perf_counter()
         mask, real = batch_on_device(masks, images, plan, batch, opt.batch_size, opt.crop_size, trainer.rank,
                                      world_size)
-        mask, real = mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout)
+        mask, real = in_layout(mask, opt), in_layout(real, opt)
         data_seconds += time.perf_counter() - data_start
         losses.add(trainer.train_step(mask, real))
         trainer.iteration += 1

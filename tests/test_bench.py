@@ -2,6 +2,8 @@
 import re
 
 import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
 import bench
 from utils import UserError
@@ -12,6 +14,11 @@ QUICK = ['--only', 'train', '--device', 'cpu', '--batches', '1', '--iters', '1',
 def table_rows(text):
     return [[cell.strip() for cell in line.strip('|').split('|')] for line in text.splitlines()
             if line.startswith('| 1 |')]
+
+
+def rows_below_header(table):
+    return [[cell.strip() for cell in line.strip('|').split('|')] for line in table.splitlines()
+            if line.startswith('|')][2:]
 
 
 def test_chosen_rows_keep_the_changes_above_them_and_compare_with_the_plain_row(capsys):
@@ -36,6 +43,33 @@ def test_profiles_follow_the_table_without_breaking_it(capsys):
     for label, _ in bench.STEPS[:2]:
         assert f'### Profile, batch 1, {label}: 1 step, ' in profiles
     assert profiles.count('Self CPU time total') == 2
+    assert profiles.count('Copies (aten::copy_) per step by what made them, CPU time') == 2
+
+
+def test_the_copies_table_says_per_step_what_made_each_copy_and_what_it_converts():
+    x = torch.randn(2, 3, 8, 8)
+
+    def steps(n):
+        for _ in range(n):
+            with record_function('cast twice'):
+                x.to(torch.bfloat16), x.to(torch.bfloat16)
+            with record_function('relayout'):
+                x.contiguous(memory_format=torch.channels_last)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        steps(3)
+    rows = {row[2]: row for row in rows_below_header(bench.copies_table(prof.events(), 3, gpu=False))}
+    assert rows['cast twice'][0] == '2' and rows['cast twice'][3:] == ['2×3×8×8', 'bf16 NCHW ← fp32 NCHW']
+    assert rows['relayout'][0] == '1' and rows['relayout'][3:] == ['2×3×8×8', 'fp32 NHWC ← fp32 NCHW']
+
+
+@pytest.mark.parametrize('shape, strides, layout', [
+    ((2, 3, 4, 5), (60, 20, 5, 1), 'NCHW'), ((2, 3, 4, 5), (60, 1, 15, 3), 'NHWC'),
+    ((2, 3, 4, 5), (60, 20, 1, 4), 'strided'),  # H and W swapped
+    ((2, 1, 4, 5), (20, 1, 5, 1), 'NCHW'),  # one channel: both at once, NCHW first
+    ((2, 1, 4, 5), (20, 7, 5, 1), 'NCHW'),  # the stride of a size-1 axis does not count
+    ((2, 3), (3, 1), ''), ((2, 3, 4, 5), None, '')])
+def test_layouts_are_named_from_strides(shape, strides, layout):
+    assert bench.layout_of(shape, strides) == layout
 
 
 def test_an_overlap_outside_0_1_is_refused():

@@ -74,11 +74,10 @@ def test_training_steps_never_wait_for_the_gpu(transformed_root, tmp_path, data_
         masks, images = masks.to(device), images.to(device)
     plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=0, epoch=0, rotate=True).to(device)
     running = torch.zeros(len(pix2pix_model.LOSS_NAMES), device=device)
-    layout = pix2pix_model.memory_format(opt)
 
     def step(index):
         mask, real = batch_on_device(masks, images, plan, index % (len(masks) // 2), 2, 64)
-        return trainer.train_step(mask.contiguous(memory_format=layout), real.contiguous(memory_format=layout))
+        return trainer.train_step(pix2pix_model.in_layout(mask, opt), pix2pix_model.in_layout(real, opt))
     for index in range(3):  # compilation and cuDNN's autotuning may sync: not the steady loop
         running += step(index)
     torch.cuda.synchronize()

@@ -715,11 +715,27 @@ def test_d_gets_its_input_in_the_chosen_layout(transformed_root, tmp_path, layou
     seen = []
     trainer.D.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     fmt = pix2pix_model.memory_format(trainer.opt)
-    trainer.train_step(torch.zeros(2, 1, 64, 64).contiguous(memory_format=fmt),
-                       torch.zeros(2, 3, 64, 64).contiguous(memory_format=fmt))
+    trainer.train_step(pix2pix_model.in_layout(torch.zeros(2, 1, 64, 64), trainer.opt),
+                       pix2pix_model.in_layout(torch.zeros(2, 3, 64, 64), trainer.opt))
     # the D step judges fake and real in one call of 2 × 2 samples (instance norm), the G step the fake again
     assert [len(x) for x in seen] == [4, 2]
     assert all(x.shape[1] == 4 and x.is_contiguous(memory_format=fmt) for x in seen)
+
+
+@pytest.mark.parametrize('layout', ['--channels_last', None])
+def test_batches_in_layout_let_torch_cat_make_ds_input_in_that_layout_without_a_copy(transformed_root, tmp_path,
+                                                                                      layout):
+    """D's input is torch.cat((mask, image), 1): made in the models' layout, it needs no conversion afterwards (with
+    a 1-channel mask's default strides torch.cat returned NCHW, and every D call copied it into channels_last)."""
+    opt = tiny_trainer(transformed_root, tmp_path, *filter(None, [layout])).opt
+    fmt = pix2pix_model.memory_format(opt)
+    mask, image = torch.randn(2, 1, 8, 8), torch.randn(2, 3, 8, 8)
+    mask_in_layout, image_in_layout = pix2pix_model.in_layout(mask, opt), pix2pix_model.in_layout(image, opt)
+    assert torch.equal(mask_in_layout, mask) and mask_in_layout.data_ptr() == mask.data_ptr()  # a view, same values
+    assert torch.equal(image_in_layout, image)
+    masks, images = torch.cat((mask_in_layout, mask_in_layout)), torch.cat((image_in_layout, image_in_layout))
+    for pair in (torch.cat((mask_in_layout, image_in_layout), 1), torch.cat((masks, images), 1)):  # D's 2 callers
+        assert pair.is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize('norm, calls', [('instance', 1), ('none', 1), ('batch', 2)])
