@@ -174,11 +174,7 @@ def copies_table(events, n, gpu, rows=15):
     for event in events:
         if event.name != 'aten::copy_' or len(event.input_shapes or ()) < 2:
             continue
-        dtypes = getattr(event, 'input_dtypes', None) or ['?', '?']
-        strides = getattr(event, 'structured_input_strides', None) or [None, None]
-        to, source = ((SHORT_DTYPES.get(dtypes[i], dtypes[i]), layout_of(event.input_shapes[i], strides[i]))
-                      for i in (0, 1))
-        key = (copy_maker(event), '×'.join(map(str, event.input_shapes[0])), f'{" ".join(to)} ← {" ".join(source)}')
+        key = (copy_maker(event), '×'.join(map(str, event.input_shapes[0])), copy_conversion(event))
         calls, microseconds = groups.get(key, (0, 0.0))
         groups[key] = calls + 1, microseconds + (event.device_time_total if gpu else event.cpu_time_total)
     lines = [f"\nCopies (aten::copy_) per step by what made them, {'device' if gpu else 'CPU'} time, most first:",
@@ -188,6 +184,17 @@ def copies_table(events, n, gpu, rows=15):
     if len(groups) > rows:
         lines.append(f'({len(groups) - rows} smaller groups left out)')
     return '\n'.join(lines)
+
+
+def copy_conversion(event):
+    """'bf16 NHWC ← fp32 NCHW': the dtype and layout a copy writes and reads."""
+    dtypes = getattr(event, 'input_dtypes', None)
+    strides = getattr(event, 'structured_input_strides', None)
+    if not dtypes or not strides:
+        return 'not recorded by this torch'
+    to, source = (f'{SHORT_DTYPES.get(dtypes[i], dtypes[i])} {layout_of(event.input_shapes[i], strides[i])}'
+                  for i in (0, 1))
+    return f'{to} ← {source}'
 
 
 def copy_maker(event):

@@ -1,5 +1,6 @@
 """bench.py's table (its numbers are reported, never asserted): which rows run and what they are compared with."""
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -60,6 +61,12 @@ def test_the_copies_table_says_per_step_what_made_each_copy_and_what_it_converts
     rows = {row[2]: row for row in rows_below_header(bench.copies_table(prof.events(), 3, gpu=False))}
     assert rows['cast twice'][0] == '2' and rows['cast twice'][3:] == ['2×3×8×8', 'bf16 NCHW ← fp32 NCHW']
     assert rows['relayout'][0] == '1' and rows['relayout'][3:] == ['2×3×8×8', 'fp32 NHWC ← fp32 NCHW']
+
+
+def test_a_torch_that_records_no_dtypes_or_strides_gets_the_copies_table_without_conversions():
+    copy = SimpleNamespace(name='aten::copy_', input_shapes=[[2, 3], [2, 3], []], cpu_parent=None, cpu_time_total=5.0)
+    rows = rows_below_header(bench.copies_table([copy, copy], 2, gpu=False))
+    assert rows == [['1', '0.005', 'Python code (no op above it)', '2×3', 'not recorded by this torch']]
 
 
 @pytest.mark.parametrize('shape, strides, layout', [
