@@ -26,7 +26,7 @@ def in_layout(batch, opt):
     batch = batch.contiguous(memory_format=memory_format(opt))
     if opt.channels_last and batch.shape[1] == 1:
         _, _, height, width = batch.shape
-        batch = batch.as_strided(batch.shape, (height * width, 1, width, 1))  # a view: the strides of C are free
+        batch = batch.as_strided(batch.shape, (height * width, 1, width, 1))  # a view: a size-1 axis's stride is free
     return batch
 
 
