@@ -46,6 +46,21 @@ def _no_norm(num_features):
     return nn.Identity()
 
 
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d that keeps a channels_last input channels_last. torch's kernel normalises a view of the
+    input as one (1, N·C, H, W) batch, so it copies a channels_last input into NCHW and returns NCHW: every next
+    convolution then converts it back, forward and backward (and under torch.compile the traced gradients are NCHW,
+    so each convolution backward copies its incoming gradient). The same statistics computed over (H, W) in fp32
+    keep the input's layout. A contiguous (NCHW) input takes torch's kernel, as the official repo does."""
+
+    def forward(self, x):
+        if x.is_contiguous() or self.affine or self.track_running_stats:
+            return super().forward(x)
+        x32 = x.float()
+        var, mean = torch.var_mean(x32, dim=(2, 3), keepdim=True, correction=0)
+        return ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
 def get_norm_layer(norm):
     """Return a constructor `f(num_features) -> nn.Module` for the chosen normalisation.
 
@@ -56,7 +71,7 @@ def get_norm_layer(norm):
     if norm == 'batch':
         return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
     if norm == 'instance':
-        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+        return functools.partial(InstanceNorm2d, affine=False, track_running_stats=False)
     return _no_norm
 
 
