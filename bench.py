@@ -3,11 +3,12 @@
     python bench.py                                  # everything, on the GPU if there is one
     python bench.py --only train --batches 1 4       # CPU: the batch sizes the CPU target names
     python bench.py --only generate --mask_size 5000
-    python bench.py --only train --batches 64 --rows 1 5   # plain and every optimisation: one compile, not two
+    python bench.py --only train --batches 64 --rows 1 5 6   # plain, every default optimisation, + CUDA graphs
 
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
 (pix2pix_model.Trainer, the one train.py runs, so the numbers are the real loop's): fused Adam, bf16 autocast,
-torch.compile, channels_last. Steps run back to back as in train.py: the host never waits for the GPU between them.
+torch.compile, channels_last, then (GPU only) CUDA graphs for G (--compile_mode reduce-overhead). Steps run back to
+back as in train.py: the host never waits for the GPU between them.
 Data share = the time making the same augmented batches takes alone, as a share of the step's (the uint8 split lives
 on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak
 (--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
@@ -36,7 +37,7 @@ from utils import ArgumentParser, UserError, check_counts, check_positive, run_c
 BF16_PEAK_TFLOPS = (('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H200 NVL', 835.0), ('H100', 989.4), ('H200', 989.4))
 STEPS = (('plain: eager fp32 NCHW, default Adam', {'default_adam': True}), ('+ fused Adam', {'default_adam': False}),
          ('+ bf16 autocast', {'amp': 'on'}), ('+ torch.compile', {'compile': True}),
-         ('+ channels_last', {'channels_last': True}))
+         ('+ channels_last', {'channels_last': True}), ('+ CUDA graphs for G', {'compile_mode': 'reduce-overhead'}))
 
 
 def parse_args(argv=None):
@@ -47,8 +48,8 @@ def parse_args(argv=None):
     p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
     p.add_argument('--warmup', type=int, default=None, help='untimed iterations first, compilation included (default 10 GPU, 3 CPU)')
     p.add_argument('--rows', type=int, nargs='+', default=None, metavar='N',
-                   help=f'which of the {len(STEPS)} cumulative rows to run, 1 = plain (default: all); '
-                        f'"1 {len(STEPS)}" = plain and every optimisation, the two a short GPU lease needs first')
+                   help=f'which of the {len(STEPS)} cumulative rows to run, 1 = plain (default: all; row 6, CUDA '
+                        f'graphs, on CUDA only); "1 5 6" = plain, every default optimisation and CUDA graphs')
     p.add_argument('--data_in_ram', action='store_true',
                    help='leave the uint8 split in RAM (batches copied through pinned memory), as train.py does '
                         'when it does not fit on the GPU')
@@ -62,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument('--gen_overlap', type=float, default=0.5, help='window overlap in sliding generation')
     p.add_argument('--gen_amp', action='store_true', help='bf16 autocast for generation (test.py --amp on)')
     return p.parse_args(argv)
+
+
+def needs_cuda(change):
+    return change.get('compile_mode') == 'reduce-overhead'  # CUDA graphs
 
 
 def card_peak_tflops(name):
@@ -254,6 +259,8 @@ def bench_train(opt, device):
                 continue
             if overrides.get('amp') == 'on' and not gpu and not torch.backends.mkldnn.is_available():
                 continue
+            if needs_cuda(change) and not gpu:
+                continue
             row = bench_train_row(device, overrides, batch, iters, warmup, (masks, images), opt.profile)
             baseline = row['images_per_s'] if position == 1 else baseline
             speedup = f"{row['images_per_s'] / baseline:.2f}×" if baseline else 'n/a'  # only against the plain row
@@ -341,6 +348,9 @@ def main(argv=None):
     if opt.threads is not None:
         torch.set_num_threads(opt.threads)
     device = train.setup_device(opt)
+    cuda_rows = [position for position, (_, change) in enumerate(STEPS, 1) if needs_cuda(change)]
+    if device.type != 'cuda' and set(opt.rows or ()) & set(cuda_rows):
+        raise UserError(f'--rows {cuda_rows[0]} (CUDA graphs) needs a CUDA device')
     if opt.only in (None, 'train'):
         bench_train(opt, device)
     if opt.only in (None, 'generate'):

@@ -43,6 +43,23 @@ def build_models(opt, device, world_size):
     return G.to(device, memory_format=memory_format(opt)), D.to(device, memory_format=memory_format(opt))
 
 
+class PairedD(torch.nn.Module):
+    """D on (mask, image) pairs, with the concatenation inside the call: under torch.compile it fuses with
+    autocast's cast, so D's input is written once, in bf16 and D's layout (torch.cat of a bf16 fake and an fp32 real
+    wrote an fp32 pair, which the first conv then cast again). Given several images (fake and real), it judges all
+    their pairs in one call on the stacked batch and returns one chunk of logits per image."""
+
+    def __init__(self, D, memory_format):
+        super().__init__()
+        self.D, self.memory_format = D, memory_format
+
+    def forward(self, mask, *images):
+        masks = torch.cat((mask,) * len(images)) if len(images) > 1 else mask
+        stacked = torch.cat(images) if len(images) > 1 else images[0]
+        pairs = torch.cat((masks, stacked), 1).contiguous(memory_format=self.memory_format)  # a no-op from in_layout
+        return self.D(pairs).chunk(len(images))
+
+
 def build_scheduler(opt, optimizer):
     if opt.lr_policy == 'linear':
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: linear_factor(vars(opt), epoch))
@@ -112,7 +129,8 @@ class Trainer:
         self.epoch, self.next_batch, self.iteration = 0, 0, 0
         self.history = []  # {'epoch', 'PSNR', 'SSIM', 'L1'} per validation: the best ones are read from it
         self.amp = amp_enabled(opt.amp, device)
-        self.G_run, self.D_run = self.G, self.D  # what the step calls: maybe DDP-wrapped and/or compiled
+        paired_D = PairedD(self.D, memory_format(opt))
+        self.G_run, self.D_run = self.G, paired_D  # what the step calls: maybe DDP-wrapped and/or compiled
         if world_size > 1:
             # A 1-channel input's first conv: its grad is laid out [N, 1, k, k] with strides DDP's bucket does not
             # expect, though the memory order is the same (the odd stride is on a size-1 axis); a harmless copy.
@@ -120,11 +138,15 @@ class Trainer:
                                               r'grad\.sizes\(\) = \[\d+, 1, ', UserWarning)
             ids = [device.index] if device.type == 'cuda' else None
             self.G_run = torch.nn.parallel.DistributedDataParallel(self.G, device_ids=ids)
-            self.D_run = torch.nn.parallel.DistributedDataParallel(self.D, device_ids=ids)
+            self.D_run = torch.nn.parallel.DistributedDataParallel(paired_D, device_ids=ids)
+        # The G step calls D without DDP: it is frozen there, so DDP must not wait for its gradients.
+        self.D_frozen = paired_D
         if opt.compile:
-            self.G_run, self.D_run = torch.compile(self.G_run), torch.compile(self.D_run)
-        # The G step calls the bare D: it is frozen there, so DDP must not wait for its gradients.
-        self.D_frozen = torch.compile(self.D) if opt.compile else self.D
+            # CUDA graphs (--compile_mode reduce-overhead) for G alone. torch's CUDA graph trees take a forward that
+            # follows a backward for the start of a new step, and reuse the memory of the last step's outputs; the D
+            # step's backward comes between G's forward and G's backward, which still needs G's output and activations
+            self.G_run = torch.compile(self.G_run, mode=opt.compile_mode)
+            self.D_run, self.D_frozen = torch.compile(self.D_run), torch.compile(paired_D)
 
     def state(self):
         """What a checkpoint holds. Every rank must call it: it gathers their RNG states."""
@@ -176,17 +198,13 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
-    def pair(self, mask, image):
-        """D's input in the models' layout: already so from torch.cat where mask and image come from in_layout."""
-        return torch.cat((mask, image), 1).contiguous(memory_format=memory_format(self.opt))
-
     def judge_fake_and_real(self, mask, fake, real):
         """D's logits on (mask, fake) and on (mask, real). With per-sample normalisation (instance, none) one call on
         both halves computes what two calls do, with half the kernel launches and twice the rows per convolution;
         batch norm would share its statistics between the halves, so it keeps the official repo's two calls."""
         if self.opt.norm == 'batch':
-            return self.D_run(self.pair(mask, fake)), self.D_run(self.pair(mask, real))
-        return self.D_run(self.pair(torch.cat((mask, mask)), torch.cat((fake, real)))).chunk(2)
+            return self.D_run(mask, fake)[0], self.D_run(mask, real)[0]
+        return self.D_run(mask, fake, real)
 
     def train_step(self, mask, real):
         """One D step on (mask, real) vs (mask, G(mask).detach()), then one G step with D frozen.
@@ -203,7 +221,7 @@ class Trainer:
 
         self.D.requires_grad_(False)
         with self.autocast():
-            loss_G_GAN = self.gan_loss(self.D_frozen(self.pair(mask, fake)), True, for_discriminator=False)
+            loss_G_GAN = self.gan_loss(self.D_frozen(mask, fake)[0], True, for_discriminator=False)
             loss_G_L1 = torch.nn.functional.l1_loss(fake, real) if 'l1' in self.opt.content_loss else fake.new_zeros(())
             loss_G_VGG = self.vgg_loss(fake, real) if self.vgg_loss is not None else fake.new_zeros(())
             loss_G = loss_G_GAN + self.opt.lambda_L1 * loss_G_L1 + self.opt.lambda_VGG * loss_G_VGG

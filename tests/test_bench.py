@@ -96,10 +96,16 @@ def test_bad_options_are_one_line_errors(option, message):
         bench.main(QUICK + option)
 
 
-@pytest.mark.parametrize('rows', [['0'], ['1', '6']])
+@pytest.mark.parametrize('rows', [['0'], ['1', str(len(bench.STEPS) + 1)]])
 def test_rows_outside_the_table_are_refused(rows):
     with pytest.raises(UserError, match=re.escape(f'--rows must be between 1 and {len(bench.STEPS)}')):
         bench.main(QUICK + ['--rows', *rows])
+
+
+def test_the_cuda_graphs_row_asked_for_on_the_cpu_is_refused():
+    row = next(i for i, (label, _) in enumerate(bench.STEPS, 1) if 'CUDA graphs' in label)
+    with pytest.raises(UserError, match=re.escape(f'--rows {row} (CUDA graphs) needs a CUDA device')):
+        bench.main(QUICK + ['--rows', '1', str(row)])
 
 
 @pytest.mark.parametrize('name, peak', [('NVIDIA H100 80GB HBM3', 989.4), ('NVIDIA H200', 989.4),

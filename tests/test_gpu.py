@@ -1,4 +1,5 @@
-"""The CUDA paths: bf16, compile, channels_last, the pinned-memory copy, no host syncs, GPU generation, bench.py.
+"""The CUDA paths: bf16, compile, CUDA graphs, channels_last, the pinned-memory copy, no host syncs, GPU generation,
+bench.py.
 
 Skipped without a GPU, which includes every plain `python -m pytest` (conftest.py hides GPUs from the suite). On a
 GPU machine:  PIX2PIX_TEST_GPU=1 python -m pytest -q tests/test_gpu.py
@@ -60,11 +61,26 @@ def test_pinned_memory_batches_equal_gpu_resident_batches(transformed_root):
                 assert a.device == b.device == device and torch.equal(a, b)
 
 
+def test_training_with_cuda_graphs_runs_to_the_end(transformed_root, tmp_path):
+    """--compile_mode reduce-overhead: G's compiled graphs replay as CUDA graphs, their outputs in memory the next
+    step's replay reuses; the D step, validation (eager G), the log steps and the checkpoints must not read stale
+    ones (with D's graphs as CUDA graphs too, D's backward ended the step for torch, and the G step failed)."""
+    options = (*GPU_OPTIMISATIONS, '--compile_mode', 'reduce-overhead', '--n_epochs', '2', '--n_epochs_decay', '0',
+               '--batch_size', '4', '--log_freq', '2')
+    torch._dynamo.reset()
+    assert train.main(tiny(transformed_root, tmp_path, 'graphs', *options)) == 0
+    state = load_checkpoint(os.path.join(tmp_path, 'graphs', 'latest.pt'))
+    assert state['epoch'] == 2 and all(np.isfinite(row['PSNR']) for row in state['history'])
+    assert all(torch.isfinite(w).all() for w in state['G'].values() if w.is_floating_point())
+
+
+@pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
 @pytest.mark.parametrize('data_on_gpu', [True, False], ids=['split on the GPU', 'split in RAM'])
-def test_training_steps_never_wait_for_the_gpu(transformed_root, tmp_path, data_on_gpu):
+def test_training_steps_never_wait_for_the_gpu(transformed_root, tmp_path, data_on_gpu, mode):
     """Issue 5: no host sync in the hot loop (the batch, the step, the running losses; train.py syncs only at log
     steps and epoch ends). CUDA's sync debug mode turns any call that waits for the GPU into an error."""
-    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'sync', *GPU_OPTIMISATIONS, '--rotate'))
+    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'sync', *GPU_OPTIMISATIONS, '--rotate',
+                                         '--compile_mode', mode))
     opt.input_nc = 1
     torch._dynamo.reset()  # graphs for this batch size alone, as train.py has, not ones made dynamic by earlier tests
     device = gpu()

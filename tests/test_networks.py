@@ -197,6 +197,36 @@ def test_a_channels_last_generator_and_discriminator_stay_channels_last_through_
 
 # ----------------------------------------------------------------------------- discriminators
 
+@pytest.mark.parametrize('input_nc', [4, 6, 8])
+def test_ds_first_conv_over_zero_padded_channels_computes_what_the_plain_conv_does(monkeypatch, input_nc):
+    """The channels padded to a multiple of 8 for a channels_last input on CUDA (here on the CPU, which the class
+    otherwise leaves to torch): the same logits and gradients for the input and for the unpadded weights."""
+    D = define_D('basic', input_nc=input_nc, ndf=8).to(memory_format=torch.channels_last)
+    first = D.model[0]
+    assert isinstance(first, networks.InputConv2d) and first.weight.shape == (8, input_nc, 4, 4)
+    padded = []
+    monkeypatch.setattr(F, 'pad', lambda x, pad, *args: padded.append(x.shape) or torch.constant_pad_nd(x, pad))
+    x = torch.randn(2, input_nc, 32, 32)
+    plain = D(x.clone().requires_grad_())
+    assert padded == []  # NCHW, and channels_last on a device the class leaves alone
+    D(channels_last(x))
+    assert padded == []
+    monkeypatch.setattr(networks.InputConv2d, 'pad_on_devices', ('cpu',))
+    x_cl = channels_last(x).requires_grad_()
+    ours = D(x_cl)
+    extra = -input_nc % 8
+    assert padded == ([(2, input_nc, 32, 32), (8, input_nc, 4, 4)] if extra else [])
+    torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(plain)
+    ours_grads = torch.autograd.grad(ours, (x_cl, first.weight, first.bias), grad)
+    x_nchw = x.clone().requires_grad_()
+    plain_grads = torch.autograd.grad(D(x_nchw), (x_nchw, first.weight, first.bias), grad)
+    for mine, theirs in zip(ours_grads, plain_grads):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    assert set(D.state_dict()) == set(define_D('basic', input_nc=input_nc, ndf=8).state_dict())
+
+
 @pytest.mark.parametrize('netD,n_layers_D,size,out', [
     ('basic', 3, 256, 30),      # the classic 30x30 PatchGAN map
     ('n_layers', 2, 64, 14),    # 64/4 - 2

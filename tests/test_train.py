@@ -367,6 +367,10 @@ def test_abbreviated_options_are_refused(capsys):
     (('--seed', '99999999999999'), r'--seed must be within ±2\*\*40, got 99999999999999'),
     (('--output_nc', '1'), '--output_nc 1 but the images in .* have 3 channels'),  # crashed in the first D step
     (('--data_device', 'cuda'), '--data_device cuda needs a CUDA training device'),  # the suite runs on the CPU
+    (('--compile_mode', 'reduce-overhead'), '--compile_mode reduce-overhead needs --compile'),
+    (('--compile', '--compile_mode', 'reduce-overhead'),
+     r'--compile_mode reduce-overhead \(CUDA graphs\) needs a CUDA training device and one process \(this run trains '
+     r'on the CPU\)'),
 ])
 def test_bad_option_combinations_are_one_line_errors(transformed_root, tmp_path, capsys, extra, message):
     line = cli_error(tiny(transformed_root, tmp_path, 'bad', '--n_epochs', '1', '--n_epochs_decay', '0', *extra),
@@ -738,6 +742,17 @@ def test_batches_in_layout_let_torch_cat_make_ds_input_in_that_layout_without_a_
         assert pair.is_contiguous(memory_format=fmt)
 
 
+@pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
+def test_compile_mode_is_gs_and_d_compiles_without_cuda_graphs(transformed_root, tmp_path, monkeypatch, mode):
+    """CUDA graph trees would reuse G's output and saved activations for D's step (test_gpu.py runs the real one)."""
+    compiled = []
+    monkeypatch.setattr(torch, 'compile', lambda model, **kwargs: compiled.append((model, kwargs)) or model)
+    trainer = tiny_trainer(transformed_root, tmp_path, '--compile', '--compile_mode', mode)
+    assert [kwargs.get('mode', 'default') for _, kwargs in compiled] == [mode, 'default', 'default']
+    assert [model for model, _ in compiled] == [trainer.G, trainer.D_run, trainer.D_frozen]
+    assert trainer.D_run.D is trainer.D  # D's pairs, whose concatenation and cast compile with D
+
+
 @pytest.mark.parametrize('norm, calls', [('instance', 1), ('none', 1), ('batch', 2)])
 def test_one_d_call_on_fake_and_real_judges_as_two_calls_do(transformed_root, tmp_path, norm, calls):
     """One D call on both halves is a speed-up only where it computes what the official repo's two calls do:
@@ -750,8 +765,8 @@ def test_one_d_call_on_fake_and_real_judges_as_two_calls_do(transformed_root, tm
     judged = trainer.judge_fake_and_real(mask, fake, real)
     assert seen == ([6] if calls == 1 else [3, 3])
     with torch.no_grad():
-        joint = trainer.D(trainer.pair(torch.cat((mask, mask)), torch.cat((fake, real)))).chunk(2)
-    separate = [trainer.D(trainer.pair(mask, image)) for image in (fake, real)]  # (batch norm's statistics move)
+        joint = trainer.D(torch.cat((torch.cat((mask, mask)), torch.cat((fake, real))), 1)).chunk(2)
+    separate = [trainer.D(torch.cat((mask, image), 1)) for image in (fake, real)]  # (batch norm's statistics move)
     for mine, theirs in zip(judged, separate):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
     if norm == 'batch':  # the joint call is not the same here: the test can tell the two apart
