@@ -156,15 +156,16 @@ def seconds_of(run, n, device):
 
 def profile_table(train_steps, n, device):
     """torch.profiler's table of n steps, the ops and kernels that take the most device (or CPU) time first, then the
-    copies by where they come from."""
+    convolutions by shape and the copies by where they come from."""
     gpu = device.type == 'cuda'
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with profile(activities=activities, record_shapes=True) as prof:
         seconds = seconds_of(train_steps, n, device)
     sort = 'self_device_time_total' if gpu else 'self_cpu_time_total'
+    events = prof.events()
     return (f"{n} step{'s' * (n != 1)}, {1000 * seconds / n:.1f} ms per step under the profiler\n"
             + prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70)
-            + copies_table(prof.events(), n, gpu))
+            + convolutions_table(events, n, gpu) + '\n' + copies_table(events, n, gpu))
 
 
 # What copy_ runs inside: the op that asked for the copy is the first ancestor that is none of these.
@@ -175,20 +176,49 @@ SHORT_DTYPES = {'c10::BFloat16': 'bf16', 'float': 'fp32', 'c10::Half': 'fp16', '
 def copies_table(events, n, gpu, rows=15):
     """aten::copy_ per step, grouped by the op that asked for it, the shape and the dtype and layout it converts:
     the op table counts copies; this says where they come from (layouts need a torch that records strides)."""
+    def key_of(event):
+        if event.name != 'aten::copy_' or len(event.input_shapes or ()) < 2:
+            return None
+        return copy_maker(event), shape_text(event.input_shapes[0]), copy_conversion(event)
+    return grouped_table(f"Copies (aten::copy_) per step by what made them, {'device' if gpu else 'CPU'} time, most "
+                         f"first:", ('made by', 'shape', 'to ← from'), events, key_of, n, gpu, rows)
+
+
+def convolutions_table(events, n, gpu, rows=15):
+    """Convolutions per step by their input and weight shapes, forward (transposed ones too) and backward, each with
+    what it runs inside it (cuDNN's layout and padding kernels, copies): which layers take the time. Kernels replayed
+    from a CUDA graph belong to no op and are not in it."""
+    def key_of(event):
+        shapes = event.input_shapes or ()
+        if event.name == 'aten::convolution' and len(shapes) >= 2:
+            return 'forward', shape_text(shapes[0]), shape_text(shapes[1])
+        if event.name == 'aten::convolution_backward' and len(shapes) >= 3:
+            return 'backward', shape_text(shapes[1]), shape_text(shapes[2])
+        return None
+    return grouped_table(f"Convolutions per step by shape, {'device' if gpu else 'CPU'} time, most first:",
+                         ('pass', 'input', 'weight'), events, key_of, n, gpu, rows)
+
+
+def grouped_table(title, columns, events, key_of, n, gpu, rows):
+    """A table of the events that key_of gives a key (a tuple of texts, one per column) to, one row per key with its
+    calls and device (or CPU) time per step, most time first."""
     groups = {}
     for event in events:
-        if event.name != 'aten::copy_' or len(event.input_shapes or ()) < 2:
-            continue
-        key = (copy_maker(event), '×'.join(map(str, event.input_shapes[0])), copy_conversion(event))
-        calls, microseconds = groups.get(key, (0, 0.0))
-        groups[key] = calls + 1, microseconds + (event.device_time_total if gpu else event.cpu_time_total)
-    lines = [f"\nCopies (aten::copy_) per step by what made them, {'device' if gpu else 'CPU'} time, most first:",
-             '| calls | ms | made by | shape | to ← from |', '| ---: | ---: | --- | --- | --- |']
-    for (maker, shape, conversion), (calls, microseconds) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:rows]:
-        lines.append(f'| {calls / n:g} | {microseconds / 1000 / n:.3f} | {maker} | {shape} | {conversion} |')
+        key = key_of(event)
+        if key is not None:
+            calls, microseconds = groups.get(key, (0, 0.0))
+            groups[key] = calls + 1, microseconds + (event.device_time_total if gpu else event.cpu_time_total)
+    lines = [f'\n{title}', '| ' + ' | '.join(('calls', 'ms', *columns)) + ' |',
+             '| ---: | ---: |' + ' --- |' * len(columns)]
+    for key, (calls, microseconds) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:rows]:
+        lines.append(f'| {calls / n:g} | {microseconds / 1000 / n:.3f} | ' + ' | '.join(key) + ' |')
     if len(groups) > rows:
         lines.append(f'({len(groups) - rows} smaller groups left out)')
     return '\n'.join(lines)
+
+
+def shape_text(shape):
+    return '×'.join(map(str, shape))
 
 
 def copy_conversion(event):

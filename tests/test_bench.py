@@ -45,6 +45,7 @@ def test_profiles_follow_the_table_without_breaking_it(capsys):
         assert f'### Profile, batch 1, {label}: 1 step, ' in profiles
     assert profiles.count('Self CPU time total') == 2
     assert profiles.count('Copies (aten::copy_) per step by what made them, CPU time') == 2
+    assert profiles.count('Convolutions per step by shape, CPU time') == 2
 
 
 def test_the_copies_table_says_per_step_what_made_each_copy_and_what_it_converts():
@@ -61,6 +62,20 @@ def test_the_copies_table_says_per_step_what_made_each_copy_and_what_it_converts
     rows = {row[2]: row for row in rows_below_header(bench.copies_table(prof.events(), 3, gpu=False))}
     assert rows['cast twice'][0] == '2' and rows['cast twice'][3:] == ['2×3×8×8', 'bf16 NCHW ← fp32 NCHW']
     assert rows['relayout'][0] == '1' and rows['relayout'][3:] == ['2×3×8×8', 'fp32 NHWC ← fp32 NCHW']
+
+
+def test_the_convolutions_table_says_per_step_which_layer_shapes_take_the_time():
+    conv = torch.nn.Conv2d(3, 4, 3)
+    small, large = torch.randn(2, 3, 8, 8, requires_grad=True), torch.randn(2, 3, 64, 64)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(2):
+            conv(small).sum().backward()
+            conv(large), conv(large)
+    rows = rows_below_header(bench.convolutions_table(prof.events(), 2, gpu=False))
+    assert [row[0] for row in rows[:1]] == ['2'] and rows[0][2:] == ['forward', '2×3×64×64', '4×3×3×3']  # most first
+    assert sorted((row[0], *row[2:]) for row in rows) == [('1', 'backward', '2×3×8×8', '4×3×3×3'),
+                                                          ('1', 'forward', '2×3×8×8', '4×3×3×3'),
+                                                          ('2', 'forward', '2×3×64×64', '4×3×3×3')]
 
 
 def test_a_torch_that_records_no_dtypes_or_strides_gets_the_copies_table_without_conversions():
