@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import pix2pix_model
 import train
+import train_options
 import transform_dataset
 from conftest import DATA, tiny, write_array_dataset
 from dataset import center_crop_batch, load_split
@@ -751,6 +752,17 @@ def test_compile_mode_is_gs_and_d_compiles_without_cuda_graphs(transformed_root,
     assert [kwargs.get('mode', 'default') for _, kwargs in compiled] == [mode, 'default', 'default']
     assert [model for model, _ in compiled] == [trainer.G, trainer.D_run, trainer.D_frozen]
     assert trainer.D_run.D is trainer.D  # D's pairs, whose concatenation and cast compile with D
+
+
+def test_cuda_graphs_under_torchrun_are_refused(transformed_root, tmp_path):
+    """DDP's gradient hooks with CUDA graphs are untested here: two processes on CUDA get a one-line error."""
+    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'x', '--compile', '--compile_mode',
+                                         'reduce-overhead', '--batch_size', '2'))
+    masks, images, _ = load_split(transformed_root, 'train')
+    with pytest.raises(UserError, match=re.escape('needs a CUDA training device and one process, not 2 under '
+                                                  'torchrun')):
+        train_options.check_options_fit(opt, masks, images, load_split(transformed_root, 'val')[0],
+                                        torch.device('cuda'), 2)
 
 
 @pytest.mark.parametrize('norm, calls', [('instance', 1), ('none', 1), ('batch', 2)])
