@@ -72,7 +72,7 @@ def test_the_convolutions_table_says_per_step_which_layer_shapes_take_the_time()
             conv(small).sum().backward()
             conv(large), conv(large)
     rows = rows_below_header(bench.convolutions_table(prof.events(), 2, gpu=False))
-    assert rows[0][0] == '2' and rows[0][2:] == ['forward', '2×3×64×64', '4×3×3×3']  # most time first
+    assert [float(row[1]) for row in rows] == sorted((float(row[1]) for row in rows), reverse=True)  # most time first
     assert sorted((row[0], *row[2:]) for row in rows) == [('1', 'backward', '2×3×8×8', '4×3×3×3'),
                                                           ('1', 'forward', '2×3×8×8', '4×3×3×3'),
                                                           ('2', 'forward', '2×3×64×64', '4×3×3×3')]
