@@ -423,12 +423,22 @@ def transform_in_processes(todo, opt, bar):
                     future.result()  # re-raises a worker's UserError
                     bar.update()
         except BrokenProcessPool:
+            kill_workers(pool)
             if not asked:  # a worker the signal reached before its set-up: the signal's doing, not a crash
                 raise UserError(f'{opt.out}: a worker process died (killed, probably out of memory); finished '
                                 f'sources are kept: re-run, with fewer --workers if memory is short') from None
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     raise_noted_stop(asked)
+
+
+def kill_workers(pool):
+    """The workers left in a broken pool, killed. The pool's own clean-up stops them with SIGTERM, which they ignore
+    (leave_stopping_to_the_parent), and then waits for them to take a stop order from the work queue: a worker killed
+    while it waited on that queue dies holding the queue's lock, and the pool waited forever (seen once in CI). A
+    killed worker's unfinished source is done again by the next run: its files are written atomically."""
+    for process in list((pool._processes or {}).values()):  # a public kill_workers() comes with Python 3.14
+        process.kill()
 
 
 @contextlib.contextmanager

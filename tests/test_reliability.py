@@ -1,6 +1,7 @@
 """Crash safety with real processes: kill -9 at random moments, SIGTERM, full disk, hostile checkpoints."""
 import glob
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -8,7 +9,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import pytest
@@ -254,6 +258,29 @@ def test_transform_worker_killed_is_one_clear_error_not_a_hang(tmp_path):
     assert stderr.splitlines()[-1] == (f'error: {out}: a worker process died (killed, probably out of memory); '
                                        'finished sources are kept: re-run, with fewer --workers if memory is short')
     assert 'Traceback' not in stderr
+
+
+def test_a_worker_killed_while_it_waits_for_work_does_not_hang_the_pool():
+    """The pool stops its other workers with SIGTERM, which transform_dataset's workers ignore, then waits for each to
+    read a stop order from the work queue. A worker killed while it waited for work died holding that queue's lock:
+    the other one, its source done, waited for the lock forever, and the pool for it (a CI run hung so). The killed
+    worker's own test (above) mostly kills a busy worker and passed 27 times in a row here."""
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context('spawn'),
+                               initializer=transform_dataset.leave_stopping_to_the_parent)
+    busy, idle = pool.submit(time.sleep, 3), pool.submit(os.getpid)
+    idle_pid = idle.result()
+    time.sleep(0.5)  # by then it waits for more work, holding the queue's lock
+    os.kill(idle_pid, signal.SIGKILL)
+    with pytest.raises(BrokenProcessPool):
+        busy.result()
+    transform_dataset.kill_workers(pool)
+    stopping = threading.Thread(target=pool.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(timeout=30)
+    hung = stopping.is_alive()
+    for process in list((pool._processes or {}).values()):  # not to leave a stuck worker behind a failure
+        process.kill()
+    assert not hung, 'the pool waited for a worker that could not stop'
 
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='finds the worker processes in /proc')
