@@ -54,8 +54,8 @@ def parse_args(argv=None):
                    help='leave the uint8 split in RAM (batches copied through pinned memory), as train.py does '
                         'when it does not fit on the GPU')
     p.add_argument('--profile', action='store_true',
-                   help="after the table, each row's torch.profiler table (what takes the device's or CPU's time) "
-                        'and its copies by what made them')
+                   help="after the table, each row's torch.profiler table (what takes the device's or CPU's time), "
+                        'its convolutions by shape and its copies by what made them')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
