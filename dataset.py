@@ -50,6 +50,20 @@ def load_split(root, split):
     return to_nchw(masks), to_nchw(images), names
 
 
+def training_scale(root):
+    """The factor transform_dataset.py resized the training tiles' source pieces by (286/2500 for 5000² tiles at
+    --size 286 --split 2), for test.py --scale train. None when the manifest does not record it (data transformed
+    before it did) or it differs by more than 2 % between tiles or axes (sources of different sizes or shapes):
+    sliding generation resamples by one factor."""
+    tiles = read_json(os.path.join(root, 'train', 'manifest.json'), 'manifest')['tiles']  # checked by load_split
+    factors = [f for t in tiles for f in (t.get('scale') if isinstance(t.get('scale'), list) else [None])]
+    if not factors or not all(isinstance(f, (int, float)) and f > 0 for f in factors):
+        return None
+    if max(factors) > 1.02 * min(factors):
+        return None
+    return round(sum(factors) / len(factors), 6)
+
+
 def check_crop_and_batch_fit(train_masks, opt):
     """--crop_size and --batch_size that the training split (from --dataroot) can give."""
     size = train_masks.shape[-1]

@@ -97,9 +97,9 @@ def main(argv=None):
         results[mode] = os.path.join(opt.out, 'results', mode)
         run('test.py', '--run', run_dir, '--mode', mode, '--tiles', 2, '--results_dir', results[mode],
             '--device', opt.device)
-    scale = round(setup['size'] / 500, 4)  # the model saw 500 px tiles shrunk to `size`
     results['sliding, 1000² GeoTIFF masks'] = os.path.join(opt.out, 'results', 'geotiff')
-    run('test.py', '--run', run_dir, '--mode', 'sliding', '--scale', scale, '--masks',
+    # --scale train: size/500, the factor the model's 500 px tiles were shrunk by, read from the checkpoint
+    run('test.py', '--run', run_dir, '--mode', 'sliding', '--scale', 'train', '--masks',
         os.path.join(tiles, 'gt', 'austin1.tif'), os.path.join(tiles, 'gt', 'vienna1.tif'),
         '--results_dir', results['sliding, 1000² GeoTIFF masks'], '--device', opt.device)
 

@@ -128,6 +128,7 @@ class Trainer:
         self.vgg_loss = build_vgg_loss(opt).to(device) if 'vgg' in opt.content_loss else None
         self.epoch, self.next_batch, self.iteration = 0, 0, 0
         self.history = []  # {'epoch', 'PSNR', 'SSIM', 'L1'} per validation: the best ones are read from it
+        self.data_scale = None  # dataset.training_scale of the data, set by train.py: for test.py --scale train
         self.amp = amp_enabled(opt.amp, device)
         paired_D = PairedD(self.D, memory_format(opt))
         self.G_run, self.D_run = self.G, paired_D  # what the step calls: maybe DDP-wrapped and/or compiled
@@ -154,7 +155,7 @@ class Trainer:
                 'D': self.D.state_dict(), 'opt_G': self.opt_G.state_dict(), 'opt_D': self.opt_D.state_dict(),
                 'sched_G': self.sched_G.state_dict(), 'sched_D': self.sched_D.state_dict(),
                 'epoch': self.epoch, 'next_batch': self.next_batch, 'iteration': self.iteration,
-                'history': self.history,
+                'history': self.history, 'data_scale': self.data_scale,
                 'rng': self.rng_states_of_all_ranks()}
 
     def rng_states_of_all_ranks(self):

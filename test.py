@@ -3,8 +3,8 @@
     python test.py --run runs/inria_unet                                   # val split, each mask -> model size
     python test.py --run runs/inria_unet --mode tiles --tiles 2            # the seed's "2x2": shows seams
     python test.py --run runs/inria_unet --mode sliding --masks my_masks/  # full resolution, no seams
-    python test.py --run runs/inria_unet --mode sliding --scale 0.1144 --masks AerialImageDataset/train/gt/vienna1.tif
-        # --scale 0.1144 = 286/2500: the resolution runs/inria_unet trained at (data/inria286, --size 286 --split 2)
+    python test.py --run runs/inria_unet --mode sliding --scale train --masks AerialImageDataset/train/gt/vienna1.tif
+        # --scale train: at the resolution runs/inria_unet trained at (--size 286 --split 2 tiles: 286/2500 = 0.1144)
 
 Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles = N×N tiles generated apart and
 stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly. Tiles and sliding output exactly the
@@ -14,6 +14,7 @@ metrics.json (last).
 Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see generate),
 FID/KID only with --inception_weights.
 """
+import argparse
 import math
 import os
 import sys
@@ -46,9 +47,10 @@ def build_parser():
                                            '(sliding: on its window edges)')
     a('--overlap', type=float, default=None,
       help='sliding: overlap of neighbouring windows, fraction in [0, 1) (default: 0.5)')
-    a('--scale', type=float, default=1.0,
-      help='sliding: resample the mask by this first (a model trained on 5000->286 tiles: 286/5000); '
-           'the result is resized back to the input size')
+    a('--scale', type=scale_option, default=None,
+      help="sliding: resample the mask by this first, the result is resized back to the input size; 'train': the "
+           "factor the run's training tiles were resized by (286/2500 for 5000² tiles at --size 286 --split 2), "
+           'for masks at the source data\'s resolution (default: 1, masks at the model\'s resolution)')
     a('--load_size', type=int, default=None, help="model input / window side (default: the run's --crop_size)")
     a('--batch_size', type=int, default=8, help='windows or tiles per forward pass')
     a('--max_memory_gb', type=float, default=None,
@@ -74,6 +76,15 @@ def build_parser():
     return p
 
 
+def scale_option(text):
+    if text == 'train':
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'train' nor a number") from None
+
+
 def check_options(opt):
     check_counts(opt, ('tiles', 'batch_size'))
     if opt.load_size is not None:
@@ -84,10 +95,13 @@ def check_options(opt):
         opt.overlap = 0.5 if opt.overlap is None else opt.overlap
         if not 0 <= opt.overlap < 1:
             raise UserError(f'--overlap {opt.overlap}: must be a fraction in [0, 1)')
-    if not (math.isfinite(opt.scale) and opt.scale > 0):
+    if isinstance(opt.scale, float) and not (math.isfinite(opt.scale) and opt.scale > 0):
         raise UserError(f'--scale {opt.scale}: must be a positive number')
-    if opt.scale != 1 and opt.mode != 'sliding':
+    if opt.scale not in (None, 1) and opt.mode != 'sliding':
         raise UserError('--scale only applies to --mode sliding (full and tiles resize to the model size anyway)')
+    if opt.scale == 'train' and not opt.masks:
+        raise UserError("--scale train applies to raw --masks: a transformed split's masks are at the training "
+                        'scale already')
     if opt.num_test is not None and opt.num_test < 1:
         raise UserError(f'--num_test must be >= 1, got {opt.num_test}')
     check_fractions(opt, ('mask_tolerance',))
@@ -208,6 +222,28 @@ def note_side_by_side_pairs(inputs, input_nc):
         print(f'note: {len(pairs)} of {len(inputs)} --masks (e.g. {pairs[0]}) are twice as wide as tall, like '
               f'aligned A|B pairs; each is read as one label map. For A|B files, transform their folder '
               f'(transform_dataset.py --format aligned) and pass its --out as --dataroot')
+
+
+def resolve_scale(opt, state, ckpt, inputs, size):
+    """--scale as a number: 'train' read from the checkpoint; unset is 1, with a note when the masks look like
+    the source data's resolution, which the model never saw (a 5000² Inria mask is 11× its 286/2500 tiles)."""
+    recorded = state.get('data_scale')
+    if opt.scale == 'train':
+        if recorded is None:
+            raise UserError(f'{ckpt}: --scale train: the checkpoint records no training scale (trained before '
+                            f'train.py recorded it, on data transformed before transform_dataset.py did, or on '
+                            f'sources of different sizes); give it as a number: --size / source piece side')
+        print(f'--scale train: {recorded:.4g}, the factor the training tiles were resized by')
+        return recorded
+    if opt.scale is None:
+        if opt.mode == 'sliding' and opt.masks and recorded and recorded < 0.9:
+            large = [source for _, source, _, _, shape in inputs if min(shape) * recorded >= size]
+            if large:
+                print(f'note: {len(large)} of {len(inputs)} masks (e.g. {large[0]}) are generated at their own '
+                      f'resolution (--scale 1), where this run trained on tiles resized by {recorded:.4g}: '
+                      f'for masks at the source data\'s resolution, pass --scale train')
+        return 1.0
+    return opt.scale
 
 
 def note_masks_under_one_window(opt, inputs, size):
@@ -351,6 +387,7 @@ def main(argv=None):
     size = opt.load_size or cfg.get('crop_size')
     check_model_size(cfg, size)
     inputs = collect_inputs(opt, cfg)
+    opt.scale = resolve_scale(opt, state, ckpt, inputs, size)
     check_memory(opt, G, cfg, size, inputs, device)
     note_masks_under_one_window(opt, inputs, size)
     run_name = os.path.basename(os.path.normpath(opt.run))

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split
+from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split, training_scale
 from metrics import image_metrics
 from pix2pix_model import (LOSS_NAMES, Trainer, in_layout, init_from_checkpoint, linear_factor,
                            seed_dropout_noise)
@@ -424,6 +424,7 @@ def train(opt, stop, held, command=()):
     total = total_epochs(vars(opt))
     last_epoch = min(total, opt.stop_epoch or total)
     trainer = Trainer(opt, device, rank, world_size)
+    trainer.data_scale = training_scale(opt.dataroot)  # from the data, not a resumed checkpoint: it may be older
     if opt.resume:
         resume_from(trainer, os.path.join(run_dir, 'latest.pt'))
         if trainer.epoch >= last_epoch:  # before the run folder is touched: nothing in it changes

@@ -242,6 +242,12 @@ def tile_name(stem, row, col, split):
     return stem if split == 1 else f'{stem}_r{row}c{col}'
 
 
+def resize_factors(y_bounds, x_bounds, size):
+    """[vertical, horizontal] factor a source piece is resized by: test.py --scale train generates raw masks at
+    it, the resolution the model saw."""
+    return [round(size / (y_bounds[1] - y_bounds[0]), 6), round(size / (x_bounds[1] - x_bounds[0]), 6)]
+
+
 def record_path(out, split, stem):
     return os.path.join(out, split, 'sources', stem + '.json')
 
@@ -260,7 +266,8 @@ def transform_source(source, opt):
             save_npy_atomic(os.path.join(opt.out, split, 'images', name + '.npy'), tile_image)
             save_npy_atomic(os.path.join(opt.out, split, 'masks', name + '.npy'), tile_mask)
             tiles.append({'name': name, 'source': os.path.basename(image_path), 'mask_source': os.path.basename(mask_path),
-                          'tile': [row, col], 'building_fraction': building_fraction(tile_mask)})
+                          'tile': [row, col], 'building_fraction': building_fraction(tile_mask),
+                          'scale': resize_factors(ys[row:row + 2], xs[col:col + 2], opt.size)})
     write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'version': RECORD_VERSION, 'tiles': tiles})
 
 

@@ -425,12 +425,19 @@ BLOCK = np.zeros((64, 64), np.uint8)
 BLOCK[10:30, 12:50] = 255  # one building
 
 
-def bad_mask(name, array):
+def run_without_data_scale(run_dir, tmp_path):
+    """A checkpoint of a run trained before train.py recorded the training scale."""
+    state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
+    del state['data_scale']
+    return broken_run(tmp_path, state)
+
+
+def bad_mask(name, array, *extra):
     """Arguments for a --masks file holding `array` (written when the case runs)."""
     def make(run, tmp):
         path = tmp / name
         tifffile.imwrite(path, array) if name.endswith('.tif') else Image.fromarray(array).save(path)
-        return ['--run', run, '--masks', str(path)]
+        return ['--run', run, '--masks', str(path), *extra]
     return make
 
 
@@ -486,6 +493,14 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'absurd scale': (options('--mode', 'sliding', '--scale', '1e9'), "--scale 1000000000.0 makes the 72×72 mask "
                                                                       "72000000000×72000000000, more than this"),
     'superscript epoch': (options('--epoch', '²'), "--epoch '²': use latest, best or an epoch number"),
+    'scale train on the split': (options('--mode', 'sliding', '--scale', 'train'),
+                                 "--scale train applies to raw --masks: a transformed split's masks are at the"),
+    'scale without sliding': (options('--scale', '0.5'), '--scale only applies to --mode sliding'),
+    'scale train without sliding': (bad_mask('m.png', BLOCK, '--scale', 'train'), '--scale only applies to --mode'),
+    'scale train, checkpoint without it': (
+        lambda run, tmp: bad_mask('m.png', BLOCK, '--mode', 'sliding', '--scale', 'train')(
+            run_without_data_scale(run, tmp), tmp),
+        'latest.pt: --scale train: the checkpoint records no training scale'),
     'negative mask tolerance': (options('--mask_tolerance', '-1'), '--mask_tolerance -1.0: must be a fraction'),
     'load size not a multiple': (options('--load_size', '6'), '--load_size 6: --netG resnet_6blocks needs a multiple'),
     'load size too small': (options('--load_size', '4'), '--load_size 4: --netG resnet_6blocks needs a multiple of 4, '
@@ -701,6 +716,38 @@ def test_a_scale_that_shrinks_masks_under_one_window_is_noted(run_dir, tmp_path,
     generate(run_dir, tmp_path / 'b', '--mode', 'sliding', '--num_test', '2', '--scale', '0.25')
     assert re.search(r'note: 2 of 2 masks are smaller than one 64² window at --scale 0\.25 \(e\.g\. \S+\.npy: '
                      r'72×72 -> 18×18\)', capsys.readouterr().out)
+
+
+def test_scale_train_generates_source_resolution_masks_at_the_training_scale(run_dir, synthetic_root, tmp_path,
+                                                                             capsys):
+    """The run trained on 240² synthetic tiles resized to 72: --scale train reads 0.3 from the checkpoint. Left at
+    1, a mask at the source resolution gets a note; one at the model's resolution, or an explicit 1, does not."""
+    state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
+    assert state['data_scale'] == pytest.approx(72 / 240)
+    source = os.path.join(synthetic_root, 'gt', 'austin1.tif')  # a 240² source tile, LZW TIFF
+    capsys.readouterr()
+    result = generate(run_dir, tmp_path / 'train', '--mode', 'sliding', '--scale', 'train', '--masks', source)
+    assert result['scale'] == pytest.approx(0.3)
+    assert '--scale train: 0.3, the factor the training tiles were resized by' in capsys.readouterr().out
+    name = os.path.splitext(os.path.basename(source))[0]
+    generate(run_dir, tmp_path / 'number', '--mode', 'sliding', '--scale', '0.3', '--masks', source)
+    assert (tmp_path / 'train' / f'Generated-{name}.tif').read_bytes() == \
+        (tmp_path / 'number' / f'Generated-{name}.tif').read_bytes()
+    capsys.readouterr()
+    assert generate(run_dir, tmp_path / 'default', '--mode', 'sliding', '--masks', source)['scale'] == 1
+    assert re.search(r'note: 1 of 1 masks \(e\.g\. \S+\) are generated at their own resolution \(--scale 1\), where '
+                     r'this run trained on tiles resized by 0\.3: for masks at the source', capsys.readouterr().out)
+    generate(run_dir, tmp_path / 'one', '--mode', 'sliding', '--scale', '1', '--masks', source)
+    small = save_mask(tmp_path / 'small.png', ramp_mask(72, 72, 0))  # the model's resolution: 72 * 0.3 < 64
+    generate(run_dir, tmp_path / 'small', '--mode', 'sliding', '--masks', small)
+    assert 'generated at their own resolution' not in capsys.readouterr().out
+
+
+def test_a_scale_that_is_not_a_number_is_a_usage_error(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        ts.main(['--run', run_dir, '--mode', 'sliding', '--scale', 'half'])
+    assert stop.value.code == 2
+    assert "argument --scale: 'half' is neither 'train' nor a number" in capsys.readouterr().err
 
 
 def test_a_window_too_large_to_measure_is_one_line(run_dir, tmp_path, monkeypatch):

@@ -415,6 +415,18 @@ def test_a_run_saved_before_an_option_existed_resumes_with_its_default(transform
     assert json.load(open(config_path))['best_metric'] == 'PSNR'
     assert torch.load(tmp_path / 'old' / 'latest.pt', weights_only=True)['epoch'] == 2
 
+
+def test_a_checkpoint_saved_before_the_data_scale_was_recorded_resumes_and_gains_it(transformed_root, tmp_path):
+    train.main(tiny(transformed_root, tmp_path, 'old', '--n_epochs', '1', '--n_epochs_decay', '1', '--stop_epoch', '1'))
+    path = tmp_path / 'old' / 'latest.pt'
+    state = torch.load(path, weights_only=True)
+    assert state['data_scale'] == pytest.approx(72 / 240)  # 240² synthetic sources at --size 72
+    del state['data_scale']
+    torch.save(state, path)
+    assert train.main(tiny(transformed_root, tmp_path, 'old', '--resume')) == 0
+    assert torch.load(path, weights_only=True)['data_scale'] == pytest.approx(0.3)
+
+
 def test_resume_keeps_the_data_it_was_trained_on(transformed_root, many_tiles_root, tmp_path, capsys):
     train.main(tiny(transformed_root, tmp_path, 'run', '--n_epochs', '3', '--n_epochs_decay', '0', '--stop_epoch', '1'))
     before = run_files(tmp_path / 'run')

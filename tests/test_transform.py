@@ -13,7 +13,7 @@ from PIL import Image
 
 import transform_dataset
 from conftest import DATA, REPO
-from dataset import load_split
+from dataset import load_split, training_scale
 from image_io import resize_image, resize_mask
 from synthetic_inria import make_synthetic_inria
 from utils import UserError, write_json_atomic
@@ -521,6 +521,30 @@ def test_tiles_of_a_non_square_source_pair_up(tmp_path):
     got_mask = np.load(tmp_path / 'out' / 'train' / 'masks' / 'austin6_r0c1.npy')
     np.testing.assert_array_equal(got_image, resize_image(image[0:30, 50:100], 16))  # row 0, column 1
     np.testing.assert_array_equal(got_mask, resize_mask(mask[0:30, 50:100], 16))
+    assert [t['scale'] for t in manifest_tiles(tmp_path / 'out') if t['name'] == 'austin6_r0c1'] == [[0.533333, 0.32]]
+    assert training_scale(str(tmp_path / 'out')) is None  # 16/30 down, 16/50 across: no one factor for test.py
+
+
+@pytest.mark.parametrize('split, factors, scale', [(2, {(0.5, 0.5)}, 0.5),
+                                                  (3, {(0.761905, 0.761905), (0.761905, 0.727273),
+                                                       (0.727273, 0.761905), (0.727273, 0.727273)}, None)])
+def test_tiles_record_the_factor_their_piece_was_resized_by(tmp_path, split, factors, scale):
+    """64 px sources at --size 16: halves of 32 px, or thirds of 21, 22 and 21 px (5 % apart: no one factor)."""
+    run(make_inria_dir(tmp_path / 'in', size=64), tmp_path / 'out', '--size', '16', '--split', str(split))
+    tiles = manifest_tiles(tmp_path / 'out')
+    assert {tuple(t['scale']) for t in tiles} == factors
+    third = [t['scale'] for t in tiles if t['name'] == 'austin6_r1c0']  # the 22 px middle row, a 21 px column
+    assert split == 2 or third == [[0.727273, 0.761905]]
+    assert training_scale(str(tmp_path / 'out')) == scale
+
+
+def test_data_transformed_before_tiles_recorded_their_factor_has_no_training_scale(tmp_path):
+    run(make_inria_dir(tmp_path / 'in', size=64), tmp_path / 'out', '--size', '16', '--split', '2')
+    path = tmp_path / 'out' / 'train' / 'manifest.json'
+    manifest = json.load(open(path))
+    del manifest['tiles'][0]['scale']
+    write_json_atomic(str(path), manifest)
+    assert training_scale(str(tmp_path / 'out')) is None
 
 
 def test_mask_resize_marks_a_cell_building_when_at_least_half_of_it_is():
