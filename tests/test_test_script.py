@@ -218,6 +218,10 @@ def test_the_docstring_example_of_the_python_api_runs_as_written(run_dir, tmp_pa
     namespace = {}
     exec(code, namespace)
     assert namespace['image'].shape == (100, 140, 3) and namespace['image'].dtype == np.uint8
+    assert namespace['scale'] == pytest.approx(0.3)  # the run's 240² synthetic sources at --size 72
+    ts.main(['--run', 'runs/inria_2x2', '--epoch', 'best', '--mode', 'sliding', '--scale', 'train', '--batch_size',
+             '16', '--masks', 'forged/austin1.tif', '--results_dir', 'out'])
+    np.testing.assert_array_equal(namespace['image'], read_image_file('out/Generated-austin1.tif'))
 
 
 def test_the_python_api_names_a_mask_read_in_colour(run_dir):
