@@ -56,9 +56,12 @@ def training_scale(root):
     before it did) or it differs by more than 2 % between tiles or axes (sources of different sizes or shapes):
     sliding generation resamples by one factor."""
     tiles = read_json(os.path.join(root, 'train', 'manifest.json'), 'manifest')['tiles']  # checked by load_split
-    factors = [f for t in tiles for f in (t.get('scale') if isinstance(t.get('scale'), list) else [None])]
-    if not factors or not all(isinstance(f, (int, float)) and f > 0 for f in factors):
-        return None
+    factors = []
+    for tile in tiles:
+        scale = tile.get('scale')
+        if not (isinstance(scale, list) and scale and all(isinstance(f, (int, float)) and f > 0 for f in scale)):
+            return None  # transformed before tiles recorded it, or edited by hand
+        factors += scale
     if max(factors) > 1.02 * min(factors):
         return None
     return round(sum(factors) / len(factors), 6)

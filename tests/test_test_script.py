@@ -747,7 +747,7 @@ def test_scale_train_generates_source_resolution_masks_at_the_training_scale(run
     assert 'generated at their own resolution' not in capsys.readouterr().out
 
 
-def test_a_scale_that_is_not_a_number_is_a_usage_error(run_dir, tmp_path, capsys):
+def test_a_scale_that_is_not_a_number_is_a_usage_error(run_dir, capsys):
     with pytest.raises(SystemExit) as stop:
         ts.main(['--run', run_dir, '--mode', 'sliding', '--scale', 'half'])
     assert stop.value.code == 2

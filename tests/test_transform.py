@@ -525,16 +525,16 @@ def test_tiles_of_a_non_square_source_pair_up(tmp_path):
     assert training_scale(str(tmp_path / 'out')) is None  # 16/30 down, 16/50 across: no one factor for test.py
 
 
-@pytest.mark.parametrize('split, factors, scale', [(2, {(0.5, 0.5)}, 0.5),
-                                                  (3, {(0.761905, 0.761905), (0.761905, 0.727273),
-                                                       (0.727273, 0.761905), (0.727273, 0.727273)}, None)])
-def test_tiles_record_the_factor_their_piece_was_resized_by(tmp_path, split, factors, scale):
+@pytest.mark.parametrize('split, factors, middle_left, scale', [
+    (2, {(0.5, 0.5)}, [0.5, 0.5], 0.5),
+    (3, {(0.761905, 0.761905), (0.761905, 0.727273), (0.727273, 0.761905), (0.727273, 0.727273)},
+     [0.727273, 0.761905], None)])  # tile r1c0: the 22 px middle row, the 21 px left column
+def test_tiles_record_the_factor_their_piece_was_resized_by(tmp_path, split, factors, middle_left, scale):
     """64 px sources at --size 16: halves of 32 px, or thirds of 21, 22 and 21 px (5 % apart: no one factor)."""
     run(make_inria_dir(tmp_path / 'in', size=64), tmp_path / 'out', '--size', '16', '--split', str(split))
     tiles = manifest_tiles(tmp_path / 'out')
     assert {tuple(t['scale']) for t in tiles} == factors
-    third = [t['scale'] for t in tiles if t['name'] == 'austin6_r1c0']  # the 22 px middle row, a 21 px column
-    assert split == 2 or third == [[0.727273, 0.761905]]
+    assert [t['scale'] for t in tiles if t['name'] == 'austin6_r1c0'] == [middle_left]
     assert training_scale(str(tmp_path / 'out')) == scale
 
 
