@@ -157,7 +157,8 @@ def channels_last(x):
     return x.contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float64, 1e-12)],
+                         ids=['fp32', 'bf16', 'fp64'])
 def test_instance_norm_keeps_channels_last_and_computes_what_torchs_does(dtype, tol):
     """torch's instance norm returns NCHW for a channels_last input (and its gradient is NCHW), which costs a copy
     per convolution around it; ours keeps the layout, forward and backward, with the same values (bf16: 1 ulp)."""
