@@ -47,7 +47,7 @@ def build_parser():
                                            '(sliding: on its window edges)')
     a('--overlap', type=float, default=None,
       help='sliding: overlap of neighbouring windows, fraction in [0, 1) (default: 0.5)')
-    a('--scale', type=scale_option, default=None,
+    a('--scale', type=scale_option, default=None, metavar='N|train',
       help="sliding: resample the mask by this first, the result is resized back to the input size; 'train': the "
            "factor the run's training tiles were resized by (286/2500 for 5000² tiles at --size 286 --split 2), "
            'for masks at the source data\'s resolution (default: 1, masks at the model\'s resolution)')
