@@ -263,43 +263,65 @@ def note_masks_under_one_window(opt, inputs, size):
 
 # ---------------------------------------------------------------- memory check
 
-def check_memory(opt, G, cfg, size, inputs, device):
-    """Refuse before generating when the largest input would not fit with this --batch_size (or --tiles)."""
+def check_memory(opt, G, cfg, size, inputs, device, segmenter=None):
+    """Refuse before generating when the largest input would not fit with this --batch_size (or --tiles): in G, and
+    then in the --segmenter, which reads each generated image as windows of its own size."""
     _, smallest, *_, shape = min(inputs, key=lambda i: min(i[-1]))
     if opt.mode == 'tiles' and opt.tiles > min(shape):
         raise UserError(f'{smallest}: --tiles {opt.tiles}, but the mask is only {shape[1]}×{shape[0]} pixels')
-    try:
-        per_window = peak_window_bytes(G, cfg['input_nc'], size, device)
-    except (RuntimeError, MemoryError) as err:  # the measurement itself: one window does not fit (--load_size 100000)
-        if not isinstance(err, MemoryError) and 'allocate' not in str(err):  # CPU and CUDA allocators say so
-            raise
-        given = '--load_size' if opt.load_size else 'the run\'s --crop_size; a smaller --load_size may fit'
-        raise UserError(f'one {size}² window ({given}) does not fit in {device.type} memory '
-                        f'({first_line(err)})') from None
+    given = '--load_size' if opt.load_size else 'the run\'s --crop_size; a smaller --load_size may fit'
+    per_window = measured_window_bytes(G, cfg['input_nc'], size, device, given)
     _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
+    h, w = scaled_size((height, width), opt.scale) if opt.mode == 'sliding' else (height, width)
     if opt.mode == 'sliding':
-        h, w = scaled_size((height, width), opt.scale)
         if (cfg['input_nc'] + 3) * h * w > available_bytes(torch.device('cpu')):  # before planning its windows
             raise UserError(f'{largest}: --scale {opt.scale} makes the {width}×{height} mask {w}×{h}, more than '
                             f'this machine\'s memory holds')
-        padded = [sliding_plan(n, size, opt.overlap) for n in (h, w)]
-        hp, wp = (a + b + n for (a, b, _), n in zip(padded, (h, w)))
-        windows = len(padded[0][2]) * len(padded[1][2])
-        band = 4 * cfg['output_nc'] * size * wp  # float accumulator of one band of rows
-        host = hp * wp * cfg['input_nc'] + 3 * (h * w + height * width)  # padded mask, output(s), uint8
+        windows, band, host = sliding_needs(h, w, size, opt.overlap, cfg['input_nc'], cfg['output_nc'])
+        host += 3 * height * width  # the output resized back to the input's size
     else:
         windows = opt.tiles ** 2 if opt.mode == 'tiles' else 1
         band, host = 0, 3 * height * width * 2
-    batch = min(opt.batch_size, windows)
-    fixed = band + (host if device.type == 'cpu' else 0)  # what the device holds besides the window batch
     limit = opt.max_memory_gb * 2 ** 30 if opt.max_memory_gb else available_bytes(device)
-    if batch * per_window + fixed > limit:
+    refuse_over_limit(f'{largest}: {width}×{height} mask', min(opt.batch_size, windows), size, per_window,
+                      band + (host if device.type == 'cpu' else 0), limit, device)
+    if segmenter:
+        model, window, _ = segmenter
+        judged = (size, size) if opt.mode == 'full' else (h, w)  # what image_scores gives it
+        windows, band, host = sliding_needs(*judged, window, 0.5, 3, 1)
+        per_window = measured_window_bytes(model, 3, window, device, "the segmenter's --crop_size")
+        refuse_over_limit(f'{largest}: the segmenter on its {judged[1]}×{judged[0]} generated image',
+                          min(opt.batch_size, windows), window, per_window,
+                          band + (host if device.type == 'cpu' else 0), limit, device)
+
+
+def measured_window_bytes(model, input_nc, size, device, given):
+    try:
+        return peak_window_bytes(model, input_nc, size, device)
+    except (RuntimeError, MemoryError) as err:  # the measurement itself: one window does not fit (--load_size 100000)
+        if not isinstance(err, MemoryError) and 'allocate' not in str(err):  # CPU and CUDA allocators say so
+            raise
+        raise UserError(f'one {size}² window ({given}) does not fit in {device.type} memory '
+                        f'({first_line(err)})') from None
+
+
+def sliding_needs(h, w, window, overlap, input_nc, output_nc):
+    """(windows, device bytes besides them, host bytes) of generate_sliding over an h×w input."""
+    padded = [sliding_plan(n, window, overlap) for n in (h, w)]
+    hp, wp = (a + b + n for (a, b, _), n in zip(padded, (h, w)))
+    band = 4 * output_nc * window * wp  # float accumulator of one band of rows
+    host = hp * wp * input_nc + output_nc * h * w  # padded input, uint8 output
+    return len(padded[0][2]) * len(padded[1][2]), band, host
+
+
+def refuse_over_limit(what, batch, size, per_window, fixed, limit, device):
+    needed = batch * per_window + fixed
+    if needed > limit:
         fits = int((limit - fixed) // per_window)
         advice = (f'lower --batch_size (about {fits} fits)' if fits >= 1
                   else 'even one window does not fit: lower --scale or --load_size, or free memory')
-        raise UserError(f'{largest}: {width}×{height} mask, {batch} windows of {size}² at once: needs '
-                        f'~{(batch * per_window + fixed) / 2 ** 30:.2f} GB of {device.type} memory but '
-                        f'{limit / 2 ** 30:.2f} GB is available; {advice}')
+        raise UserError(f'{what}, {batch} windows of {size}² at once: needs ~{needed / 2 ** 30:.2f} GB of '
+                        f'{device.type} memory but {limit / 2 ** 30:.2f} GB is available; {advice}')
 
 
 # ---------------------------------------------------------------- generation
@@ -389,7 +411,7 @@ def main(argv=None):
     check_model_size(cfg, size)
     inputs = collect_inputs(opt, cfg)
     opt.scale = resolve_scale(opt, state, ckpt, inputs, size)
-    check_memory(opt, G, cfg, size, inputs, device)
+    check_memory(opt, G, cfg, size, inputs, device, segmenter)
     note_masks_under_one_window(opt, inputs, size)
     run_name = os.path.basename(os.path.normpath(opt.run))
     results_dir = opt.results_dir or os.path.join('results', run_name, f'{opt.mode}_{opt.epoch}')

@@ -658,7 +658,7 @@ def test_mask_fidelity_is_judged_at_the_scale_generated(run_dir, tmp_path, monke
     """With --scale the segmenter, trained like the generator on the transformed arrays, sees the generated
     image at that scale, not resized back to the input's resolution."""
     seen = []
-    monkeypatch.setattr(ts, 'load_segmenter', lambda path, cfg, device: 'segmenter')
+    monkeypatch.setattr(ts, 'load_segmenter', lambda path, cfg, device: (torch.nn.Conv2d(3, 1, 1), 64, device))
     monkeypatch.setattr(ts, 'mask_fidelity', lambda segmenter, image, mask, batch_size: seen.append(
         (image.shape, mask.shape)) or {'IoU': 1.0, 'F1': 1.0})
     Image.fromarray(ramp_mask(90, 110, 2)).save(tmp_path / 'm.png')
@@ -703,12 +703,31 @@ def test_means_skip_missing_values():
 
 def test_memory_check_is_made_for_the_largest_input(monkeypatch):
     monkeypatch.setattr(ts, 'peak_window_bytes', lambda *args: 2 ** 20)
-    opt = argparse.Namespace(mode='sliding', tiles=2, overlap=0.5, scale=1.0, batch_size=8, max_memory_gb=0.02)
+    opt = argparse.Namespace(mode='sliding', tiles=2, overlap=0.5, scale=1.0, batch_size=8, max_memory_gb=0.02,
+                             load_size=None)
     cfg = {'input_nc': 1, 'output_nc': 3}
     small, large = ('small', 'small.png', None, None, (72, 72)), ('large', 'large.png', None, None, (3000, 3000))
     ts.check_memory(opt, None, cfg, 64, [small], torch.device('cpu'))  # the small one fits
     with pytest.raises(UserError, match='large.png: 3000×3000 mask'):
         ts.check_memory(opt, None, cfg, 64, [small, large], torch.device('cpu'))
+
+
+def test_memory_check_counts_the_segmenter_on_the_image_it_judges(monkeypatch):
+    """--segmenter reads each generated image as windows of its own: one larger than G passed G's check and
+    would have run out of memory in the middle of the run."""
+    G, segmenter, cpu = torch.nn.Identity(), torch.nn.Conv2d(3, 1, 1), torch.device('cpu')
+    monkeypatch.setattr(ts, 'peak_window_bytes', lambda model, *args: 2 ** 20 if model is G else 2 ** 24)
+    opt = argparse.Namespace(mode='sliding', tiles=2, overlap=0.5, scale=0.5, batch_size=8, max_memory_gb=0.1,
+                             load_size=None)
+    cfg = {'input_nc': 1, 'output_nc': 3}
+    mask = ('m', 'm.png', None, None, (1000, 800))
+    ts.check_memory(opt, G, cfg, 64, [mask], cpu)  # G's 1 MB windows fit
+    with pytest.raises(UserError, match=r'^m\.png: the segmenter on its 400×500 generated image, 8 windows of 32² at '
+                                        r'once: needs ~0\.1\d GB of cpu memory but 0\.10 GB is available; lower '
+                                        r'--batch_size \(about 6 fits\)$'):
+        ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
+    opt.batch_size = 4  # 64 MB of windows
+    ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
 
 
 def test_a_scale_that_shrinks_masks_under_one_window_is_noted(run_dir, tmp_path, capsys):
