@@ -284,7 +284,7 @@ def check_memory(opt, G, cfg, size, inputs, device, segmenter=None):
         band, host = 0, 3 * height * width * 2
     limit = opt.max_memory_gb * 2 ** 30 if opt.max_memory_gb else available_bytes(device)
     refuse_over_limit(f'{largest}: {width}×{height} mask', min(opt.batch_size, windows), size, per_window,
-                      band + (host if device.type == 'cpu' else 0), limit, device)
+                      band + (host if device.type == 'cpu' else 0), limit, device, '--scale or --load_size')
     if segmenter:
         model, window, _ = segmenter
         judged = (size, size) if opt.mode == 'full' else (h, w)  # what image_scores gives it
@@ -292,7 +292,7 @@ def check_memory(opt, G, cfg, size, inputs, device, segmenter=None):
         per_window = measured_window_bytes(model, 3, window, device, "the segmenter's --crop_size")
         refuse_over_limit(f'{largest}: the segmenter on its {judged[1]}×{judged[0]} generated image',
                           min(opt.batch_size, windows), window, per_window,
-                          band + (host if device.type == 'cpu' else 0), limit, device)
+                          band + (host if device.type == 'cpu' else 0), limit, device, '--scale')
 
 
 def measured_window_bytes(model, input_nc, size, device, given):
@@ -314,12 +314,12 @@ def sliding_needs(h, w, window, overlap, input_nc, output_nc):
     return len(padded[0][2]) * len(padded[1][2]), band, host
 
 
-def refuse_over_limit(what, batch, size, per_window, fixed, limit, device):
+def refuse_over_limit(what, batch, size, per_window, fixed, limit, device, shrinks):
     needed = batch * per_window + fixed
     if needed > limit:
         fits = int((limit - fixed) // per_window)
         advice = (f'lower --batch_size (about {fits} fits)' if fits >= 1
-                  else 'even one window does not fit: lower --scale or --load_size, or free memory')
+                  else f'even one window does not fit: lower {shrinks}, or free memory')
         raise UserError(f'{what}, {batch} windows of {size}² at once: needs ~{needed / 2 ** 30:.2f} GB of '
                         f'{device.type} memory but {limit / 2 ** 30:.2f} GB is available; {advice}')
 

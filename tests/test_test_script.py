@@ -728,6 +728,9 @@ def test_memory_check_counts_the_segmenter_on_the_image_it_judges(monkeypatch):
         ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
     opt.batch_size = 4  # 64 MB of windows
     ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
+    opt.batch_size, opt.max_memory_gb = 2, 0.01  # G's windows fit, not one of the segmenter's (its size is its own)
+    with pytest.raises(UserError, match=r'even one window does not fit: lower --scale, or free memory$'):
+        ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
 
 
 def test_a_scale_that_shrinks_masks_under_one_window_is_noted(run_dir, tmp_path, capsys):
