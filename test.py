@@ -272,27 +272,27 @@ def check_memory(opt, G, cfg, size, inputs, device, segmenter=None):
     given = '--load_size' if opt.load_size else 'the run\'s --crop_size; a smaller --load_size may fit'
     per_window = measured_window_bytes(G, cfg['input_nc'], size, device, given)
     _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
-    h, w = scaled_size((height, width), opt.scale) if opt.mode == 'sliding' else (height, width)
     if opt.mode == 'sliding':
+        h, w = scaled_size((height, width), opt.scale)
         if (cfg['input_nc'] + 3) * h * w > available_bytes(torch.device('cpu')):  # before planning its windows
             raise UserError(f'{largest}: --scale {opt.scale} makes the {width}×{height} mask {w}×{h}, more than '
                             f'this machine\'s memory holds')
         windows, band, host = sliding_needs(h, w, size, opt.overlap, cfg['input_nc'], cfg['output_nc'])
         host += 3 * height * width  # the output resized back to the input's size
     else:
+        h, w = height, width
         windows = opt.tiles ** 2 if opt.mode == 'tiles' else 1
         band, host = 0, 3 * height * width * 2
     limit = opt.max_memory_gb * 2 ** 30 if opt.max_memory_gb else available_bytes(device)
     refuse_over_limit(f'{largest}: {width}×{height} mask', min(opt.batch_size, windows), size, per_window,
-                      band + (host if device.type == 'cpu' else 0), limit, device, '--scale or --load_size')
+                      (band, host), limit, device, '--scale or --load_size')
     if segmenter:
         model, window, _ = segmenter
         judged = (size, size) if opt.mode == 'full' else (h, w)  # what image_scores gives it
         windows, band, host = sliding_needs(*judged, window, 0.5, 3, 1)
         per_window = measured_window_bytes(model, 3, window, device, "the segmenter's --crop_size")
         refuse_over_limit(f'{largest}: the segmenter on its {judged[1]}×{judged[0]} generated image',
-                          min(opt.batch_size, windows), window, per_window,
-                          band + (host if device.type == 'cpu' else 0), limit, device, '--scale')
+                          min(opt.batch_size, windows), window, per_window, (band, host), limit, device, '--scale')
 
 
 def measured_window_bytes(model, input_nc, size, device, given):
@@ -314,7 +314,11 @@ def sliding_needs(h, w, window, overlap, input_nc, output_nc):
     return len(padded[0][2]) * len(padded[1][2]), band, host
 
 
-def refuse_over_limit(what, batch, size, per_window, fixed, limit, device, shrinks):
+def refuse_over_limit(what, batch, size, per_window, band_and_host, limit, device, shrinks):
+    """Refuse `batch` windows of per_window bytes beside the band (device) and host bytes when they exceed limit;
+    on a CPU the host's bytes are the device's too."""
+    band, host = band_and_host
+    fixed = band + (host if device.type == 'cpu' else 0)
     needed = batch * per_window + fixed
     if needed > limit:
         fits = int((limit - fixed) // per_window)
