@@ -4,6 +4,7 @@
     python bench.py --only train --batches 1 4       # CPU: the batch sizes the CPU target names
     python bench.py --only generate --mask_size 5000
     python bench.py --only train --batches 64 --rows 1 5 6   # plain, every default optimisation, + CUDA graphs
+    python bench.py --only data --batches 64         # the augmented batch alone, per layout, with and without --rotate
 
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
 (pix2pix_model.Trainer, the one train.py runs, so the numbers are the real loop's): fused Adam, bf16 autocast,
@@ -11,18 +12,22 @@ torch.compile, channels_last, then (GPU only) CUDA graphs for G (--compile_mode 
 back as in train.py: the host never waits for the GPU between them.
 Data share = the time making the same augmented batches takes alone, as a share of the step's (the uint8 split lives
 on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak
-(--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step.
+(--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step. Peak MB = on a GPU,
+torch.cuda.max_memory_allocated over the timed steps plus what the row's CUDA graphs' private pools hold (which it
+reads as free); on the CPU, the process's peak RSS.
 """
 import os
 import resource
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import generation
+import networks
 import pix2pix_model
 import train
 import transform_dataset
@@ -42,7 +47,7 @@ STEPS = (('plain: eager fp32 NCHW, default Adam', {'default_adam': True}), ('+ f
 
 def parse_args(argv=None):
     p = ArgumentParser(__doc__)
-    p.add_argument('--only', choices=('train', 'generate', 'transform'), help='run one part only')
+    p.add_argument('--only', choices=('train', 'data', 'generate', 'transform'), help='run one part only')
     p.add_device_option()
     p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')
     p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
@@ -56,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument('--profile', action='store_true',
                    help="after the table, each row's torch.profiler table (what takes the device's or CPU's time), "
                         'its convolutions by shape and its copies by what made them')
+    p.add_argument('--d_first_conv', choices=('pad', 'space_to_depth'), default='pad',
+                   help="D's first conv on CUDA in channels_last: its 4 channels zero-padded to 8 (what training "
+                        'uses), or over 2×2 blocks as 16 channels (networks.InputConv2d.space_to_depth: an A/B, '
+                        'the same sums; compare the channels_last rows of both)')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
@@ -80,6 +89,18 @@ def peak_memory_mb(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS so far
+
+
+def private_pools(device):
+    """{pool id: bytes} of the CUDA graphs' private memory pools. Once a graph is recorded, the memory it holds
+    reads as unallocated to max_memory_allocated (pytorch/pytorch#121932), though nothing else can use it."""
+    pools = {}
+    if device.type == 'cuda':
+        for segment in torch.cuda.memory_snapshot():
+            pool = tuple(segment['segment_pool_id'])
+            if pool != (0, 0):  # (0, 0): the allocator's shared pool
+                pools[pool] = pools.get(pool, 0) + segment['total_size']
+    return pools
 
 
 def sync(device):
@@ -111,33 +132,44 @@ def flops_per_image(trainer, masks, images, plan, crop):
     return counter.get_total_flops()
 
 
+def batch_maker(masks, images, device, layout, batch, rotate=False):
+    """make_batch(i): a batch as train.py hands it to the step: augmented on the device, in the layout of
+    layout.channels_last (the trainer's options)."""
+    plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0, rotate=rotate).to(device)
+    n_batches = len(masks) // batch
+
+    def make_batch(i):
+        mask, real = batch_on_device(masks, images, plan, i % n_batches, batch, 256,
+                                     memory_format=pix2pix_model.memory_format(layout))
+        return pix2pix_model.in_layout(mask, layout), pix2pix_model.in_layout(real, layout)
+    return make_batch
+
+
+def looped(step):
+    """run(n): step(0), step(1), ..., step(n - 1), for seconds_of."""
+    def run(n):
+        for i in range(n):
+            step(i)
+    return run
+
+
 def bench_train_row(device, overrides, batch, iters, warmup, data, with_profile=False):
     masks, images = data
     # A fresh compile cache per row: a shared one would turn the batch dimension dynamic from the second batch size
     # on, which is not the static-shape graph train.py compiles.
     torch._dynamo.reset()
+    pools_before = private_pools(device)  # an earlier row's CUDA graphs may not be freed yet
     trainer = make_trainer(device, overrides)
-    plan = EpochPlan(len(masks), masks.shape[-1], 256, seed=0, epoch=0).to(device)
-    n_batches = len(masks) // batch
-
-    def make_batch(i):
-        mask, real = batch_on_device(masks, images, plan, i % n_batches, batch, 256)
-        return pix2pix_model.in_layout(mask, trainer.opt), pix2pix_model.in_layout(real, trainer.opt)
-
-    def train_steps(n):
-        for i in range(n):
-            trainer.train_step(*make_batch(i))
-
-    def make_batches(n):
-        for i in range(n):
-            make_batch(i)
-
+    make_batch = batch_maker(masks, images, device, trainer.opt, batch)
+    train_steps = looped(lambda i: trainer.train_step(*make_batch(i)))
+    make_batches = looped(make_batch)
     seconds_of(train_steps, warmup, device)  # cuDNN's autotuning and compilation
     if device.type == 'cuda':  # the steady step's memory
         torch.cuda.reset_peak_memory_stats(device)
     seconds = seconds_of(train_steps, iters, device)
+    graphs_mb = sum(size for pool, size in private_pools(device).items() if pool not in pools_before) / 2**20
     row = {'ms_per_iter': 1000 * seconds / iters, 'images_per_s': batch * iters / seconds,
-           'peak_mb': peak_memory_mb(device)}
+           'peak_mb': peak_memory_mb(device) + graphs_mb}
     row['data_share'] = seconds_of(make_batches, iters, device) / seconds
     if with_profile:
         row['profile'] = profile_table(train_steps, min(iters, 5), device)
@@ -254,19 +286,33 @@ def layout_of(shape, strides):
     return 'strided'
 
 
-def bench_train(opt, device):
+def training_settings(opt, device):
+    """(batches, timed iterations, warm-up iterations) for the training and data benchmarks."""
     gpu = device.type == 'cuda'
     batches = opt.batches or ([1, 16, 64] if gpu else [1, 4])
     iters = opt.iters if opt.iters is not None else (30 if gpu else 6)
     warmup = opt.warmup if opt.warmup is not None else (10 if gpu else 3)
     if iters < 1 or warmup < 0:
         raise UserError(f'--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}')
+    return batches, iters, warmup
+
+
+def uint8_split(batches, device, data_in_ram):
+    """A random uint8 training split of 286² samples, enough for two of the largest batch, on device (or in RAM)."""
     n = max(max(batches) * 2, 64)
     gen = torch.Generator().manual_seed(0)
     masks = (torch.rand(n, 1, 286, 286, generator=gen) > 0.7).to(torch.uint8).mul_(255)
     images = torch.randint(0, 256, (n, 3, 286, 286), dtype=torch.uint8, generator=gen)
-    if not opt.data_in_ram:
+    if not data_in_ram:
         masks, images = masks.to(device), images.to(device)
+    return masks, images
+
+
+def bench_train(opt, device):
+    gpu = device.type == 'cuda'
+    batches, iters, warmup = training_settings(opt, device)
+    masks, images = uint8_split(batches, device, opt.data_in_ram)
+    n = len(masks)
     name = torch.cuda.get_device_name(device) if gpu else 'CPU'
     peak = opt.peak_tflops or card_peak_tflops(name)
     flops = flops_per_image(make_trainer(device, {}), masks.to(device), images.to(device),
@@ -276,7 +322,8 @@ def bench_train(opt, device):
     print(f'one training step = {flops / 1e9:.1f} GFLOP per image (FlopCounterMode); MFU against a bf16 peak of '
           + (f'{peak:.0f} TFLOP/s' if peak else 'n/a (give --peak_tflops)'))
     if gpu:
-        print('the plain row runs as the official repo does: cudnn.benchmark on, cuDNN convolutions in TF32')
+        print('the plain row runs as the official repo does: cudnn.benchmark on, cuDNN convolutions in TF32; '
+              f"D's first conv in channels_last: {opt.d_first_conv}")
     print()
     print('| batch | configuration | ms/iter | images/s | speed-up | data share | peak MB | TFLOP/s | MFU |')
     print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
@@ -301,6 +348,26 @@ def bench_train(opt, device):
             if opt.profile:  # after the table, which it would break
                 profiles.append(f"\n### Profile, batch {batch}, {label}: {row['profile']}")
     print(*profiles, sep='\n')
+
+
+def bench_data(opt, device):
+    """The augmented batch alone (train.py's batch path: gather, crop, flips, turns with --rotate, float, layout),
+    without training: its own cost, where the train table's data share is a share of the step."""
+    batches, iters, warmup = training_settings(opt, device)
+    masks, images = uint8_split(batches, device, opt.data_in_ram)
+    print(f'\n## Augmented batches alone, 286² uint8 samples -> 256² crops, {device}, split '
+          f'{"in RAM" if opt.data_in_ram else "on the device"}')
+    print('| batch | layout | --rotate | ms/batch | batches/s |')
+    print('| ---: | --- | --- | ---: | ---: |')
+    for batch in batches:
+        for channels_last in (False, True):
+            for rotate in (False, True):
+                layout = SimpleNamespace(channels_last=channels_last)
+                make_batches = looped(batch_maker(masks, images, device, layout, batch, rotate))
+                seconds_of(make_batches, warmup, device)
+                seconds = seconds_of(make_batches, iters, device)
+                print(f"| {batch} | {'channels_last' if channels_last else 'NCHW'} | {'on' if rotate else 'off'} | "
+                      f'{1000 * seconds / iters:.2f} | {iters / seconds:.1f} |', flush=True)
 
 
 def bench_generate(opt, device):
@@ -377,12 +444,15 @@ def main(argv=None):
         raise UserError(f'--rows must be between 1 and {len(STEPS)}, got {opt.rows}')
     if opt.threads is not None:
         torch.set_num_threads(opt.threads)
+    networks.InputConv2d.space_to_depth = opt.d_first_conv == 'space_to_depth'
     device = train.setup_device(opt)
     cuda_rows = [position for position, (_, change) in enumerate(STEPS, 1) if needs_cuda(change)]
     if device.type != 'cuda' and set(opt.rows or ()) & set(cuda_rows):
         raise UserError(f'--rows {cuda_rows[0]} (CUDA graphs) needs a CUDA device')
     if opt.only in (None, 'train'):
         bench_train(opt, device)
+    if opt.only in (None, 'data'):
+        bench_data(opt, device)
     if opt.only in (None, 'generate'):
         bench_generate(opt, device)
     if opt.only in (None, 'transform'):

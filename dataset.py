@@ -113,6 +113,7 @@ class EpochPlan:
 
     def __init__(self, n, size, crop, seed, epoch, flip=True, rotate=False):
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        self.rotate = rotate
         self.order = torch.randperm(n, generator=g)
         self.top = torch.randint(0, size - crop + 1, (n,), generator=g)
         self.left = torch.randint(0, size - crop + 1, (n,), generator=g)
@@ -142,10 +143,16 @@ class EpochPlan:
         return positions[rank::world_size]
 
 
-def crop_and_flip(x, top, left, crop, hflip, vflip, quarter_turns):
+def crop_and_flip(x, top, left, crop, hflip, vflip, quarter_turns=None, memory_format=torch.contiguous_format):
     """Per-sample crop/flip/rotate of a batch N×C×H×W on x's device, by gather indexing (no Python loop over
     pixels, and no host sync: the parameters live on the same device); the same parameters applied to mask and
-    image keep them aligned."""
+    image keep them aligned. Flips come first, then quarter_turns (None: no turns) of torch.rot90 over (H, W).
+    The result is laid out in memory_format."""
+    if quarter_turns is not None:
+        # torch.rot90 by k is a flip of W then a transpose (k=1), both flips (k=2), a flip of H then a transpose
+        # (k=3): the flips join the gather's reversed indices for free; only the transpose moves pixels.
+        hflip = hflip ^ ((quarter_turns == 1) | (quarter_turns == 2))
+        vflip = vflip ^ (quarter_turns >= 2)
     n = x.shape[0]
     steps = torch.arange(crop, device=x.device)
     rows = top[:, None] + steps  # N×crop
@@ -153,21 +160,24 @@ def crop_and_flip(x, top, left, crop, hflip, vflip, quarter_turns):
     rows = torch.where(vflip[:, None], rows.flip(1), rows)
     cols = torch.where(hflip[:, None], cols.flip(1), cols)
     batch_idx = torch.arange(n, device=x.device)[:, None, None]
-    out = x.permute(0, 2, 3, 1)[batch_idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    for k in (1, 2, 3):  # a select rather than indexing by nonzero(), whose data-dependent size would sync
-        out = torch.where((quarter_turns == k)[:, None, None, None], torch.rot90(out, k, dims=(2, 3)), out)
-    return out.contiguous()
+    out = x.permute(0, 2, 3, 1)[batch_idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # NHWC memory
+    if quarter_turns is not None:  # a select rather than indexing by nonzero(), whose data-dependent size would sync
+        out = torch.where((quarter_turns % 2 == 1)[:, None, None, None], out.transpose(2, 3), out)
+    # The gather writes NHWC: a channels_last batch is made here without the two copies (to NCHW in uint8, then
+    # back in float) that converting it later took.
+    return out.contiguous(memory_format=memory_format)
 
 
-def augmented_batch(masks, images, plan, positions, crop):
+def augmented_batch(masks, images, plan, positions, crop, memory_format=torch.contiguous_format):
     """Float [-1, 1] (mask, image) batch for sample positions of an EpochPlan on the data's device."""
     idx = plan.order[positions]
-    return augment_samples(masks[idx], images[idx], plan, idx, crop)
+    return augment_samples(masks[idx], images[idx], plan, idx, crop, memory_format)
 
 
-def augment_samples(masks, images, plan, idx, crop):
+def augment_samples(masks, images, plan, idx, crop, memory_format=torch.contiguous_format):
     """Crop/flip/rotate whole uint8 samples (already gathered, in the order of idx) with plan's draws for idx."""
-    params = (plan.top[idx], plan.left[idx], crop, plan.hflip[idx], plan.vflip[idx], plan.quarter_turns[idx])
+    params = (plan.top[idx], plan.left[idx], crop, plan.hflip[idx], plan.vflip[idx],
+              plan.quarter_turns[idx] if plan.rotate else None, memory_format)
     return to_unit_range(crop_and_flip(masks, *params)), to_unit_range(crop_and_flip(images, *params))
 
 
@@ -184,7 +194,8 @@ def place_split(masks, images, device, where='auto'):
     return masks, images
 
 
-def batch_on_device(masks, images, plan, index, batch_size, crop, rank=0, world_size=1):
+def batch_on_device(masks, images, plan, index, batch_size, crop, rank=0, world_size=1,
+                    memory_format=torch.contiguous_format):
     """This rank's share of global batch `index`, augmented, on plan's device (the training device).
 
     A split that lives there is gathered and augmented there. A split left in RAM (too big for the GPU) has
@@ -193,10 +204,10 @@ def batch_on_device(masks, images, plan, index, batch_size, crop, rank=0, world_
     and never waits for the GPU."""
     positions = plan.batch(index, batch_size, rank, world_size)
     if masks.device == plan.device:
-        return augmented_batch(masks, images, plan, positions, crop)
+        return augmented_batch(masks, images, plan, positions, crop, memory_format)
     host_idx = plan.host_order[plan.batch(index, batch_size, rank, world_size, device='cpu')]
     return augment_samples(copy_rows(masks, host_idx, plan.device), copy_rows(images, host_idx, plan.device),
-                           plan, plan.order[positions], crop)
+                           plan, plan.order[positions], crop, memory_format)
 
 
 def copy_rows(x, idx, device):

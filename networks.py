@@ -290,18 +290,41 @@ class InputConv2d(nn.Conv2d):
     slowly; the same sums over channels zero-padded to a multiple of 8, with zero weights for them, run faster: an
     H200's compiled channels_last training step at batch 64 took 20.5 ms with this conv, 20.8 ms without (under
     torch.compile the padding is written with the pair, in one kernel). The padding is made per call, so the weights
-    and checkpoints keep their shape. Elsewhere (NCHW, CPU) it is torch's conv."""
+    and checkpoints keep their shape. Elsewhere (NCHW, CPU) it is torch's conv.
+
+    space_to_depth (off; `bench.py --d_first_conv space_to_depth` turns it on, an A/B not yet run on a GPU): the
+    same conv as a 2×2 stride-1 conv over the input's 2×2 blocks stacked as channels (4 -> 16, a multiple of 8 with
+    no zero channels, and a quarter of the positions per weight tap). The same sums up to float rounding."""
 
     pad_on_devices = ('cuda',)
+    space_to_depth = False
 
     def forward(self, x):
-        extra = -self.in_channels % 8
-        if not extra or x.device.type not in self.pad_on_devices or x.is_contiguous() \
+        if x.device.type not in self.pad_on_devices or x.is_contiguous() \
                 or not x.is_contiguous(memory_format=torch.channels_last):
+            return super().forward(x)
+        if self.space_to_depth and self.fits_space_to_depth(x):
+            return self.space_to_depth_forward(x)
+        extra = -self.in_channels % 8
+        if not extra:
             return super().forward(x)
         x = F.pad(x, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
         weight = F.pad(self.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
         return self._conv_forward(x, weight, self.bias)
+
+    def fits_space_to_depth(self, x):
+        shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        return shape == ((4, 4), (2, 2), (1, 1), (1, 1), 1) and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
+
+    def space_to_depth_forward(self, x):
+        out_nc, in_nc = self.weight.shape[:2]
+        # The 4×4 stride-2 window at output (i, j) covers 2×2 blocks (i + p, j + q), p, q in {0, 1}, of the padded
+        # input; pixel (a, b) of a block is channel 4c + 2a + b of pixel_unshuffle's output.
+        blocks = F.pixel_unshuffle(F.pad(x, (1, 1, 1, 1)), 2).contiguous(memory_format=torch.channels_last)
+        # weight[o, c, 2p + a, 2q + b] -> [o, 4c + 2a + b, p, q]
+        weight = self.weight.reshape(out_nc, in_nc, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4)
+        weight = weight.reshape(out_nc, 4 * in_nc, 2, 2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(blocks, weight, self.bias)
 
 
 class NLayerDiscriminator(nn.Module):

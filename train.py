@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, place_split, training_scale
 from metrics import image_metrics
-from pix2pix_model import (LOSS_NAMES, Trainer, in_layout, init_from_checkpoint, linear_factor,
+from pix2pix_model import (LOSS_NAMES, Trainer, in_layout, init_from_checkpoint, linear_factor, memory_format,
                            seed_dropout_noise)
 from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, check_checkpoint_is_this_runs, check_mid_epoch_resume,
                            check_options_fit, check_same_data, data_identity, parse_options, total_epochs)
@@ -309,7 +309,7 @@ def train_epoch(trainer, split, losses, writer, stop):
     for batch in bar:
         data_start = time.perf_counter()
         mask, real = batch_on_device(masks, images, plan, batch, opt.batch_size, opt.crop_size, trainer.rank,
-                                     world_size)
+                                     world_size, memory_format(opt))
         mask, real = in_layout(mask, opt), in_layout(real, opt)
         data_seconds += time.perf_counter() - data_start
         losses.add(trainer.train_step(mask, real))

@@ -7,6 +7,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 import bench
+import networks
 from utils import UserError
 
 QUICK = ['--only', 'train', '--device', 'cpu', '--batches', '1', '--iters', '1', '--warmup', '0']
@@ -46,6 +47,32 @@ def test_profiles_follow_the_table_without_breaking_it(capsys):
     assert profiles.count('Self CPU time total') == 2
     assert profiles.count('Copies (aten::copy_) per step by what made them, CPU time') == 2
     assert profiles.count('Convolutions per step by shape, CPU time') == 2
+
+
+def test_the_data_table_times_each_layout_with_and_without_turns(capsys):
+    bench.main(['--only', 'data', '--device', 'cpu', '--batches', '1', '2', '--iters', '1', '--warmup', '0'])
+    rows = rows_below_header(capsys.readouterr().out)
+    assert [row[:3] for row in rows] == [[batch, layout, rotate] for batch in ('1', '2')
+                                         for layout in ('NCHW', 'channels_last') for rotate in ('off', 'on')]
+    assert all(float(row[3]) > 0 for row in rows)
+
+
+def test_d_first_conv_chooses_the_path_of_ds_first_conv(monkeypatch):
+    monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', False)  # monkeypatch restores it afterwards
+    quick_data = ['--only', 'data', '--device', 'cpu', '--batches', '1', '--iters', '1', '--warmup', '0']
+    bench.main(quick_data + ['--d_first_conv', 'space_to_depth'])
+    assert networks.InputConv2d.space_to_depth is True
+    bench.main(quick_data)
+    assert networks.InputConv2d.space_to_depth is False
+
+
+def test_private_pools_sums_the_cuda_graph_pools_segments_and_leaves_out_the_shared_pool(monkeypatch):
+    segments = [{'segment_pool_id': (0, 0), 'total_size': 100}, {'segment_pool_id': (1, 2), 'total_size': 20},
+                {'segment_pool_id': (0, 0), 'total_size': 1}, {'segment_pool_id': (1, 2), 'total_size': 30},
+                {'segment_pool_id': (3, 0), 'total_size': 4}]
+    monkeypatch.setattr(torch.cuda, 'memory_snapshot', lambda: segments)
+    assert bench.private_pools(torch.device('cuda', 0)) == {(1, 2): 50, (3, 0): 4}
+    assert bench.private_pools(torch.device('cpu')) == {}
 
 
 def test_the_copies_table_says_per_step_what_made_each_copy_and_what_it_converts():

@@ -141,6 +141,29 @@ def test_crop_and_flip_matches_a_per_sample_reference():
         assert torch.equal(out[i], torch.rot90(window, int(plan.quarter_turns[i]), (1, 2))), i
 
 
+@pytest.mark.parametrize('rotate', [False, True])
+def test_batches_are_made_in_the_asked_layout_with_the_same_values(transformed_root, rotate):
+    """A channels_last batch comes straight from the gather (NHWC): the same pixels as the NCHW batch, with no
+    conversion left for the trainer to copy."""
+    masks, images, _ = load_split(transformed_root, 'train')
+    plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=2, epoch=0, rotate=rotate)
+    for index in range(len(masks) // 4):
+        nchw = batch_on_device(masks, images, plan, index, 4, 64)
+        nhwc = batch_on_device(masks, images, plan, index, 4, 64, memory_format=torch.channels_last)
+        assert nchw[1].is_contiguous() and not nchw[1].is_contiguous(memory_format=torch.channels_last)
+        assert nhwc[1].is_contiguous(memory_format=torch.channels_last) and not nhwc[1].is_contiguous()
+        for a, b in zip(nchw, nhwc):
+            assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_a_plan_without_rotation_gives_what_zero_quarter_turns_give():
+    x = torch.randint(0, 256, (16, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    plan = EpochPlan(16, 20, 12, seed=4, epoch=0)
+    assert not plan.rotate and plan.hflip.any() and not plan.quarter_turns.any()
+    params = (plan.top, plan.left, 12, plan.hflip, plan.vflip)
+    assert torch.equal(crop_and_flip(x, *params), crop_and_flip(x, *params, plan.quarter_turns))
+
+
 def test_validation_is_deterministic_centre_crop_or_full_size(transformed_root):
     ds = PairedDataset(transformed_root, 'val', crop=64, train=False)
     m1, i1 = ds[0]

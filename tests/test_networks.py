@@ -228,6 +228,34 @@ def test_ds_first_conv_over_zero_padded_channels_computes_what_the_plain_conv_do
     assert set(D.state_dict()) == set(define_D('basic', input_nc=input_nc, ndf=8).state_dict())
 
 
+@pytest.mark.parametrize('input_nc,size', [(4, 32), (3, 32), (4, 33)])
+def test_ds_first_conv_over_2x2_blocks_computes_what_the_plain_conv_does(monkeypatch, input_nc, size):
+    """InputConv2d.space_to_depth (bench.py's A/B): the 4×4 stride-2 conv as a 2×2 conv over pixel_unshuffle's
+    blocks gives the plain conv's logits and gradients (fp64: only rounding differs). An odd side has no whole
+    blocks: it takes the padded-channels path."""
+    monkeypatch.setattr(networks.InputConv2d, 'pad_on_devices', ('cpu',))
+    monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', True)
+    unshuffled = []
+    monkeypatch.setattr(F, 'pixel_unshuffle', lambda x, r: unshuffled.append(x.shape) or torch.pixel_unshuffle(x, r))
+    D = define_D('basic', input_nc=input_nc, ndf=8).double()
+    first = D.model[0]
+    x = torch.randn(2, input_nc, size, size, dtype=torch.float64)
+    x_nchw = x.clone().requires_grad_()
+    plain = D(x_nchw)
+    grad = torch.randn_like(plain)
+    plain_grads = torch.autograd.grad(plain, (x_nchw, first.weight, first.bias), grad)
+    assert unshuffled == []  # NCHW: torch's conv
+    D = D.to(memory_format=torch.channels_last)
+    x_cl = channels_last(x).requires_grad_()
+    ours = D(x_cl)
+    assert unshuffled == ([(2, input_nc, size + 2, size + 2)] if size % 2 == 0 else [])
+    torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
+    ours_grads = torch.autograd.grad(ours, (x_cl, first.weight, first.bias), grad)
+    for mine, theirs in zip(ours_grads, plain_grads):
+        assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('netD,n_layers_D,size,out', [
     ('basic', 3, 256, 30),      # the classic 30x30 PatchGAN map
     ('n_layers', 2, 64, 14),    # 64/4 - 2

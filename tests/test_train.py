@@ -755,6 +755,22 @@ def test_batches_in_layout_let_torch_cat_make_ds_input_in_that_layout_without_a_
         assert pair.is_contiguous(memory_format=fmt)
 
 
+@pytest.mark.parametrize('layout', ['--channels_last', None])
+def test_train_py_makes_its_batches_in_the_models_layout(transformed_root, tmp_path, monkeypatch, layout):
+    """The batches come from the gather in the models' layout: in_layout, before the step, copies no image (in
+    channels_last it used to convert an NCHW float batch each step)."""
+    copied = []
+
+    def in_layout_spy(batch, opt):
+        out = pix2pix_model.in_layout(batch, opt)
+        copied.append(out.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr())
+        return out
+    monkeypatch.setattr(train, 'in_layout', in_layout_spy)
+    options = ('--n_epochs', '1', '--n_epochs_decay', '0', '--batch_size', '4', *filter(None, [layout]))
+    assert train.main(tiny(transformed_root, tmp_path, 'layout', *options)) == 0
+    assert copied and not any(copied)
+
+
 @pytest.mark.parametrize('mode', ['default', 'reduce-overhead'])
 def test_compile_mode_is_gs_and_d_compiles_without_cuda_graphs(transformed_root, tmp_path, monkeypatch, mode):
     """CUDA graph trees would reuse G's output and saved activations for D's step (test_gpu.py runs the real one)."""
