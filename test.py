@@ -1,14 +1,16 @@
 """Generate aerial images from building masks with a trained run, and score them.
 
     python test.py --run runs/inria_unet                                   # val split, each mask -> model size
+    python test.py --run runs/inria_unet --mode crop                       # train.py's validation, as images
     python test.py --run runs/inria_unet --mode tiles --tiles 2            # the seed's "2x2": shows seams
     python test.py --run runs/inria_unet --mode sliding --masks my_masks/  # full resolution, no seams
     python test.py --run runs/inria_unet --mode sliding --scale train --masks AerialImageDataset/train/gt/vienna1.tif
         # --scale train: at the resolution runs/inria_unet trained at (--size 286 --split 2 tiles: 286/2500 = 0.1144)
 
 Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles = N×N tiles generated apart and
-stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly. Tiles and sliding output exactly the
-input size (TIFF in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-,
+stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly; crop = the centre model-size square of
+the mask, not resized (on the val split, what train.py validates on: its metrics are the val curve's, up to the
+8-bit rounding of the saved images). Tiles and sliding output exactly the input size (TIFF in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-,
 OriginalResized- (with ground truth) and Grid- (mask | generated | real) <name>.png, index.html, metrics.csv,
 metrics.json (last).
 Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see generate),
@@ -34,7 +36,7 @@ from results import (MAX_NAME_BYTES, check_outputs_spare_inputs, check_results_d
 from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, counted, first_line,
                    pick_device, run_cli, write_json_atomic, writing_alone)
 
-MODES = ('full', 'tiles', 'sliding')
+MODES = ('full', 'tiles', 'sliding', 'crop')
 
 
 def build_parser():
@@ -42,9 +44,9 @@ def build_parser():
     a = p.add_argument
     a('--run', required=True, help='run folder made by train.py (holds latest.pt, best.pt, epoch_<N>.pt)')
     a('--epoch', default='latest', help="which checkpoint: latest, best (the run's --best_metric) or N (epoch_<N>.pt)")
-    a('--mode', default='full', choices=MODES, help='full, tiles or sliding (see above)')
-    a('--tiles', type=int, default=2, help='N: tiles mode cuts N×N tiles; full and tiles score seams on this grid '
-                                           '(sliding: on its window edges)')
+    a('--mode', default='full', choices=MODES, help='full, tiles, sliding or crop (see above)')
+    a('--tiles', type=int, default=2, help='N: tiles mode cuts N×N tiles; full, crop and tiles score seams on this '
+                                           'grid (sliding: on its window edges)')
     a('--overlap', type=float, default=None,
       help='sliding: overlap of neighbouring windows, fraction in [0, 1) (default: 0.5)')
     a('--scale', type=scale_option, default=None, metavar='N|train',
@@ -90,7 +92,7 @@ def check_options(opt):
     if opt.load_size is not None:
         check_counts(opt, ('load_size',))
     if opt.overlap is not None and opt.mode != 'sliding':
-        raise UserError('--overlap only applies to --mode sliding (full and tiles generate without overlap)')
+        raise UserError('--overlap only applies to --mode sliding (the other modes generate without overlap)')
     if opt.mode == 'sliding':
         opt.overlap = 0.5 if opt.overlap is None else opt.overlap
         if not 0 <= opt.overlap < 1:
@@ -98,7 +100,8 @@ def check_options(opt):
     if isinstance(opt.scale, float) and not (math.isfinite(opt.scale) and opt.scale > 0):
         raise UserError(f'--scale {opt.scale}: must be a positive number')
     if opt.scale not in (None, 1) and opt.mode != 'sliding':
-        raise UserError('--scale only applies to --mode sliding (full and tiles resize to the model size anyway)')
+        raise UserError('--scale only applies to --mode sliding (full and tiles resize to the model size anyway, '
+                        'crop takes the mask as it is)')
     if opt.scale == 'train' and not opt.masks:
         raise UserError("--scale train applies to raw --masks: a transformed split's masks are at the training "
                         'scale already')
@@ -269,6 +272,9 @@ def check_memory(opt, G, cfg, size, inputs, device, segmenter=None):
     _, smallest, *_, shape = min(inputs, key=lambda i: min(i[-1]))
     if opt.mode == 'tiles' and opt.tiles > min(shape):
         raise UserError(f'{smallest}: --tiles {opt.tiles}, but the mask is only {shape[1]}×{shape[0]} pixels')
+    if opt.mode == 'crop' and size > min(shape):
+        raise UserError(f'{smallest}: --mode crop takes the centre {size}×{size} pixels, but the mask is only '
+                        f'{shape[1]}×{shape[0]}; --mode full resizes it to the model size')
     given = '--load_size' if opt.load_size else 'the run\'s --crop_size; a smaller --load_size may fit'
     per_window = measured_window_bytes(G, cfg['input_nc'], size, device, given)
     _, largest, *_, (height, width) = max(inputs, key=lambda i: i[-1][0] * i[-1][1])
@@ -288,7 +294,7 @@ def check_memory(opt, G, cfg, size, inputs, device, segmenter=None):
                       (band, host), limit, device, '--scale or --load_size')
     if segmenter:
         model, window, _ = segmenter
-        judged = (size, size) if opt.mode == 'full' else (h, w)  # what image_scores gives it
+        judged = (size, size) if opt.mode in ('full', 'crop') else (h, w)  # what image_scores gives it
         windows, band, host = sliding_needs(*judged, window, 0.5, 3, 1)
         per_window = measured_window_bytes(model, 3, window, device, "the segmenter's --crop_size")
         refuse_over_limit(f'{largest}: the segmenter on its {judged[1]}×{judged[0]} generated image',
@@ -335,8 +341,8 @@ def generate(opt, G, cfg, mask, size, device):
     where the mode could make them, at the resolution it generates at: the --tiles grid in tiles mode (and on the
     same lines in full mode, which has none); the window edges in sliding mode, before --scale is undone (resizing
     back up would spread a seam over many pixels)."""
-    if opt.mode == 'full':
-        small = resize_mask(mask, size)
+    if opt.mode in ('full', 'crop'):
+        small = centre_square(mask, size) if opt.mode == 'crop' else resize_mask(mask, size)
         image = generate_full(G, small, size, device)  # at the model size already: generate_full resizes nothing
         return image, small, seam_score(image, opt.tiles)
     if opt.mode == 'tiles':
@@ -347,6 +353,12 @@ def generate(opt, G, cfg, mask, size, device):
     fake = generate_sliding(G, scaled, size, opt.overlap, opt.batch_size, device, cfg['output_nc'])
     seams = seam_score_at(fake, *(window_edges(n, size, opt.overlap) for n in fake.shape[:2]))
     return resize_image(fake, (height, width)), mask, seams  # back on the input's pixel grid (and geo-referencing)
+
+
+def centre_square(hwc, size):
+    """The centre size×size pixels of an H×W(×C) array, where dataset.center_crop takes train.py's val crops."""
+    top, left = (hwc.shape[0] - size) // 2, (hwc.shape[1] - size) // 2
+    return hwc[top:top + size, left:left + size]
 
 
 def scaled_size(shape, scale):
@@ -390,7 +402,7 @@ def generate_all(opt, G, cfg, size, device, inputs, folder, segmenter, fid_kid, 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
             generated, mask_out, seams = generate(opt, G, cfg, mask, size, device)
         if real is not None and real.shape[:2] != generated.shape[:2]:
-            real = resize_image(real, generated.shape[:2])
+            real = centre_square(real, size) if opt.mode == 'crop' else resize_image(real, generated.shape[:2])
         files = save_outputs(folder, opt.mode, name, source, generated, mask_out, real)
         if real is not None and fid_kid:
             for metric in fid_kid:

@@ -1,4 +1,4 @@
-"""Tests for test.py and generation.py: the three modes and their files, exact sliding-window blending, seam
+"""Tests for test.py and generation.py: the four modes and their files, exact sliding-window blending, seam
 scores, GeoTIFF tags, and one-line errors for bad input. One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) is
 trained once for the module; CPU only.
 """
@@ -28,7 +28,7 @@ from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from image_io import read_image_file, read_mask
 from metrics import make_fid_kid, seam_score
-from utils import UserError
+from utils import UserError, load_checkpoint
 
 # Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
 _spec = importlib.util.spec_from_file_location('test_script', os.path.join(REPO, 'test.py'))
@@ -82,7 +82,7 @@ class Links(html.parser.HTMLParser):
         self.rows += tag == 'tr'
 
 
-# ---------------------------------------------------------------- the three modes on the val split
+# ---------------------------------------------------------------- the modes on the val split
 
 @pytest.mark.parametrize('mode', ts.MODES)
 def test_mode_writes_images_html_and_metrics(run_dir, transformed_root, tmp_path, monkeypatch, mode):
@@ -90,7 +90,7 @@ def test_mode_writes_images_html_and_metrics(run_dir, transformed_root, tmp_path
     ts.main(['--run', run_dir, '--mode', mode])
     out = tmp_path / 'results' / 'tiny' / f'{mode}_latest'
     names = [t['name'] for t in json.load(open(os.path.join(transformed_root, 'val', 'manifest.json')))['tiles']]
-    side = WINDOW if mode == 'full' else VAL_SIZE
+    side = WINDOW if mode in ('full', 'crop') else VAL_SIZE
     for name in names:
         generated = np.asarray(Image.open(out / f'Generated-{name}.png'))
         assert generated.shape == (side, side, 3)
@@ -118,6 +118,18 @@ def test_mode_writes_images_html_and_metrics(run_dir, transformed_root, tmp_path
     assert set(page.refs) >= {f'Generated-{n}.png' for n in names} | {f'OriginalResized-{n}.png' for n in names}
     assert all((out / ref).is_file() for ref in page.refs)
     assert not [n for n in os.listdir(out) if n.endswith('.tmp')]
+
+
+def test_crop_mode_scores_what_train_py_validated(run_dir, tmp_path):
+    """--mode crop generates train.py's centre crops of the val split: its means are the run's last val metrics, up
+    to the 8-bit rounding of the saved images. (Full mode resizes the 72² arrays to 64²: other pictures.)"""
+    validated = load_checkpoint(os.path.join(run_dir, 'latest.pt'))['history'][-1]
+    crop = generate(run_dir, tmp_path / 'crop', '--mode', 'crop')
+    assert crop['samples'] == 5 and crop['images'][0]['size'] == [WINDOW, WINDOW]
+    # measured: 2e-4 dB, 3e-5 and 1e-6 apart; full mode's resized pictures 7e-3 dB, 1.4e-4 and 2.9e-4
+    assert crop['mean']['PSNR'] == pytest.approx(validated['PSNR'], abs=1e-3)
+    assert crop['mean']['SSIM'] == pytest.approx(validated['SSIM'], abs=1e-4)
+    assert crop['mean']['L1'] == pytest.approx(validated['L1'], abs=2e-5)
 
 
 def test_epoch_choice_and_num_test(run_dir, tmp_path):
@@ -487,6 +499,8 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
                               'lower --batch_size (about'),
     'memory: not one window': (options('--mode', 'sliding', '--max_memory_gb', '1e-6'),
                                'even one window does not fit'),
+    'mask smaller than the crop': (bad_mask('small.png', BLOCK[:40, :50], '--mode', 'crop'),
+                                   'small.png: --mode crop takes the centre 64×64 pixels, but the mask is only 50×40'),
     'tiles larger than mask': (options('--mode', 'tiles', '--tiles', '100'),
                                '.npy: --tiles 100, but the mask is only 72×72 pixels'),
     'name too long for outputs': (bad_mask('b' * 230 + '.png', BLOCK), 'file name too long for its outputs'),
