@@ -61,16 +61,20 @@ def test_pinned_memory_batches_equal_gpu_resident_batches(transformed_root):
                 assert a.device == b.device == device and torch.equal(a, b)
 
 
-def test_training_with_cuda_graphs_runs_to_the_end(transformed_root, tmp_path):
+def test_training_with_cuda_graphs_runs_to_the_end_and_resumes(transformed_root, tmp_path):
     """--compile_mode reduce-overhead: G's compiled graphs replay as CUDA graphs, their outputs in memory the next
     step's replay reuses; the D step, validation (eager G), the log steps and the checkpoints must not read stale
-    ones (with D's graphs as CUDA graphs too, D's backward ended the step for torch, and the G step failed)."""
-    options = (*GPU_OPTIMISATIONS, '--compile_mode', 'reduce-overhead', '--n_epochs', '2', '--n_epochs_decay', '0',
+    ones (with D's graphs as CUDA graphs too, D's backward ended the step for torch, and the G step failed). A resume
+    records the graphs afresh, after the restored weights and optimiser states."""
+    options = (*GPU_OPTIMISATIONS, '--compile_mode', 'reduce-overhead', '--n_epochs', '3', '--n_epochs_decay', '0',
                '--batch_size', '4', '--log_freq', '2')
     torch._dynamo.reset()
-    assert train.main(tiny(transformed_root, tmp_path, 'graphs', *options)) == 0
+    assert train.main(tiny(transformed_root, tmp_path, 'graphs', *options, '--stop_epoch', '2')) == 0
+    torch._dynamo.reset()
+    assert train.main(tiny(transformed_root, tmp_path, 'graphs', *options, '--resume')) == 0
     state = load_checkpoint(os.path.join(tmp_path, 'graphs', 'latest.pt'))
-    assert state['epoch'] == 2 and all(np.isfinite(row['PSNR']) for row in state['history'])
+    assert [row['epoch'] for row in state['history']] == [1, 2, 3]
+    assert all(np.isfinite(row['PSNR']) for row in state['history'])
     assert all(torch.isfinite(w).all() for w in state['G'].values() if w.is_floating_point())
 
 
