@@ -10,9 +10,9 @@
 Modes: full = the mask resized to the model size (the seed's "fullsize"); tiles = N×N tiles generated apart and
 stitched (the seed's "2x2"); sliding = overlapping windows blended smoothly; crop = the centre model-size square of
 the mask, not resized (on the val split, what train.py validates on: its metrics are the val curve's, up to the
-8-bit rounding of the saved images). Tiles and sliding output exactly the input size (TIFF in, GeoTIFF out). Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-,
-OriginalResized- (with ground truth) and Grid- (mask | generated | real) <name>.png, index.html, metrics.csv,
-metrics.json (last).
+8-bit rounding of the saved images). Tiles and sliding output exactly the input size (TIFF in, GeoTIFF out).
+Output (default results/<run>/<mode>_<epoch>/): Generated-, MaskResized-, OriginalResized- (with ground truth) and
+Grid- (mask | generated | real) <name>.png, index.html, metrics.csv, metrics.json (last).
 Metrics: PSNR/SSIM/L1 against ground truth, a seam score for every image (≈1 = seamless; see generate),
 FID/KID only with --inception_weights.
 """
