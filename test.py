@@ -339,8 +339,8 @@ def refuse_over_limit(what, batch, size, per_window, band_and_host, limit, devic
 def generate(opt, G, cfg, mask, size, device):
     """(generated uint8 image, the mask at the output's size, seam score) for one input in --mode. Seams are scored
     where the mode could make them, at the resolution it generates at: the --tiles grid in tiles mode (and on the
-    same lines in full mode, which has none); the window edges in sliding mode, before --scale is undone (resizing
-    back up would spread a seam over many pixels)."""
+    same lines in full and crop modes, which have none); the window edges in sliding mode, before --scale is undone
+    (resizing back up would spread a seam over many pixels)."""
     if opt.mode in ('full', 'crop'):
         small = centre_square(mask, size) if opt.mode == 'crop' else resize_mask(mask, size)
         image = generate_full(G, small, size, device)  # at the model size already: generate_full resizes nothing
