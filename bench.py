@@ -5,6 +5,7 @@
     python bench.py --only generate --mask_size 5000
     python bench.py --only train --batches 64 --rows 1 5 6   # plain, every default optimisation, + CUDA graphs
     python bench.py --only data --batches 64         # the augmented batch alone, per layout, with and without --rotate
+    python bench.py --only convs --batches 64        # each convolution alone; few-channel layers reformulated too
 
 Training rows add one optimisation at a time to the plain fp32 eager NCHW loop with torch's default Adam
 (pix2pix_model.Trainer, the one train.py runs, so the numbers are the real loop's): fused Adam, bf16 autocast,
@@ -24,7 +25,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 import generation
 import networks
@@ -47,7 +50,7 @@ STEPS = (('plain: eager fp32 NCHW, default Adam', {'default_adam': True}), ('+ f
 
 def parse_args(argv=None):
     p = ArgumentParser(__doc__)
-    p.add_argument('--only', choices=('train', 'data', 'generate', 'transform'), help='run one part only')
+    p.add_argument('--only', choices=('train', 'data', 'convs', 'generate', 'transform'), help='run one part only')
     p.add_device_option()
     p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')
     p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
@@ -124,7 +127,6 @@ def make_trainer(device, overrides):
 
 def flops_per_image(trainer, masks, images, plan, crop):
     """FLOPs of one full training step (G forward, D steps, G step, backward passes) per image."""
-    from torch.utils.flop_counter import FlopCounterMode
     mask, real = augmented_batch(masks, images, plan, torch.arange(1), crop)
     counter = FlopCounterMode(display=False)
     with counter:
@@ -370,6 +372,85 @@ def bench_data(opt, device):
                       f'{1000 * seconds / iters:.2f} | {iters / seconds:.1f} |', flush=True)
 
 
+def conv_calls(G, D, batch, device, amp):
+    """[(name, module, input shape)] of every convolution, in call order ('G 16: ConvTranspose2d 128→3'): one
+    forward of G at batch, one of D at twice the batch (the D step judges fake and real in one call)."""
+    calls = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for model_name, model, inputs in (('G', G, (batch, 1, 256, 256)), ('D', D, (2 * batch, 4, 256, 256))):
+            def record(conv, args, model_name=model_name):
+                name = f'{model_name} {sum(call[0][0] == model_name for call in calls) + 1}: ' \
+                       f'{type(conv).__name__} {conv.in_channels}→{conv.out_channels}'
+                calls.append((name, conv, args[0].shape))
+            hooks = [module.register_forward_pre_hook(record) for module in model.modules()
+                     if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+            model(torch.randn(inputs, device=device).contiguous(memory_format=torch.channels_last))
+            for hook in hooks:
+                hook.remove()
+    return calls
+
+
+def outputs_zero_padded(conv, x, multiple=8):
+    """conv(x) with the output channels zero-padded to a multiple (zero weights and bias), the extra ones sliced off."""
+    extra = -conv.out_channels % multiple
+    transposed = isinstance(conv, torch.nn.ConvTranspose2d)  # its weight is in × out, a Conv2d's out × in
+    weight = F.pad(conv.weight, (0, 0, 0, 0) + ((0, extra) if transposed else (0, 0, 0, extra)))
+    bias = None if conv.bias is None else F.pad(conv.bias, (0, extra))
+    if transposed:
+        y = F.conv_transpose2d(x, weight, bias, conv.stride, conv.padding, conv.output_padding, conv.groups,
+                               conv.dilation)
+    else:
+        y = F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y[:, :conv.out_channels]
+
+
+def conv_formulations(conv):
+    """{name: forward} for one layer: torch's, and for a layer with few channels (cuDNN's slow case) other
+    formulations of the same sums."""
+    forms = {'torch': (lambda x: torch.nn.Conv2d.forward(conv, x)) if isinstance(conv, torch.nn.Conv2d) else conv}
+    if conv.in_channels % 8 and not isinstance(conv, torch.nn.ConvTranspose2d):
+        forms['inputs zero-padded to 8k'] = lambda x: networks.conv_over_zero_padded_channels(conv, x)
+    if isinstance(conv, networks.InputConv2d) and conv.fits_space_to_depth(torch.empty(1, 1, 2, 2)):
+        forms['over 2×2 blocks (space to depth)'] = conv.space_to_depth_forward
+    if conv.out_channels % 8:
+        forms['outputs zero-padded to 8k'] = lambda x: outputs_zero_padded(conv, x)
+    return forms
+
+
+def bench_convs(opt, device):
+    """Each convolution of G and D alone, forward and backward (input and weight gradients), in the training layout
+    (channels_last) and dtype (bf16 on a GPU): how well each layer uses the device, and whether its few-channel
+    layers gain from another formulation of the same sums (max |diff| against torch's output says they are)."""
+    _, iters, warmup = training_settings(opt, device)
+    amp = device.type == 'cuda'  # as train.py's --amp auto
+    trainer = make_trainer(device, {'channels_last': True})
+    print(f'\n## Convolutions alone, forward + backward, channels_last, {"bf16" if amp else "fp32"}, {device}')
+    print('| batch | layer | input | weight | formulation | ms | TFLOP/s | max \\|diff\\| |')
+    print('| ---: | --- | --- | --- | --- | ---: | ---: | ---: |')
+    for batch in opt.batches or ([64] if device.type == 'cuda' else [2]):
+        for name, conv, shape in conv_calls(trainer.G, trainer.D, batch, device, amp):
+            x = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+            def run(forward):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    y = forward(x)
+                y.float().sum().backward()
+                conv.zero_grad(set_to_none=True)
+                x.grad = None
+                return y.detach()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                reference = run(conv_formulations(conv)['torch'])
+            for form, forward in conv_formulations(conv).items():
+                steps = looped(lambda _: run(forward))
+                seconds_of(steps, warmup, device)
+                seconds = seconds_of(steps, iters, device) / iters
+                diff = (run(forward).float() - reference.float()).abs().max().item()
+                print(f'| {batch} | {name} | {shape_text(shape)} | {shape_text(conv.weight.shape)} | {form} | '
+                      f'{1000 * seconds:.3f} | {counter.get_total_flops() / seconds / 1e12:.3g} | {diff:.2g} |',
+                      flush=True)
+
+
 def bench_generate(opt, device):
     """Sliding-window generation of one opt.mask_size² mask with an untrained unet_256 (speed is weight-independent)."""
     G = make_trainer(device, {}).G.eval()
@@ -453,6 +534,8 @@ def main(argv=None):
         bench_train(opt, device)
     if opt.only in (None, 'data'):
         bench_data(opt, device)
+    if opt.only in (None, 'convs'):
+        bench_convs(opt, device)
     if opt.only in (None, 'generate'):
         bench_generate(opt, device)
     if opt.only in (None, 'transform'):

@@ -285,6 +285,17 @@ def generator_size_problem(netG, side):
 
 # ----------------------------------------------------------------------------- discriminators
 
+def conv_over_zero_padded_channels(conv, x, multiple=8):
+    """conv(x) in channels_last with the input channels, and the weight's, zero-padded to a multiple of `multiple`:
+    the same sums (zero weights for zero channels), in the channel counts cuDNN's fast kernels take."""
+    extra = -conv.in_channels % multiple
+    if not extra:
+        return nn.Conv2d.forward(conv, x)
+    x = F.pad(x, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
+    weight = F.pad(conv.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
+    return conv._conv_forward(x, weight, conv.bias)
+
+
 class InputConv2d(nn.Conv2d):
     """D's first conv, on the (mask, image) pair. cuDNN convolves a few input channels (4) laid out channels_last
     slowly; the same sums over channels zero-padded to a multiple of 8, with zero weights for them, run faster: an
@@ -305,12 +316,7 @@ class InputConv2d(nn.Conv2d):
             return super().forward(x)
         if self.space_to_depth and self.fits_space_to_depth(x):
             return self.space_to_depth_forward(x)
-        extra = -self.in_channels % 8
-        if not extra:
-            return super().forward(x)
-        x = F.pad(x, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
-        weight = F.pad(self.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
-        return self._conv_forward(x, weight, self.bias)
+        return conv_over_zero_padded_channels(self, x)
 
     def fits_space_to_depth(self, x):
         shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)

@@ -57,6 +57,25 @@ def test_the_data_table_times_each_layout_with_and_without_turns(capsys):
     assert all(float(row[3]) > 0 for row in rows)
 
 
+def test_the_convs_table_times_each_layer_and_reformulates_the_few_channel_ones_to_the_same_sums(monkeypatch,
+                                                                                                 capsys):
+    G = networks.define_G('unet_256', ngf=8).to(memory_format=torch.channels_last)  # small filters: a quick test
+    D = networks.define_D('basic', ndf=8).to(memory_format=torch.channels_last)
+    monkeypatch.setattr(bench, 'make_trainer', lambda device, overrides: SimpleNamespace(G=G, D=D))
+    bench.main(['--only', 'convs', '--device', 'cpu', '--batches', '1', '--iters', '1', '--warmup', '0'])
+    rows = rows_below_header(capsys.readouterr().out)
+    layers = [row[1] for row in rows if row[4] == 'torch']
+    assert len(layers) == 16 + 5 and len(set(layers)) == 21
+    assert (layers[0], layers[15], layers[16]) == ('G 1: Conv2d 1→8', 'G 16: ConvTranspose2d 16→3',
+                                                   'D 1: InputConv2d 4→8')
+    assert rows[0][2:4] == ['1×1×256×256', '8×1×4×4'] and rows[-1][2] == '2×64×31×31'  # D judges 2 × the batch
+    assert {(row[1], row[4]) for row in rows if row[4] != 'torch'} == {
+        ('G 1: Conv2d 1→8', 'inputs zero-padded to 8k'), ('G 16: ConvTranspose2d 16→3', 'outputs zero-padded to 8k'),
+        ('D 1: InputConv2d 4→8', 'inputs zero-padded to 8k'),
+        ('D 1: InputConv2d 4→8', 'over 2×2 blocks (space to depth)'), ('D 5: Conv2d 64→1', 'outputs zero-padded to 8k')}
+    assert all(float(row[7]) < 1e-5 for row in rows)  # the same sums: fp32 on the CPU
+
+
 def test_d_first_conv_chooses_the_path_of_ds_first_conv(monkeypatch):
     monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', False)  # monkeypatch restores it afterwards
     quick_data = ['--only', 'data', '--device', 'cpu', '--batches', '1', '--iters', '1', '--warmup', '0']
