@@ -20,13 +20,16 @@ def memory_format(opt):
 
 
 def in_layout(batch, opt):
-    """A batch laid out as the models are. A 1-channel batch is contiguous in either layout, but torch.cat reads its
-    default (NCHW) strides as NCHW and returns the (mask, image) pair in NCHW, which D's input must then copy into
-    channels_last. The same memory with NHWC strides lets torch.cat write D's input in channels_last directly."""
+    """A batch laid out as the models are. A 1-channel batch is contiguous in either layout, and the stride of its
+    channel axis is free, but torch reads it as the layout: convolutions suggest their output's layout from it, and
+    torch.cat its output's. So it is set here: NHWC strides let torch.cat write D's (mask, image) input in
+    channels_last directly; NCHW strides keep G in NCHW without --channels_last (a mask cut from NHWC memory, as the
+    batch gather makes it, ran G in channels_last)."""
     batch = batch.contiguous(memory_format=memory_format(opt))
-    if opt.channels_last and batch.shape[1] == 1:
+    if batch.shape[1] == 1:
         _, _, height, width = batch.shape
-        batch = batch.as_strided(batch.shape, (height * width, 1, width, 1))  # a view: a size-1 axis's stride is free
+        channel_stride = 1 if opt.channels_last else height * width
+        batch = batch.as_strided(batch.shape, (height * width, channel_stride, width, 1))  # a view of the same memory
     return batch
 
 

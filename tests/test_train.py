@@ -20,7 +20,7 @@ import train
 import train_options
 import transform_dataset
 from conftest import DATA, tiny, write_array_dataset
-from dataset import center_crop_batch, load_split
+from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split
 from metrics import image_metrics
 from train_options import build_parser, parse_options, resolve_options
 from utils import UserError
@@ -753,6 +753,25 @@ def test_batches_in_layout_let_torch_cat_make_ds_input_in_that_layout_without_a_
     masks, images = torch.cat((mask_in_layout, mask_in_layout)), torch.cat((image_in_layout, image_in_layout))
     for pair in (torch.cat((mask_in_layout, image_in_layout), 1), torch.cat((masks, images), 1)):  # D's 2 callers
         assert pair.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize('rotate', [False, True])
+@pytest.mark.parametrize('layout', ['--channels_last', None])
+def test_g_convolves_in_the_chosen_layout_whatever_the_augmentation(transformed_root, tmp_path, layout, rotate):
+    """The stride of a 1-channel mask's channel axis is free, and convolutions read it as a layout hint. Cut from
+    the NHWC memory the batch gather writes, the mask ran G's convolutions in channels_last without --channels_last
+    (and in NCHW after quarter turns): in_layout sets it."""
+    trainer = tiny_trainer(transformed_root, tmp_path, *filter(None, [layout]))
+    fmt = pix2pix_model.memory_format(trainer.opt)
+    outputs = []
+    for conv in (m for m in trainer.G.modules() if isinstance(m, torch.nn.Conv2d)):
+        conv.register_forward_hook(lambda module, args, out: outputs.append(out))
+    masks, images, _ = load_split(transformed_root, 'train')
+    plan = EpochPlan(len(masks), masks.shape[-1], 64, seed=0, epoch=0, rotate=rotate)
+    mask, _ = batch_on_device(masks, images, plan, 0, 2, 64, memory_format=fmt)
+    with torch.no_grad():
+        trainer.G(pix2pix_model.in_layout(mask, trainer.opt))
+    assert len(outputs) > 10 and all(out.is_contiguous(memory_format=fmt) for out in outputs)
 
 
 @pytest.mark.parametrize('layout', ['--channels_last', None])
