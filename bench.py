@@ -404,13 +404,13 @@ def outputs_zero_padded(conv, x, multiple=8):
     return y[:, :conv.out_channels]
 
 
-def conv_formulations(conv):
-    """{name: forward} for one layer: torch's, and for a layer with few channels (cuDNN's slow case) other
-    formulations of the same sums."""
+def conv_formulations(conv, shape):
+    """{name: forward} for one layer on inputs of this shape: torch's, and for a layer with few channels (cuDNN's
+    slow case) other formulations of the same sums."""
     forms = {'torch': (lambda x: torch.nn.Conv2d.forward(conv, x)) if isinstance(conv, torch.nn.Conv2d) else conv}
     if conv.in_channels % 8 and not isinstance(conv, torch.nn.ConvTranspose2d):
         forms['inputs zero-padded to 8k'] = lambda x: networks.conv_over_zero_padded_channels(conv, x)
-    if isinstance(conv, networks.InputConv2d) and conv.fits_space_to_depth(torch.empty(1, 1, 2, 2)):
+    if isinstance(conv, networks.InputConv2d) and conv.fits_space_to_depth(shape[-2:]):
         forms['over 2×2 blocks (space to depth)'] = conv.space_to_depth_forward
     if conv.out_channels % 8:
         forms['outputs zero-padded to 8k'] = lambda x: outputs_zero_padded(conv, x)
@@ -440,8 +440,8 @@ def bench_convs(opt, device):
                 return y.detach()
             counter = FlopCounterMode(display=False)
             with counter:
-                reference = run(conv_formulations(conv)['torch'])
-            for form, forward in conv_formulations(conv).items():
+                reference = run(conv_formulations(conv, shape)['torch'])
+            for form, forward in conv_formulations(conv, shape).items():
                 steps = looped(lambda _: run(forward))
                 seconds_of(steps, warmup, device)
                 seconds = seconds_of(steps, iters, device) / iters

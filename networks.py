@@ -314,13 +314,14 @@ class InputConv2d(nn.Conv2d):
         if x.device.type not in self.pad_on_devices or x.is_contiguous() \
                 or not x.is_contiguous(memory_format=torch.channels_last):
             return super().forward(x)
-        if self.space_to_depth and self.fits_space_to_depth(x):
+        if self.space_to_depth and self.fits_space_to_depth(x.shape[-2:]):
             return self.space_to_depth_forward(x)
         return conv_over_zero_padded_channels(self, x)
 
-    def fits_space_to_depth(self, x):
+    def fits_space_to_depth(self, size):
+        """Whether an input of this (height, width) has whole 2×2 blocks for this conv's shape."""
         shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
-        return shape == ((4, 4), (2, 2), (1, 1), (1, 1), 1) and x.shape[-2] % 2 == 0 and x.shape[-1] % 2 == 0
+        return shape == ((4, 4), (2, 2), (1, 1), (1, 1), 1) and size[0] % 2 == 0 and size[1] % 2 == 0
 
     def space_to_depth_forward(self, x):
         out_nc, in_nc = self.weight.shape[:2]
