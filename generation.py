@@ -67,7 +67,9 @@ def run_generator(G, masks, device):
     if masks.dtype != np.uint8:  # float or bool 0/1 inputs would run, silently, as near-black masks
         raise ValueError(f'run_generator takes uint8 arrays (0/255 masks, 0-255 images), got {masks.dtype}')
     x = torch.tensor(masks)  # a copy: the caller's array may be read-only (from_numpy would warn)
-    x = to_unit_range((x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)).to(device))
+    # NCHW, the layout of the loaded weights: a convolution takes its layout from its input's strides, and the
+    # permuted HWC label maps' strides would run G in channels_last
+    x = to_unit_range((x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()).to(device))
     return G(x).float()
 
 
