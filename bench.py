@@ -438,10 +438,11 @@ def bench_convs(opt, device):
                 conv.zero_grad(set_to_none=True)
                 x.grad = None
                 return y.detach()
+            forms = conv_formulations(conv, shape)
             counter = FlopCounterMode(display=False)
             with counter:
-                reference = run(conv_formulations(conv, shape)['torch'])
-            for form, forward in conv_formulations(conv, shape).items():
+                reference = run(forms['torch'])
+            for form, forward in forms.items():
                 steps = looped(lambda _: run(forward))
                 seconds_of(steps, warmup, device)
                 seconds = seconds_of(steps, iters, device) / iters

@@ -218,9 +218,14 @@ def copy_rows(x, idx, device):
     return staged.to(device, non_blocking=True)
 
 
-def center_crop(x, crop):
-    top, left = (x.shape[-2] - crop) // 2, (x.shape[-1] - crop) // 2
-    return x[..., top:top + crop, left:left + crop]
+def center_crop(x, crop, axes=(-2, -1)):
+    """The centre crop×crop of x (a tensor or an array) over its two spatial axes: the last two of N×C×H×W or
+    C×H×W, (0, 1) of an H×W(×C) array."""
+    index = [slice(None)] * x.ndim
+    for axis in axes:
+        start = (x.shape[axis] - crop) // 2
+        index[axis] = slice(start, start + crop)
+    return x[tuple(index)]
 
 
 def center_crop_batch(masks, images, start, stop, crop, device):

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 import networks
-from dataset import load_split, to_unit_range
+from dataset import center_crop, load_split, to_unit_range
 from generation import (available_bytes, generate_full, generate_sliding, generate_tiles, load_generator,
                         peak_window_bytes, sliding_plan, window_edges)
 from image_io import list_images, read_mask, resize_image, resize_mask
@@ -342,7 +342,7 @@ def generate(opt, G, cfg, mask, size, device):
     same lines in full and crop modes, which have none); the window edges in sliding mode, before --scale is undone
     (resizing back up would spread a seam over many pixels)."""
     if opt.mode in ('full', 'crop'):
-        small = centre_square(mask, size) if opt.mode == 'crop' else resize_mask(mask, size)
+        small = center_crop(mask, size, (0, 1)) if opt.mode == 'crop' else resize_mask(mask, size)  # as train.py
         image = generate_full(G, small, size, device)  # at the model size already: generate_full resizes nothing
         return image, small, seam_score(image, opt.tiles)
     if opt.mode == 'tiles':
@@ -353,12 +353,6 @@ def generate(opt, G, cfg, mask, size, device):
     fake = generate_sliding(G, scaled, size, opt.overlap, opt.batch_size, device, cfg['output_nc'])
     seams = seam_score_at(fake, *(window_edges(n, size, opt.overlap) for n in fake.shape[:2]))
     return resize_image(fake, (height, width)), mask, seams  # back on the input's pixel grid (and geo-referencing)
-
-
-def centre_square(hwc, size):
-    """The centre size×size pixels of an H×W(×C) array, where dataset.center_crop takes train.py's val crops."""
-    top, left = (hwc.shape[0] - size) // 2, (hwc.shape[1] - size) // 2
-    return hwc[top:top + size, left:left + size]
 
 
 def scaled_size(shape, scale):
@@ -402,7 +396,7 @@ def generate_all(opt, G, cfg, size, device, inputs, folder, segmenter, fid_kid, 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):  # generation only, not the metrics
             generated, mask_out, seams = generate(opt, G, cfg, mask, size, device)
         if real is not None and real.shape[:2] != generated.shape[:2]:
-            real = centre_square(real, size) if opt.mode == 'crop' else resize_image(real, generated.shape[:2])
+            real = center_crop(real, size, (0, 1)) if opt.mode == 'crop' else resize_image(real, generated.shape[:2])
         files = save_outputs(folder, opt.mode, name, source, generated, mask_out, real)
         if real is not None and fid_kid:
             for metric in fid_kid:
