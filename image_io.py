@@ -36,10 +36,6 @@ def check_nonempty_file(path):
         raise UserError(f'{path}: file is empty (0 bytes)')
 
 
-
-
-
-
 def list_images(folder):
     """The image files in a folder (names, sorted), hidden ones left out."""
     return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
