@@ -120,6 +120,14 @@ def explicit_options(parser, argv):
     return given
 
 
+def read_on_every_node():
+    """A not-found error's advice under torchrun across machines (more processes in all than on this one): every
+    process reads the data, the run config and the checkpoints itself, at the paths rank 0 was given."""
+    if int(os.environ.get('WORLD_SIZE', 1)) <= int(os.environ.get('LOCAL_WORLD_SIZE', 1)):
+        return ''
+    return f' on node {os.environ.get("GROUP_RANK", "?")}: every node needs it at this path (a shared file system)'
+
+
 def resolve_options(parser, argv):
     """Parse argv; with --resume, start from the saved config and allow only overrides that the checkpoint does
     not fix (not the networks, optimiser or lr schedule)."""
@@ -135,11 +143,13 @@ def resolve_options(parser, argv):
         if os.path.exists(os.path.join(run_dir, 'latest.pt')):
             raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
         return opt
-    saved = read_json(os.path.join(run_dir, 'config.json'), 'run config (nothing to --resume)')
+    if not os.path.exists(os.path.join(run_dir, 'config.json')):
+        raise UserError(f'{run_dir}/config.json: run config not found (nothing to --resume){read_on_every_node()}')
+    saved = read_json(os.path.join(run_dir, 'config.json'), 'run config')
     check_saved_config(parser, saved, os.path.join(run_dir, 'config.json'))
     saved = with_defaults(parser, saved)
     if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
-        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from')
+        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from{read_on_every_node()}')
     resumed = dict(saved)
     for key in explicit_options(parser, argv) - set(RUN_CONTROL_OPTIONS):
         was = saved[key]
@@ -270,7 +280,7 @@ def check_options(opt):
         raise UserError(f'--resume: {opt.runs_dir}/{opt.name}/config.json names no --dataroot; give --dataroot')
     if not os.path.isdir(opt.dataroot):
         moved = ' (with --resume: the folder the run trained on; give --dataroot if it has moved)' if opt.resume else ''
-        raise UserError(f'{opt.dataroot}: --dataroot not found{moved}')
+        raise UserError(f'{opt.dataroot}: --dataroot not found{moved}{read_on_every_node()}')
     for split in ('train', 'val'):
         if not os.path.isdir(os.path.join(opt.dataroot, split)):
             hint = (f'give its parent, {os.path.dirname(opt.dataroot)}' if os.path.basename(opt.dataroot) in

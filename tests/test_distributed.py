@@ -1,6 +1,7 @@
 """torchrun + DistributedDataParallel on CPU (gloo, 2 processes, eager and --compile) against one process with the
 same global batch."""
 import glob
+import json
 import os
 import shutil
 import signal
@@ -124,6 +125,32 @@ def test_torchruns_summary_ends_with_the_processes_own_error_line(tmp_path):
     assert run.returncode != 0
     root_cause = run.stderr.split('Root Cause (first observed failure):')[-1]
     assert f'traceback : error: {missing}: --dataroot not found' in root_cause, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize('nodes', [1, 2])
+def test_a_path_missing_on_one_node_is_said_to_be_needed_on_every_node(transformed_root, tmp_path, monkeypatch, nodes):
+    """Across machines every process reads the data, run config and checkpoints itself: a node without them (no
+    shared file system) says which node, and why, in its one line. Within one machine the errors stay as they were."""
+    monkeypatch.setenv('WORLD_SIZE', str(2 * nodes))
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
+    monkeypatch.setenv('GROUP_RANK', '1')
+    hint = ' on node 1: every node needs it at this path (a shared file system)' if nodes > 1 else ''
+    nowhere = tmp_path / 'nowhere'
+    with pytest.raises(UserError) as missing_data:
+        train.main(tiny(nowhere, tmp_path / 'runs', 'fresh'))
+    run_dir = tmp_path / 'runs' / 'copied'
+    with pytest.raises(UserError) as missing_config:
+        train.main(tiny(transformed_root, tmp_path / 'runs', 'copied', '--resume'))
+    run_dir.mkdir(parents=True)
+    (run_dir / 'config.json').write_text(json.dumps({'dataroot': str(transformed_root)}))
+    with pytest.raises(UserError) as missing_checkpoint:
+        train.main(tiny(transformed_root, tmp_path / 'runs', 'copied', '--resume'))
+    with pytest.raises(UserError) as missing_init:
+        pix2pix_model.init_from_checkpoint(None, str(nowhere / 'best.pt'))  # read after the processes have met
+    assert str(missing_data.value) == f'{nowhere}: --dataroot not found{hint}'
+    assert str(missing_config.value) == f'{run_dir}/config.json: run config not found (nothing to --resume){hint}'
+    assert str(missing_checkpoint.value) == f'{run_dir}/latest.pt: no checkpoint to --resume from{hint}'
+    assert str(missing_init.value) == f'{nowhere}/best.pt: --init_from checkpoint not found{hint}'
 
 
 def test_nccl_only_for_gpu_training(monkeypatch):
