@@ -122,7 +122,7 @@ def explicit_options(parser, argv):
 
 def read_on_every_node():
     """A not-found error's advice under torchrun across machines (more processes in all than on this one): every
-    process reads the data, the run config and the checkpoints itself, at the paths rank 0 was given."""
+    process reads the data, the run config and the checkpoints itself, at the paths its node's command names."""
     if int(os.environ.get('WORLD_SIZE', 1)) <= int(os.environ.get('LOCAL_WORLD_SIZE', 1)):
         return ''
     return f' on node {os.environ.get("GROUP_RANK", "?")}: every node needs it at this path (a shared file system)'
@@ -143,10 +143,11 @@ def resolve_options(parser, argv):
         if os.path.exists(os.path.join(run_dir, 'latest.pt')):
             raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
         return opt
-    if not os.path.exists(os.path.join(run_dir, 'config.json')):
-        raise UserError(f'{run_dir}/config.json: run config not found (nothing to --resume){read_on_every_node()}')
-    saved = read_json(os.path.join(run_dir, 'config.json'), 'run config')
-    check_saved_config(parser, saved, os.path.join(run_dir, 'config.json'))
+    config_path = os.path.join(run_dir, 'config.json')
+    if not os.path.exists(config_path):
+        raise UserError(f'{config_path}: run config not found (nothing to --resume){read_on_every_node()}')
+    saved = read_json(config_path, 'run config')
+    check_saved_config(parser, saved, config_path)
     saved = with_defaults(parser, saved)
     if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
         raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from{read_on_every_node()}')
