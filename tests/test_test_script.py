@@ -27,7 +27,7 @@ import train
 from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from image_io import read_image_file, read_mask
-from metrics import make_fid_kid, seam_score
+from metrics import make_fid_kid, seam_score, seam_score_at
 from networks import define_G
 from utils import UserError, load_checkpoint
 
@@ -316,6 +316,14 @@ def test_seam_score():
     ramp = np.tile(np.arange(80, dtype=np.uint8), (64, 1))  # a smooth gradient has no seam
     assert seam_score(ramp, 2) == pytest.approx(1.0)
     assert seam_score(np.zeros((10, 10), np.uint8), 2) == 1.0 and seam_score(noise, 1) is None
+
+
+def test_seam_score_at_a_line_near_the_border_or_on_a_row_chunk_edge():
+    """A smooth ramp has no seam wherever its lines are: near the border, where a line has fewer neighbours on one
+    side and row 0 (column 0) has no pixel before it to differ from, and on seam_score_at's 256-row chunk edge."""
+    ramp = (np.arange(300)[:, None] + np.arange(90)[None, :]).astype(np.uint16)
+    assert seam_score_at(ramp, [3, 256], [2]) == 1.0
+    assert seam_score_at(ramp, [1], []) == 1.0
 
 
 @pytest.mark.parametrize('mode', ['sliding', 'tiles'])  # tiles mode wrote a PNG: its output is on the same grid
