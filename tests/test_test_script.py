@@ -722,6 +722,28 @@ class Blur(torch.nn.Module):
 def test_sliding_windows_see_mirrored_context_at_the_border():
     out = generate_sliding(Blur(), np.full((100, 120), 255, np.uint8), 64, 0.5, 4, torch.device('cpu'))
     assert (out == 255).all()  # reflect padding: an all-building mask stays all building up to its edges
+    seen = []
+
+    class Spy(Copy):
+        def forward(self, x):
+            seen.append(x.clone())
+            return super().forward(x)
+
+    mask = (np.random.default_rng(0).random((100, 120)) < 0.5).astype(np.uint8) * 255
+    generate_sliding(Spy(), mask, 64, 0.5, 4, torch.device('cpu'))
+    # the first window straddles the top-left corner: beyond the border it holds the mask mirrored, not its edge
+    np.testing.assert_array_equal(seen[0][0, 0].numpy() > 0, np.pad(mask, 32, mode='reflect')[:64, :64] > 0)
+
+
+@pytest.mark.parametrize('length, overlap', [(100, 0.5), (150, 0.25), (37, 0.75), (64, 0.5), (300, 0.9), (90, 0.0)])
+def test_sliding_windows_cover_the_border_pixels_as_often_as_interior_ones(length, overlap):
+    """One overlap of padding on both sides: the first and last pixels are blended from as many windows as the
+    stride puts over every pixel, not seen at one window's edge only."""
+    before, after, starts = generation.sliding_plan(length, WINDOW, overlap)
+    stride = max(1, round(WINDOW * (1 - overlap)))
+    assert after >= 0 and starts[-1] + WINDOW == before + length + after
+    coverage = [sum(start <= p < start + WINDOW for start in starts) for p in range(before, before + length)]
+    assert min(coverage) >= WINDOW // stride, coverage
 
 
 def test_a_perfect_copy_stores_psnr_as_null_in_strict_json():
