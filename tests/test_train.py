@@ -1,4 +1,5 @@
 import copy
+import functools
 import glob
 import json
 import math
@@ -855,6 +856,39 @@ def test_d_step_judges_real_pairs_real_and_generated_pairs_fake(transformed_root
     names = pix2pix_model.LOSS_NAMES
     assert losses[names.index('D_real')].item() == pytest.approx(trainer.gan_loss(d_real, True).item(), rel=1e-4)
     assert losses[names.index('D_fake')].item() == pytest.approx(trainer.gan_loss(d_fake, False).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize('norm', ['instance', 'batch'])  # one D call on both halves, and the official two
+def test_each_optimiser_steps_on_the_gradients_of_the_official_losses(transformed_root, tmp_path, norm):
+    """The losses as the official optimize_parameters writes them, here by hand: D on 0.5 · (BCE(D(mask, fake), 0)
+    + BCE(D(mask, real), 1)) with the fake detached, then G on BCE(D(mask, fake), 1) + λ_L1 · L1 + λ_VGG · VGG
+    through the same D. Compared by gradient: Adam's step hardly changes when a loss is scaled (0.5 dropped from
+    D's loss, or λ_VGG ignored, passed a comparison of the weights after the step)."""
+    trainer = tiny_trainer(transformed_root, tmp_path, '--no_dropout', '--norm', norm, '--lambda_L1', '7')
+    trainer.opt.lambda_VGG = 3.0
+    trainer.vgg_loss = lambda fake, real: (fake - real).pow(2).mean()  # a stand-in for the VGG19 term's weight
+    G0, D0 = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D)
+    grads = {}
+    for name, model, optimiser in (('D', trainer.D, trainer.opt_D), ('G', trainer.G, trainer.opt_G)):
+        # record the gradients in place of stepping: D is then unchanged for the G step, as D0 is
+        optimiser.step = functools.partial(grads.__setitem__, name, model)
+    g = torch.Generator().manual_seed(0)
+    mask = torch.where(torch.rand(2, 1, 64, 64, generator=g) > 0.5, 1.0, -1.0)
+    real = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
+    trainer.train_step(mask, real)
+    got = {name: [p.grad for p in model.parameters()] for name, model in grads.items()}
+
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    fake = G0(mask)
+    judged_fake, judged_real = D0(torch.cat((mask, fake.detach()), 1)), D0(torch.cat((mask, real), 1))
+    loss_D = 0.5 * (bce(judged_fake, torch.zeros_like(judged_fake)) + bce(judged_real, torch.ones_like(judged_real)))
+    expected_D = torch.autograd.grad(loss_D, list(D0.parameters()))
+    judged = D0(torch.cat((mask, fake), 1))
+    loss_G = (bce(judged, torch.ones_like(judged)) + 7 * (fake - real).abs().mean()
+              + 3 * (fake - real).pow(2).mean())
+    expected_G = torch.autograd.grad(loss_G, list(G0.parameters()))
+    for mine, official in zip(got['D'] + got['G'], expected_D + expected_G, strict=True):
+        torch.testing.assert_close(mine, official, rtol=1e-4, atol=1e-6)
 
 
 def test_epoch_checkpoints_are_kept_every_save_epoch_freq_epochs(transformed_root, tmp_path):
