@@ -701,6 +701,15 @@ def test_mask_fidelity_is_judged_at_the_scale_generated(run_dir, tmp_path, monke
              '--segmenter', 'seg.pt')
     assert seen == [((45, 55, 3), (45, 55))]
     assert Image.open(tmp_path / 'out' / 'Generated-m.png').size == (110, 90)  # the output keeps the input's size
+    seen.clear()  # a val sample (72²) has a real image: the score it aims for is judged at the same scale
+    generate(run_dir, tmp_path / 'val', '--mode', 'sliding', '--scale', '0.5', '--segmenter', 'seg.pt', '--num_test',
+             '1')
+    assert seen == [((36, 36, 3), (36, 36))] * 2  # generated, then real
+
+
+def test_scaled_sizes_round_a_product_that_floats_put_a_hair_under_a_whole_number():
+    assert 100 * 0.29 < 29 and ts.scaled_size((100, 300), 0.29) == (29, 87)
+    assert ts.scaled_size((3, 1), 0.1) == (1, 1)  # never an empty side
 
 
 def test_a_test_py_into_a_results_folder_another_process_writes_stops_before_touching_it(run_dir, tmp_path):
