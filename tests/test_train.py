@@ -131,6 +131,27 @@ def test_best_pt_is_the_epoch_with_the_best_chosen_metric(transformed_root, tmp_
                                     'hparam/best_epoch': 2})  # final and best.pt's epoch, for comparing runs
 
 
+def test_plateau_halves_both_learning_rates_once_validation_stops_improving(transformed_root, tmp_path, monkeypatch):
+    """ReduceLROnPlateau (patience 5): the 7th validation without a 1 % gain halves G's rate and D's, and the
+    epoch after it trains at the new rate."""
+    monkeypatch.setattr(train, 'validate', lambda *args: {'PSNR': 15.0, 'SSIM': 0.3, 'L1': 0.1})
+    train.main(tiny(transformed_root, tmp_path, 'flat', '--lr_policy', 'plateau', '--n_epochs', '8',
+                    '--n_epochs_decay', '0', '--lr', '1e-3'))
+    state = torch.load(tmp_path / 'flat' / 'latest.pt', weights_only=True)
+    assert [group['lr'] for name in ('opt_G', 'opt_D') for group in state[name]['param_groups']] == [5e-4, 5e-4]
+    logged = [event.value for event in events(tmp_path / 'flat').Scalars('lr')]  # float32 in the event file
+    assert logged == pytest.approx([1e-3] * 7 + [5e-4])
+
+
+def test_display_freq_counts_validations(transformed_root, tmp_path):
+    """--display_freq 2 at --val_freq 2: the grid of every 2nd validation (epoch 4), and the final model's."""
+    train.main(tiny(transformed_root, tmp_path, 'grids', '--n_epochs', '6', '--n_epochs_decay', '0', '--val_freq', '2',
+                    '--display_freq', '2'))
+    per_epoch = torch.load(tmp_path / 'grids' / 'latest.pt', weights_only=True)['iteration'] // 6
+    grids = events(tmp_path / 'grids').Images('val/mask|generated|real')
+    assert [grid.step // per_epoch for grid in grids] == [4, 6]
+
+
 def test_a_stop_between_validations_reports_one_but_changes_no_schedule(transformed_root, tmp_path, capsys,
                                                                       monkeypatch):
     # epoch 1's validation would be the best: it must not become best.pt, enter the history or step plateau
