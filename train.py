@@ -319,7 +319,7 @@ def train_epoch(trainer, split, losses, writer, stop):
         at_log_step = trainer.iteration % opt.log_freq == 0
         if at_log_step:
             losses.log(trainer, writer, bar)
-        if at_log_step and stop_everywhere(stop, world_size, device):
+        if (at_log_step or world_size == 1) and stop_everywhere(stop, world_size, device):
             return True, trained, data_seconds
     return False, trained, data_seconds
 

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -204,6 +205,15 @@ def test_arrays_of_two_sizes_name_the_odd_file(tmp_path):
     write_array_dataset(str(tmp_path), 'train', masks, images)
     np.save(tmp_path / 'train' / 'images' / 's1.npy', np.zeros((24, 24, 3), np.uint8))  # from another --size
     with pytest.raises(UserError, match=r'train/images/s1\.npy: shape \(24, 24, 3\), but s0\.npy is \(20, 20, 3\)'):
+        load_split(str(tmp_path), 'train')
+
+
+@pytest.mark.parametrize('image_shape', [(24, 24, 3), (20, 20, 4)])
+def test_masks_and_images_that_do_not_pair_up_are_one_line(tmp_path, image_shape):
+    """Every image of its size, but not the masks' size (or not RGB): hand-made arrays, refused on loading."""
+    masks, _ = mask_derived_from_image(np.random.default_rng(0), 2, 20)
+    write_array_dataset(str(tmp_path), 'train', masks, [np.zeros(image_shape, np.uint8)] * 2)
+    with pytest.raises(UserError, match=re.escape(f'train: masks (20, 20, 1) and images {image_shape} do not pair up')):
         load_split(str(tmp_path), 'train')
 
 
