@@ -889,15 +889,17 @@ def test_each_optimiser_steps_on_the_gradients_of_the_official_losses(transforme
     trainer.opt.lambda_VGG = 3.0
     trainer.vgg_loss = lambda fake, real: (fake - real).pow(2).mean()  # a stand-in for the VGG19 term's weight
     G0, D0 = copy.deepcopy(trainer.G), copy.deepcopy(trainer.D)
-    grads = {}
-    for name, model, optimiser in (('D', trainer.D, trainer.opt_D), ('G', trainer.G, trainer.opt_G)):
-        # record the gradients in place of stepping: D is then unchanged for the G step, as D0 is
-        optimiser.step = functools.partial(grads.__setitem__, name, model)
+    got = {}
+
+    def record_gradients(name, model):  # in place of the optimiser's step: D is then unchanged for the G step
+        got[name] = [p.grad.clone() for p in model.parameters()]
+
+    trainer.opt_D.step = functools.partial(record_gradients, 'D', trainer.D)
+    trainer.opt_G.step = functools.partial(record_gradients, 'G', trainer.G)
     g = torch.Generator().manual_seed(0)
     mask = torch.where(torch.rand(2, 1, 64, 64, generator=g) > 0.5, 1.0, -1.0)
     real = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     trainer.train_step(mask, real)
-    got = {name: [p.grad for p in model.parameters()] for name, model in grads.items()}
 
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     fake = G0(mask)
