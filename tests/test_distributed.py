@@ -153,6 +153,20 @@ def test_a_path_missing_on_one_node_is_said_to_be_needed_on_every_node(transform
     assert str(missing_init.value) == f'{nowhere}/best.pt: --init_from checkpoint not found{hint}'
 
 
+def test_each_process_draws_its_own_dropout_noise():
+    """Dropout is pix2pix's noise: processes on the same stream would drop the same units for their own samples.
+    Each rank's stream is a function of (seed, rank), apart from the stream that drew the initial weights."""
+    opt = SimpleNamespace(seed=3)
+    draws = {}
+    for rank in (0, 1, 0):
+        pix2pix_model.seed_dropout_noise(opt, rank)
+        draws.setdefault(rank, []).append(torch.rand(8))
+    torch.manual_seed(opt.seed)  # the weights' stream (build_models)
+    weights_stream = torch.rand(8)
+    assert torch.equal(*draws[0]) and not torch.equal(draws[0][0], draws[1][0])
+    assert not any(torch.equal(weights_stream, draws[rank][0]) for rank in (0, 1))
+
+
 def test_nccl_only_for_gpu_training(monkeypatch):
     # --device cpu on a GPU machine: NCCL takes no CPU tensors, so the processes must talk over gloo
     backends = []

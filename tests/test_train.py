@@ -542,6 +542,12 @@ def test_extending_a_linear_run_says_when_its_rate_goes_back_up(transformed_root
     args = tiny(transformed_root, tmp_path, 'run', '--n_epochs_decay', '2')
     train.main([*args, '--n_epochs', '2'])  # rates 2e-4, 2e-4, 1.33e-4, 6.67e-5
     capsys.readouterr()
+    opt = parse_options([*args, '--n_epochs', '4', '--resume'])
+    opt.input_nc = 1
+    trainer = pix2pix_model.Trainer(opt, torch.device('cpu'), 0, 1)
+    trainer.restore(torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True))  # saved for epoch 5: rate 0
+    assert [group['lr'] for optimiser in (trainer.opt_G, trainer.opt_D)
+            for group in optimiser.param_groups] == pytest.approx([4e-4 / 3] * 2)  # D is not left at 0
     wait_for_the_next_second()
     train.main([*args, '--n_epochs', '4', '--resume', '--stop_epoch', '5'])
     assert ('note: the linear lr schedule is redrawn for --n_epochs 4 --n_epochs_decay 2 as if planned from the '
@@ -689,10 +695,12 @@ def test_resume_that_switches_channels_last_steps_adam_like_the_saved_layout(tra
         # loaded anew each time: the restored optimiser steps the loaded tensors in place
         trainer.restore(torch.load(tmp_path / 'run' / 'latest.pt', map_location='cpu', weights_only=True))
         torch.manual_seed(0)
-        for param in trainer.G.parameters():
-            param.grad = torch.empty_like(param).copy_(torch.randn(param.shape))
-        trainer.opt_G.step()
-        stepped[layout] = trainer.G.state_dict()
+        for model, optimiser in ((trainer.G, trainer.opt_G), (trainer.D, trainer.opt_D)):
+            for param in model.parameters():
+                param.grad = torch.empty_like(param).copy_(torch.randn(param.shape))
+            optimiser.step()
+        stepped[layout] = {f'{name}.{key}': value for name, model in (('G', trainer.G), ('D', trainer.D))
+                           for key, value in model.state_dict().items()}
     assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                for p in stepped['--channels_last'].values())  # the switch really changed the weights' layout
     for key, value in stepped[None].items():

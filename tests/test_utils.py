@@ -1,6 +1,7 @@
 """Tests for utils.py: image reading (every mask format a user may hand us, TIFF layouts), RNG states, the parser."""
 import glob
 import os
+import random
 import shutil
 import signal
 import stat
@@ -174,6 +175,14 @@ class FakeGPUs:
 
     def set_state(self, state, device):
         self.states[device.index] = state  # a KeyError here is a GPU this machine does not show
+
+
+def test_rng_states_put_back_give_the_same_draws_again(tmp_path):
+    """Python's, numpy's and torch's generators, through a checkpoint's weights_only round trip."""
+    torch.save(rng_states(torch.device('cpu')), tmp_path / 'rng.pt')
+    draws = (random.random(), np.random.random(), torch.rand(1).item())
+    set_rng_states(torch.load(tmp_path / 'rng.pt', weights_only=True), torch.device('cpu'))
+    assert (random.random(), np.random.random(), torch.rand(1).item()) == draws
 
 
 def test_a_checkpoint_keeps_only_the_training_gpus_rng_state(monkeypatch):
