@@ -134,7 +134,7 @@ def test_a_path_missing_on_one_node_is_said_to_be_needed_on_every_node(transform
     monkeypatch.setenv('WORLD_SIZE', str(2 * nodes))
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
     monkeypatch.setenv('GROUP_RANK', '1')
-    hint = ' on node 1: every node needs it at this path (a shared file system)' if nodes > 1 else ''
+    hint = ' on node 1: every node needs it at this path (a shared file system, or a copy)' if nodes > 1 else ''
     nowhere = tmp_path / 'nowhere'
     with pytest.raises(UserError) as missing_data:
         train.main(tiny(nowhere, tmp_path / 'runs', 'fresh'))
