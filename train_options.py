@@ -125,7 +125,8 @@ def read_on_every_node():
     process reads the data, the run config and the checkpoints itself, at the paths its node's command names."""
     if int(os.environ.get('WORLD_SIZE', 1)) <= int(os.environ.get('LOCAL_WORLD_SIZE', 1)):
         return ''
-    return f' on node {os.environ.get("GROUP_RANK", "?")}: every node needs it at this path (a shared file system, or a copy)'
+    node = os.environ.get('GROUP_RANK', '?')
+    return f' on node {node}: every node needs it at this path (a shared file system, or a copy)'
 
 
 def resolve_options(parser, argv):
