@@ -326,6 +326,14 @@ def test_seam_score_at_a_line_near_the_border_or_on_a_row_chunk_edge():
     assert seam_score_at(ramp, [1], []) == 1.0
 
 
+@pytest.mark.parametrize('mode', ['full', 'crop'])
+def test_a_model_size_output_of_a_geotiff_mask_is_a_png(run_dir, tmp_path, mode):
+    """full and crop modes output the model's size, off the mask's pixel grid: its geo-referencing would be wrong."""
+    tifffile.imwrite(tmp_path / 'geo.tif', ramp_mask(90, 110, 2), compression='lzw', metadata=None)
+    generate(run_dir, tmp_path / 'out', '--mode', mode, '--masks', str(tmp_path / 'geo.tif'))
+    assert (tmp_path / 'out' / 'Generated-geo.png').is_file() and not (tmp_path / 'out' / 'Generated-geo.tif').exists()
+
+
 @pytest.mark.parametrize('mode', ['sliding', 'tiles'])  # tiles mode wrote a PNG: its output is on the same grid
 def test_geotiff_tags_are_copied(run_dir, tmp_path, mode):
     dt = tifffile.DATATYPE
@@ -760,6 +768,25 @@ def test_a_perfect_copy_stores_psnr_as_null_in_strict_json():
     scores = ts.image_scores(image, image, None, 1.0, argparse.Namespace(scale=1.0))
     assert scores['PSNR'] is None
     json.dumps(scores, allow_nan=False)
+
+
+def test_publishing_takes_metrics_json_away_first_and_puts_it_back_last(tmp_path, monkeypatch):
+    """A folder that holds metrics.json holds one whole run: a kill between the renames leaves no metrics.json, or
+    all of the new run's files beside it."""
+    folder, staging = tmp_path / 'res', tmp_path / 'res' / '.unfinished'
+    staging.mkdir(parents=True)
+    for name in ('Generated-a.png', 'Grid-a.png', 'index.html', 'metrics.json'):
+        (folder / name).write_text('old')
+    for name in ('Generated-b.png', 'Grid-b.png', 'index.html', 'metrics.json'):
+        (staging / name).write_text('new')
+    moves, remove, replace = [], os.remove, os.replace
+    monkeypatch.setattr(os, 'remove', lambda path: moves.append(('removed', os.path.basename(path))) or remove(path))
+    monkeypatch.setattr(os, 'replace', lambda old, new: moves.append(('placed', os.path.basename(new)))
+                        or replace(old, new))
+    results.publish_results(str(folder), str(staging), [])
+    assert moves[0] == ('removed', 'metrics.json') and moves[-1] == ('placed', 'metrics.json'), moves
+    assert sorted(os.listdir(folder)) == ['Generated-b.png', 'Grid-b.png', 'index.html', 'metrics.json']
+    assert (folder / 'index.html').read_text() == 'new'
 
 
 def test_means_skip_missing_values():

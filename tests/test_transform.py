@@ -565,12 +565,13 @@ def test_default_val_pattern_takes_images_1_to_5_of_each_city(tmp_path):
     assert {stem: split for stem, _, _, split in transform_dataset.find_inria_sources(opt)} == names
 
 
-def test_a_damaged_tile_is_repaired_as_its_error_says(tmp_path):
+@pytest.mark.parametrize('kind', ['images', 'masks'])
+def test_a_damaged_tile_is_repaired_as_its_error_says(tmp_path, kind):
     """The error said "re-run transform_dataset.py", which skipped the source (its tiles all exist) and changed
     nothing; deleting the damaged tile first makes the re-run redo that source."""
     root = make_inria_dir(tmp_path / 'inria')
     run(root, tmp_path / 'out', '--size', '32')
-    tile = tmp_path / 'out' / 'train' / 'images' / 'austin6.npy'
+    tile = tmp_path / 'out' / 'train' / kind / 'austin6.npy'
     original = np.load(tile)
     tile.write_bytes(tile.read_bytes()[:100])
     with pytest.raises(UserError, match=r'austin6\.npy: unreadable array \(.*\); delete it and re-run '
