@@ -327,6 +327,32 @@ def test_a_half_transparent_colour_in_a_mask_is_refused():
         check_binary_mask(rgba, 'm.png')
 
 
+def test_mask_checks_at_their_edges():
+    """The rules of check_binary_mask, each at the value where it turns."""
+    rgba = np.full((10, 10, 4), 255, np.uint8)
+    rgba[..., :3] = 0
+    rgba[2, 2] = (255, 0, 0, 0)  # transparent over a colour that is black in two channels out of three
+    with pytest.raises(UserError, match='transparent pixels over a colour that is not black'):
+        check_binary_mask(rgba, 'm.png')
+    rgb = np.zeros((10, 10, 3), np.uint8)
+    rgb[3, 3] = (255, 255, 0)  # only the last channel differs
+    with pytest.raises(UserError, match='got 3 differing channels'):
+        check_binary_mask(rgb, 'm.png')
+    zero_one = np.zeros((10, 10), np.uint8)
+    zero_one[:5] = 1
+    with pytest.raises(UserError, match=r'm\.jpg: mask values only reach 1, not 255'):  # 0/1 is lossless files' only
+        check_binary_mask(zero_one, 'm.jpg', lossy=True)
+    noisy = np.zeros((100, 100), np.uint8)
+    noisy[50:] = 255
+    noisy[0, :99] = 127  # with the next pixel, exactly --mask_tolerance 1 % off: accepted, thresholded at 128
+    noisy[1, 0] = 128
+    checked = check_binary_mask(noisy, 'm.png', tolerance=0.01)
+    assert (checked[0] == 0).all() and checked[1, 0] == 255
+    noisy[2, 0] = 127  # one more than the tolerance
+    with pytest.raises(UserError, match=r'mask has 1\.0% pixels that are neither 0 nor 255'):
+        check_binary_mask(noisy, 'm.png', tolerance=0.01)
+
+
 def test_stop_request_gives_back_the_previous_handlers():
     def mine(signum, frame):
         pass
