@@ -89,6 +89,11 @@ def catch_tanh_input(model):
     return caught
 
 
+def segmentation_loss(tanh_input, mask):
+    """BCE of p = (tanh(z) + 1) / 2 against the building mask (building where mask > 0), as BCE-with-logits on 2z."""
+    return F.binary_cross_entropy_with_logits(2 * tanh_input, (mask > 0).float())
+
+
 @torch.no_grad()
 def evaluate(model, masks, images, crop, device, batch_size=8):
     """Mean per-image IoU / F1 on centre crops of real images, and those of predicting building everywhere."""
@@ -127,8 +132,7 @@ def train(opt):
         for batch in tqdm(range(n_batches), desc=f'epoch {epoch + 1}/{opt.n_epochs}', leave=False):
             mask, image = batch_on_device(train_masks, train_images, plan, batch, opt.batch_size, opt.crop_size)
             model(image)
-            target = (mask > 0).float()
-            loss = F.binary_cross_entropy_with_logits(2 * caught['z'], target)
+            loss = segmentation_loss(caught['z'], mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -89,6 +89,30 @@ def test_segmenter_beats_trivial_predictor(trained, transformed_root):
         assert state['val_real'][key] > trivial + 0.15, (key, state['val_real'], trivial)
 
 
+def test_the_loss_is_bce_on_the_probability_the_metric_reads():
+    """The segmenter is scored on p = (G(image) + 1) / 2; its loss is BCE on that same p, computed from the Tanh's
+    input z (p = sigmoid(2z)) so that it stays finite where tanh rounds to ±1."""
+    z = torch.linspace(-3, 3, 50).reshape(2, 1, 5, 5)
+    mask = torch.where(torch.rand(2, 1, 5, 5, generator=torch.Generator().manual_seed(0)) > 0.5, 1.0, -1.0)
+    expected = torch.nn.functional.binary_cross_entropy((torch.tanh(z) + 1) / 2, (mask > 0).float())
+    assert train_segmenter.segmentation_loss(z, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.isfinite(train_segmenter.segmentation_loss(torch.full((1, 1, 2, 2), 40.0), -torch.ones(1, 1, 2, 2)))
+
+
+def test_evaluation_reports_the_predict_everywhere_baseline_beside_the_model():
+    """The baseline line compares with predicting building everywhere: its IoU is each crop's building fraction."""
+    masks = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    masks[0, :, :, :2] = 255  # a quarter building
+    masks[1, :, :4] = 255  # half
+    images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+    nowhere = torch.nn.Conv2d(3, 1, 1)
+    torch.nn.init.zeros_(nowhere.weight)
+    torch.nn.init.constant_(nowhere.bias, -1.0)  # p = 0 everywhere
+    scores, trivial = train_segmenter.evaluate(nowhere, masks, images, 8, torch.device('cpu'))
+    assert scores == {'IoU': 0.0, 'F1': 0.0}
+    assert trivial['IoU'] == pytest.approx((0.25 + 0.5) / 2) and trivial['F1'] == pytest.approx((0.4 + 2 / 3) / 2)
+
+
 def test_segmenter_checkpoint_rebuilds_like_a_generator(trained, transformed_root):
     state = load_checkpoint(trained)  # weights_only; refuses files without our format tag
     assert state['format'] == CHECKPOINT_FORMAT and state['role'] == 'segmenter' and state['epoch'] == 30
