@@ -805,6 +805,23 @@ def test_memory_check_is_made_for_the_largest_input(monkeypatch):
         ts.check_memory(opt, None, cfg, 64, [small, large], torch.device('cpu'))
 
 
+def test_memory_check_counts_a_batch_the_band_of_rows_and_the_host_as_on_the_device(monkeypatch):
+    """By its numbers, for a GPU: at most as many windows as the mask has, the float band of output rows at the
+    padded width (64 rows × 100,064 × 3 × 4 bytes = 73.3 MiB), no host memory; the largest mask by area."""
+    monkeypatch.setattr(ts, 'peak_window_bytes', lambda *args: 2 ** 20)  # 1 MiB per window
+    opt = argparse.Namespace(mode='sliding', tiles=2, overlap=0.5, scale=1.0, batch_size=64, max_memory_gb=0.02,
+                             load_size=None)
+    cfg, gpu = {'input_nc': 1, 'output_nc': 3}, torch.device('cuda')
+    small = ('small', 'small.png', None, None, (72, 72))  # 16 windows: 16 MiB fit in 0.02 GB, 64 would not
+    ts.check_memory(opt, None, cfg, 64, [small], gpu)
+    tall, wide = ('tall', 'tall.png', None, None, (3000, 64)), ('wide', 'wide.png', None, None, (64, 100_000))
+    opt.max_memory_gb = 0.1
+    with pytest.raises(UserError, match=r'^wide\.png: 100000×64 mask, 64 windows of 64² at once: needs ~0\.13 GB of '
+                                        r'cuda memory but 0\.10 GB is available; lower --batch_size \(about 29 '
+                                        r'fits\)$'):
+        ts.check_memory(opt, None, cfg, 64, [tall, wide], gpu)
+
+
 def test_memory_check_counts_the_segmenter_on_the_image_it_judges(monkeypatch):
     """--segmenter reads each generated image as windows of its own: one larger than G passed G's check and
     would have run out of memory in the middle of the run."""
@@ -824,6 +841,9 @@ def test_memory_check_counts_the_segmenter_on_the_image_it_judges(monkeypatch):
     opt.batch_size, opt.max_memory_gb = 2, 0.01  # G's windows fit, not one of the segmenter's (its size is its own)
     with pytest.raises(UserError, match=r'even one window does not fit: lower --scale, or free memory$'):
         ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
+    # full mode: the segmenter reads the 64² output (64 MiB of windows and ~40 KB), not a 1000×800 image (~3.4 MB more)
+    opt.mode, opt.batch_size, opt.max_memory_gb = 'full', 4, 0.065
+    ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
 
 
 def test_a_scale_that_shrinks_masks_under_one_window_is_noted(run_dir, tmp_path, capsys):
