@@ -115,6 +115,7 @@ def test_min_building_drops_sparse_tiles_from_the_manifests_and_can_change(tmp_p
     tiles = manifest_tiles(tmp_path)
     assert tiles and all(t['building_fraction'] >= 0.25 for t in tiles)
     assert len(tiles) < 40
+    assert json.load(open(tmp_path / 'train' / 'manifest.json'))['min_building'] == 0.25  # what picked them
     arrays = {p: open(p, 'rb').read() for p in npy_files(tmp_path)}
     assert len(arrays) == 2 * 40  # every tile is kept on disk, so another threshold needs no decoding
     # Another threshold in the same --out: the sources are not decoded again, only the manifests change.
@@ -137,6 +138,9 @@ def test_records_that_left_out_tiles_are_redone(tmp_path, capsys):
     run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32')
     assert 'resuming: 9 of 10 sources already done' in capsys.readouterr().out
     assert json.load(open(record)) == old
+    json.dump(dict(old, version=1), open(record, 'w'))  # every tile listed, but by the old rule
+    run(os.path.join(DATA, 'inria_samples'), tmp_path, '--size', '32')
+    assert 'resuming: 9 of 10 sources already done' in capsys.readouterr().out
 
 
 def test_aligned_val_folder_is_preferred_over_test(tmp_path, capsys):
@@ -176,6 +180,8 @@ def test_sources_enlarged_to_size_get_a_note(tmp_path, capsys):
     for sub in ('images', 'gt'):
         os.replace(tmp_path / 'big' / sub / 'chicago7.tif', tmp_path / 'in' / sub / 'chicago7.tif')
     run(root, tmp_path / 'out', '--size', '32')
+    assert 'note:' not in capsys.readouterr().out
+    run(root, tmp_path / 'out1', '--size', '64')  # 64² sources make tiles of exactly --size: nothing enlarged
     assert 'note:' not in capsys.readouterr().out
     run(root, tmp_path / 'out2', '--size', '40', '--split', '2')  # tiles: 32 px from 64², 48 px from 96²
     assert (f'note: 2 of 3 sources have tiles under --size 40 px, enlarged to it (e.g. '
@@ -226,6 +232,10 @@ def test_a_folder_beside_images_and_gt_gets_no_hint_to_them(tmp_path):
     os.makedirs(tmp_path / 'data' / 'facades' / 'train')  # another dataset beside images/ and gt/
     with pytest.raises(UserError, match=re.escape('use --format aligned')):
         run(os.path.join(root, 'facades'), tmp_path / 'out')
+    shutil.rmtree(os.path.join(root, 'gt'))  # images/ given, and no gt/ beside it to point to
+    with pytest.raises(UserError) as refused:
+        run(os.path.join(root, 'images'), tmp_path / 'out')
+    assert 'holds both' not in str(refused.value)
 
 
 def test_inria_download_folder_gets_a_hint(tmp_path):
@@ -239,11 +249,15 @@ def test_empty_val_split_is_a_warning(tmp_path, capsys):
     run(make_inria_dir(tmp_path / 'in', names=('austin6', 'chicago7')), tmp_path / 'out', '--size', '32')
     err = capsys.readouterr().err
     assert 'warning:' in err and 'no source is in the val split' in err and '--val_pattern' in err
+    assert err.count('warning:') == 1  # not a second one about --min_building, which left nothing out
+    run(make_inria_dir(tmp_path / 'both'), tmp_path / 'out_both', '--size', '32')  # sources in both splits
+    assert 'warning' not in capsys.readouterr().err
 
 
-def test_facades_aligned_format_btoa(tmp_path):
+@pytest.mark.parametrize('direction', ['BtoA', 'AtoB'])
+def test_facades_aligned_format(tmp_path, direction):
     root = os.path.join(DATA, 'facades')
-    run(root, tmp_path, '--format', 'aligned', '--direction', 'BtoA', '--size', '64')
+    run(root, tmp_path, '--format', 'aligned', '--direction', direction, '--size', '64')
     train = json.load(open(tmp_path / 'train' / 'manifest.json'))['tiles']
     val = json.load(open(tmp_path / 'val' / 'manifest.json'))['tiles']
     assert len(train) == 4 and len(val) == 2  # facades/test becomes val
@@ -251,8 +265,11 @@ def test_facades_aligned_format_btoa(tmp_path):
     mask = np.load(tmp_path / 'train' / 'masks' / '1.npy')
     image = np.load(tmp_path / 'train' / 'images' / '1.npy')
     assert mask.shape == (64, 64, 3)  # colour label map stays 3-channel
-    np.testing.assert_array_equal(mask, resize_mask(both[:, 256:], 64))  # BtoA: right half (labels) is the input
-    np.testing.assert_array_equal(image, resize_image(both[:, :256], 64))
+    labels, photo = both[:, 256:], both[:, :256]  # BtoA: the right half (labels) is the input
+    if direction == 'AtoB':
+        labels, photo = photo, labels
+    np.testing.assert_array_equal(mask, resize_mask(labels, 64))
+    np.testing.assert_array_equal(image, resize_image(photo, 64))
 
 
 def test_rerun_skips_finished_sources(tmp_path):
@@ -378,9 +395,12 @@ def break_input(root, case):
         data = open(path, 'rb').read()
         open(path, 'wb').write(data[: len(data) - 2000])
         return 'chicago7.tif'
+    if case == 'width mismatch':
+        tifffile.imwrite(os.path.join(gt, 'austin6.tif'), np.zeros((64, 32), np.uint8), compression='lzw')
+        return r'austin6\.tif: mask is 32×64 but its image'
     if case == 'zero-byte file':
         open(os.path.join(images, 'austin6.tif'), 'wb').close()
-        return 'austin6.tif'
+        return r'austin6\.tif: file is empty'
     if case == 'not an image':
         open(os.path.join(gt, 'austin6.tif'), 'w').write('hello, I am text\n' * 10)
         return 'austin6.tif'
@@ -394,6 +414,14 @@ def break_input(root, case):
         tifffile.imwrite(os.path.join(gt, 'austin6.tif'),
                          np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8), compression='lzw')
         return 'austin6.tif'
+    if case == '16-bit PNG mask':
+        os.remove(os.path.join(gt, 'austin6.tif'))
+        Image.fromarray(np.zeros((64, 64), np.uint16)).save(os.path.join(gt, 'austin6.png'))
+        return r'austin6\.png: mask must be 8-bit'
+    if case == 'four-channel PNG image':
+        os.remove(os.path.join(images, 'austin6.tif'))
+        Image.fromarray(np.zeros((64, 64, 4), np.uint8)).save(os.path.join(images, 'austin6.png'))
+        return r'austin6\.png: image must have 3 channels'
     if case == 'four-channel image':
         tifffile.imwrite(os.path.join(images, 'austin6.tif'), np.zeros((64, 64, 4), np.uint8), photometric='rgb',
                          extrasamples=['unassalpha'])
@@ -407,9 +435,11 @@ def break_input(root, case):
     raise AssertionError(case)
 
 
-BAD_CASES = ['image without mask', 'mask without image', 'size mismatch', 'truncated tiff', 'truncated image tiff',
-             'zero-byte file', 'not an image', '16-bit mask', 'float mask', 'non-binary mask',
-             'four-channel image', 'grayscale image', 'two files, one name']
+BAD_CASES = ['image without mask', 'mask without image', 'size mismatch', 'width mismatch', 'truncated tiff',
+             'truncated image tiff', 'zero-byte file', 'not an image', '16-bit mask', '16-bit PNG mask', 'float mask',
+             'non-binary mask', 'four-channel image', 'four-channel PNG image', 'grayscale image',
+             'two files, one name']
+FOUND_BY_DECODING = {'truncated tiff', 'truncated image tiff', 'non-binary mask'}  # the others from names or headers
 
 
 @pytest.mark.parametrize('case', BAD_CASES)
@@ -418,6 +448,8 @@ def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
     filename = break_input(root, case)
     with pytest.raises(UserError, match=filename):
         run(root, tmp_path / 'out')
+    if case not in FOUND_BY_DECODING:  # found before the output folder is made, not after decoding the sources
+        assert not os.path.exists(tmp_path / 'out')
     assert not glob.glob(str(tmp_path / 'out' / '*' / 'manifest.json'))
     assert not temp_files(tmp_path / 'out')
     # whatever was written is complete and marked done, so a fixed re-run resumes cleanly
@@ -444,6 +476,32 @@ def test_bad_options(tmp_path, options, message):
     args = ['--dataroot', root, '--out', str(tmp_path / 'out'), '--workers', '1', '--crop_size', '8'] + options
     with pytest.raises(UserError, match=message.replace('(', r'\(').replace('[', r'\[')):
         transform_dataset.main(args)
+
+
+def test_the_largest_split_and_size_are_accepted(tmp_path):
+    root = make_inria_dir(tmp_path / 'in')
+    for option, value in (('--split', '64'), ('--size', str(transform_dataset.MAX_SIZE))):
+        transform_dataset.check_options(transform_dataset.parse_args(['--dataroot', root, '--out', str(tmp_path / 'o'),
+                                                                      option, value]))
+
+
+def test_an_aligned_image_of_odd_width_is_refused_before_any_output(tmp_path):
+    (tmp_path / 'in').mkdir()
+    for name, width in (('1', 64), ('2', 65)):
+        Image.fromarray(np.zeros((32, width, 3), np.uint8)).save(tmp_path / 'in' / f'{name}.png')
+    with pytest.raises(UserError, match=r'2\.png: aligned A\|B image must have an even width, got 65'):
+        run(tmp_path / 'in', tmp_path / 'out', '--format', 'aligned', '--size', '16')
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_a_flat_aligned_folder_is_split_by_val_pattern_and_says_so(tmp_path, capsys):
+    (tmp_path / 'in').mkdir()
+    for name in ('1', '2'):
+        shutil.copy(os.path.join(DATA, 'facades', 'train', name + '.jpg'), tmp_path / 'in')
+    run(tmp_path / 'in', tmp_path / 'out', '--format', 'aligned', '--size', '16')  # the default pattern: no val
+    assert "no source is in the val split (sources are split by --val_pattern '" in capsys.readouterr().err
+    run(tmp_path / 'in', tmp_path / 'out2', '--format', 'aligned', '--size', '16', '--val_pattern', '2')
+    assert [t['name'] for t in json.load(open(tmp_path / 'out2' / 'val' / 'manifest.json'))['tiles']] == ['2']
 
 
 def test_empty_input_dir(tmp_path):
@@ -475,6 +533,7 @@ def test_output_inside_input_is_refused(tmp_path):
     with pytest.raises(UserError, match='inside the input folder'):
         run(root, os.path.join(root, 'arrays'))
     assert not os.path.exists(os.path.join(root, 'arrays'))
+    run(root, root + '286', '--size', '32')  # beside it, under a name that starts with the input's
 
 
 def test_cli_error_is_one_line_and_nonzero(tmp_path):
@@ -563,6 +622,19 @@ def test_default_val_pattern_takes_images_1_to_5_of_each_city(tmp_path):
             (tmp_path / sub / f'{name}.tif').write_bytes(b'')
     opt = transform_dataset.parse_args(['--dataroot', str(tmp_path), '--out', str(tmp_path / 'out')])
     assert {stem: split for stem, _, _, split in transform_dataset.find_inria_sources(opt)} == names
+    opt.val_pattern = '_4'  # searched anywhere in the stem, not only at its start
+    assert [stem for stem, *_, split in transform_dataset.find_inria_sources(opt) if split == 'val'] == ['austin3_45']
+
+
+def test_sources_are_found_whatever_the_suffix_case_and_hidden_files_are_not(tmp_path):
+    """Windows tools write AUSTIN1.TIF; macOS copies leave ._austin1.tif (AppleDouble metadata, not an image)."""
+    for sub in ('images', 'gt'):
+        (tmp_path / sub).mkdir()
+        for name in ('AUSTIN1.TIF', 'austin6.Tif', '._austin6.tif', '.DS_Store'):
+            (tmp_path / sub / name).write_bytes(b'')
+    opt = transform_dataset.parse_args(['--dataroot', str(tmp_path), '--out', str(tmp_path / 'out')])
+    assert [os.path.basename(image) for _, image, *_ in transform_dataset.find_inria_sources(opt)] == [
+        'AUSTIN1.TIF', 'austin6.Tif']
 
 
 @pytest.mark.parametrize('kind', ['images', 'masks'])
@@ -597,7 +669,7 @@ def test_an_edited_source_is_redone_once_its_record_is_deleted(tmp_path):
 
 
 @pytest.mark.parametrize('edited', ['{"version": 2, "tiles": "x"}', '[1, 2]', '"x"',
-                                    '{"version": 2, "tiles": []}'])
+                                    '{"version": 2, "tiles": []}', '{"version": 2, "tiles": [{"name": "austin6"}]}'])
 def test_its_own_files_edited_by_hand_are_redone_or_one_line(tmp_path, edited):
     """A source record with "tiles": "x" was a TypeError traceback, one with no tiles dropped its source silently,
     and transform.json [1] was an AttributeError."""
