@@ -33,6 +33,7 @@ def test_pair_is_deterministic_and_seed_dependent():
     assert np.array_equal(m1, m2) and np.array_equal(i1, i2)
     assert not np.array_equal(i1, i3)
     assert tile_seed(0, 1) == tile_seed(0, 1) != tile_seed(0, 2) != tile_seed(1, 2)
+    assert tile_seed(0, 1) != tile_seed(1, 0)  # or --seed 1 would repeat --seed 0's tiles, one place later
 
 
 @pytest.mark.parametrize('density', [0.0, 0.5, 1.0, None])
@@ -144,6 +145,9 @@ def test_a_folder_that_holds_tiles_is_refused_and_left_as_it_was(tmp_path):
         make_synthetic_inria(str(tmp_path / 'real'), n_tiles=2, size=32, seed=0, progress=False)
     assert (tmp_path / 'real' / 'images' / 'austin1.tif').read_bytes() == before
     assert sorted(os.listdir(tmp_path / 'real' / 'images')) == ['austin1.tif']
+    (tmp_path / 'new' / 'images').mkdir(parents=True)
+    (tmp_path / 'new' / 'images' / '.DS_Store').write_bytes(b'')  # a file manager's, in an empty folder
+    assert make_synthetic_inria(str(tmp_path / 'new'), n_tiles=1, size=32, seed=0, progress=False) == ['austin1']
 
 
 def test_a_rerun_completes_a_killed_one_and_other_settings_are_refused(tmp_path):
@@ -155,6 +159,8 @@ def test_a_rerun_completes_a_killed_one_and_other_settings_are_refused(tmp_path)
     with pytest.raises(UserError, match=r"syn: holds synthetic tiles made with other settings \(--tile_size 32, not "
                                         r"64, --seed 0, not 1\); use a new folder$"):
         make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=64, seed=1, progress=False)
+    with pytest.raises(UserError, match=r"\(--n_tiles 3, not 4\)"):  # the same tiles, but more of them
+        make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=4, size=32, seed=0, progress=False)
 
 
 @pytest.mark.parametrize('options, message', [

@@ -421,6 +421,9 @@ def test_label_map_models_take_rgb_masks(tmp_path):
     Image.fromarray(label_map[..., 0]).save(tmp_path / 'grey.png')
     with pytest.raises(UserError, match='grey.png: this model takes 3-channel label maps'):
         read_mask(str(tmp_path / 'grey.png'), 3, 0.01)
+    tifffile.imwrite(tmp_path / 'deep.tif', label_map.astype(np.uint16) * 257, photometric='rgb')
+    with pytest.raises(UserError, match=r'deep.tif: label map must be 8-bit \(uint8\), got uint16'):
+        read_mask(str(tmp_path / 'deep.tif'), 3, 0.01)
 
 
 def test_no_eval_keeps_dropout_on_as_the_official_test_does_and_is_seeded(run_dir, tmp_path):
@@ -470,6 +473,15 @@ BLOCK = np.zeros((64, 64), np.uint8)
 BLOCK[10:30, 12:50] = 255  # one building
 
 
+def edited_checkpoint(edit):
+    """A run whose latest.pt is run_dir's after edit(state)."""
+    def make(run_dir, tmp_path):
+        state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
+        edit(state)
+        return broken_run(tmp_path, state)
+    return make
+
+
 def run_without_data_scale(run_dir, tmp_path):
     """A checkpoint of a run trained before train.py recorded the training scale."""
     state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
@@ -513,6 +525,12 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'corrupt checkpoint': (options(run=lambda run, tmp: broken_run(tmp, os.urandom(2000))),
                            'not a loadable checkpoint'),
     'other architecture': (options(run=wrong_architecture), 'does not match --netG resnet_9blocks'),
+    'weights not a dict': (options(run=edited_checkpoint(lambda state: state.update(G=[1]))),
+                           'latest.pt: checkpoint holds no generator config and weights'),
+    'config without netG': (options(run=edited_checkpoint(lambda state: state['config'].pop('netG'))),
+                            "latest.pt: checkpoint config lacks 'netG'"),
+    'config with a text ngf': (options(run=edited_checkpoint(lambda state: state['config'].update(ngf='eight'))),
+                               'latest.pt: checkpoint config does not describe a generator'),
     'RGB mask': (bad_mask('rgb.png', np.stack([BLOCK, 0 * BLOCK, BLOCK], 2)), 'rgb.png: mask must have 1 channel'),
     '16-bit PNG mask': (bad_mask('deep.png', BLOCK.astype(np.uint16) * 257), 'deep.png: mask must be 8-bit'),
     '16-bit TIFF mask': (bad_mask('deep.tif', BLOCK.astype(np.uint16)), 'deep.tif: mask must be 8-bit'),
@@ -768,30 +786,6 @@ def test_a_perfect_copy_stores_psnr_as_null_in_strict_json():
     scores = ts.image_scores(image, image, None, 1.0, argparse.Namespace(scale=1.0))
     assert scores['PSNR'] is None
     json.dumps(scores, allow_nan=False)
-
-
-def test_publishing_takes_metrics_json_away_first_and_puts_it_back_last(tmp_path, monkeypatch):
-    """A folder that holds metrics.json holds one whole run: a kill between the renames leaves no metrics.json, or
-    all of the new run's files beside it."""
-    folder, staging = tmp_path / 'res', tmp_path / 'res' / '.unfinished'
-    staging.mkdir(parents=True)
-    for name in ('Generated-a.png', 'Grid-a.png', 'index.html', 'metrics.json'):
-        (folder / name).write_text('old')
-    for name in ('Generated-b.png', 'Grid-b.png', 'index.html', 'metrics.json'):
-        (staging / name).write_text('new')
-    moves, remove, replace = [], os.remove, os.replace
-    monkeypatch.setattr(os, 'remove', lambda path: moves.append(('removed', os.path.basename(path))) or remove(path))
-    monkeypatch.setattr(os, 'replace', lambda old, new: moves.append(('placed', os.path.basename(new)))
-                        or replace(old, new))
-    results.publish_results(str(folder), str(staging), [])
-    assert moves[0] == ('removed', 'metrics.json') and moves[-1] == ('placed', 'metrics.json'), moves
-    assert sorted(os.listdir(folder)) == ['Generated-b.png', 'Grid-b.png', 'index.html', 'metrics.json']
-    assert (folder / 'index.html').read_text() == 'new'
-
-
-def test_means_skip_missing_values():
-    rows = [{'metrics': {'PSNR': None, 'seam_score': 1.0}}, {'metrics': {'PSNR': 20.0, 'seam_score': None}}]
-    assert results.mean_scores(rows) == {'PSNR': 20.0, 'seam_score': 1.0}
 
 
 def test_memory_check_is_made_for_the_largest_input(monkeypatch):
