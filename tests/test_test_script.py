@@ -27,7 +27,7 @@ import train
 from conftest import DATA, REPO, another_process_writing
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from image_io import read_image_file, read_mask
-from metrics import make_fid_kid, seam_score, seam_score_at
+from metrics import compute_fid_kid, make_fid_kid, seam_score, seam_score_at
 from networks import define_G
 from utils import UserError, load_checkpoint
 
@@ -397,6 +397,11 @@ def test_fid_and_kid_reach_metrics_json(run_dir, tmp_path, monkeypatch, capsys):
     assert 'FID/KID on 5 images is unreliable' in capsys.readouterr().out
 
 
+def test_fid_and_kid_of_one_image_are_skipped_with_a_line(capsys):
+    assert compute_fid_kid(('FID', 'KID'), 1) == {}  # never computed: one image has no covariance
+    assert capsys.readouterr().out == 'FID/KID skipped: 1 image with ground truth; needs at least 2\n'
+
+
 def test_label_maps_reach_g_in_nchw_the_layout_of_its_weights():
     """A convolution takes its layout from its input's strides: label maps permuted from H×W×C ran G in
     channels_last beside NCHW weights (slower on the CPU: a test.py run over the facades test split, 18.0-19.1 s
@@ -503,6 +508,11 @@ def junk_inception_weights(run, tmp):
     return ['--run', run, '--inception_weights', str(tmp / 'junk.pth')]
 
 
+def inception_weights_that_would_run_code(run, tmp):
+    torch.save({'fc.weight': torch.zeros(2), 'hook': print}, tmp / 'code.pth')  # print: a GLOBAL the unpickler imports
+    return ['--run', run, '--inception_weights', str(tmp / 'code.pth')]
+
+
 def first_epoch_run(run_dir, tmp):
     """A run folder as train.py leaves it before its first checkpoint: config.json and TensorBoard events."""
     started = tmp / 'started'
@@ -573,6 +583,10 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'missing inception weights': (options('--inception_weights', 'none.pth'),
                                   'none.pth: --inception_weights file not found'),
     'unusable inception weights': (junk_inception_weights, 'junk.pth: '),  # no torch-fidelity, or a bad file
+    # refused by a weights_only load before torch-fidelity (if installed) would load it unsafely
+    'inception weights that would run code': (inception_weights_that_would_run_code,
+                                              'code.pth: cannot load InceptionV3 weights for FID/KID (it holds Python '
+                                              'objects besides tensors; refused'),
 }
 
 

@@ -379,6 +379,7 @@ def test_abbreviated_options_are_refused(capsys):
     (('--content_loss', 'l1+vgg', '--lambda_VGG', '10', '--vgg_weights', 'no_such.pth'),
      '--vgg_weights: VGG19 weights file not found: no_such.pth'),
     (('--beta1', '1.5'), r'--beta1 must be in \[0, 1\), got 1.5'),
+    (('--beta1', '1'), r'--beta1 must be in \[0, 1\), got 1.0'),  # Adam's first moment would never forget
     (('--lambda_L1', '-1'), '--lambda_L1 must be a number >= 0, got -1.0'),
     (('--lambda_L1', 'inf'), '--lambda_L1 must be a number >= 0, got inf'),  # trained NaN weights, exit 0
     (('--psnr_drop_warn', '-1'), '--psnr_drop_warn must be >= 0, got -1.0'),  # crashed at the first validation
@@ -386,20 +387,31 @@ def test_abbreviated_options_are_refused(capsys):
     (('--ngf', '0'), '--ngf must be >= 1, got 0'),  # a traceback, after config.json was written
     (('--ndf', '-4'), '--ndf must be >= 1, got -4'),
     (('--name', ''), "--name '': must name a folder inside --runs_dir"),  # wrote latest.pt into --runs_dir itself
-    (('--name', '/elsewhere'), "--name '/elsewhere': must name a folder inside --runs_dir"),
+    (('--name', 'TMP/elsewhere'), "--name 'TMP/elsewhere': must name a folder inside --runs_dir"),  # absolute
+    (('--name', '../elsewhere'), "--name '../elsewhere': must name a folder inside --runs_dir"),
     (('--seed', '99999999999999'), r'--seed must be within ±2\*\*40, got 99999999999999'),
     (('--output_nc', '1'), '--output_nc 1 but the images in .* have 3 channels'),  # crashed in the first D step
     (('--data_device', 'cuda'), '--data_device cuda needs a CUDA training device'),  # the suite runs on the CPU
     (('--compile_mode', 'reduce-overhead'), '--compile_mode reduce-overhead needs --compile'),
+    (('--content_loss', 'l1+vgg'), r'--content_loss l1\+vgg needs --lambda_VGG > 0'),  # a VGG term weighted 0
     (('--compile', '--compile_mode', 'reduce-overhead'),
      r'--compile_mode reduce-overhead \(CUDA graphs\) needs a CUDA training device and one process \(this run trains '
      r'on the CPU\)'),
 ])
 def test_bad_option_combinations_are_one_line_errors(transformed_root, tmp_path, capsys, extra, message):
+    extra = [arg.replace('TMP', str(tmp_path)) for arg in extra]  # a run the check let through lands in tmp_path
     line = cli_error(tiny(transformed_root, tmp_path, 'bad', '--n_epochs', '1', '--n_epochs_decay', '0', *extra),
                      capsys)
-    assert re.search(message, line), line
+    assert re.search(message.replace('TMP', re.escape(str(tmp_path))), line), line
     assert not os.path.exists(tmp_path / 'bad')
+
+
+def test_options_at_their_limits_are_accepted_and_paths_are_made_absolute(transformed_root, tmp_path, monkeypatch):
+    """test.py reads --dataroot back from config.json, run from anywhere: it is saved absolute."""
+    monkeypatch.chdir(os.path.dirname(transformed_root))
+    opt = parse_options(tiny(os.path.basename(transformed_root), tmp_path, 'edge', '--beta1', '0', '--lambda_L1', '0',
+                             '--psnr_drop_warn', '0', '--seed', str(2 ** 40 - 1), '--name', 'a/../edge'))
+    assert opt.dataroot == transformed_root
 
 
 def test_resume_refuses_what_the_checkpoint_fixes_and_extends_a_linear_run(transformed_root, tmp_path, capsys):
@@ -428,13 +440,14 @@ def test_a_run_saved_before_an_option_existed_resumes_with_its_default(transform
     train.main(tiny(transformed_root, tmp_path, 'old', '--n_epochs', '1', '--n_epochs_decay', '1', '--stop_epoch', '1'))
     config_path = tmp_path / 'old' / 'config.json'
     config = json.load(open(config_path))
-    del config['best_metric']  # as a run saved before --best_metric existed
+    del config['best_metric'], config['data_identity']  # as a run saved before they were recorded
     with open(config_path, 'w') as f:
         json.dump(config, f)
     line = cli_error(tiny(transformed_root, tmp_path, 'old', '--resume', '--best_metric', 'L1'), capsys)
     assert 'trained with --best_metric PSNR, not L1' in line
     assert train.main(tiny(transformed_root, tmp_path, 'old', '--resume', '--best_metric', 'PSNR')) == 0
     assert json.load(open(config_path))['best_metric'] == 'PSNR'
+    assert json.load(open(config_path))['data_identity'] == train_options.data_identity(transformed_root)
     assert torch.load(tmp_path / 'old' / 'latest.pt', weights_only=True)['epoch'] == 2
 
 
@@ -572,8 +585,9 @@ def test_dataroot_is_required_for_a_new_run_and_a_split_folder_gets_a_hint(trans
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith('the following arguments are required: --dataroot '
                                                             '(see --help)')
-    line = cli_error(tiny(os.path.join(transformed_root, 'train'), tmp_path, 'x'), capsys)
-    assert line == f'error: {transformed_root}/train: no train/ folder; give its parent, {transformed_root}'
+    for split in ('train', 'val'):
+        line = cli_error(tiny(os.path.join(transformed_root, split), tmp_path, 'x'), capsys)
+        assert line == f'error: {transformed_root}/{split}: no train/ folder; give its parent, {transformed_root}'
 
 
 def test_mid_epoch_resume_keeps_the_batch_size(transformed_root, tmp_path, capsys, monkeypatch):
@@ -658,6 +672,8 @@ def test_a_checkpoint_from_another_run_or_edited_is_one_line(transformed_root, t
     (lambda c: c.update(crop_size=64.0), '"crop_size": 64.0 is not a value --crop_size takes'),
     (lambda c: c.update(netG='foo'), '"netG": "foo" is not a value --netG takes'),
     (lambda c: c.update(rotate='yes'), '"rotate": "yes" is not a value --rotate takes'),
+    (lambda c: c.update(lr=None), '"lr": null is not a value --lr takes'),
+    (lambda c: c.update(batch_size=True), '"batch_size": true is not a value --batch_size takes'),
     (lambda c: c.update(ngf=-1), '--ngf must be >= 1, got -1'),  # the ranges: check_options, as for the command line
     (lambda c: c.update(dataroot=None), 'config.json names no --dataroot; give --dataroot'),
     (lambda c: [1, 2], 'config.json: not a run config (a JSON object of options)'),
@@ -844,6 +860,33 @@ def test_cuda_graphs_under_torchrun_are_refused(transformed_root, tmp_path):
                                         torch.device('cuda'), 2)
 
 
+def test_a_global_batch_that_the_processes_cannot_share_is_refused(transformed_root, tmp_path):
+    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'x', '--batch_size', '3'))
+    masks, images, _ = load_split(transformed_root, 'train')
+    with pytest.raises(UserError, match='--batch_size 3 must be divisible by the 2 processes'):
+        train_options.check_options_fit(opt, masks, images, load_split(transformed_root, 'val')[0],
+                                        torch.device('cpu'), 2)
+
+
+def test_the_data_identity_follows_the_arrays_not_their_folder(tmp_path):
+    """transform.json names the input folder: arrays moved or copied elsewhere are the same data."""
+    transform_dataset.main(['--dataroot', os.path.join(DATA, 'inria_samples'), '--out', str(tmp_path / 'data'),
+                            '--size', '32', '--crop_size', '16', '--workers', '1'])
+    shutil.copytree(tmp_path / 'data', tmp_path / 'moved')
+    config = json.loads((tmp_path / 'moved' / 'transform.json').read_text())
+    (tmp_path / 'moved' / 'transform.json').write_text(json.dumps(dict(config, dataroot='/mnt/elsewhere')))
+    assert train_options.data_identity(str(tmp_path / 'moved')) == train_options.data_identity(str(tmp_path / 'data'))
+    (tmp_path / 'moved' / 'transform.json').write_text(json.dumps(dict(config, direction='AtoB')))
+    assert train_options.data_identity(str(tmp_path / 'moved')) != train_options.data_identity(str(tmp_path / 'data'))
+
+
+@pytest.mark.parametrize('norm, side', [('instance', 2), ('none', 1)])
+def test_a_normalised_map_needs_two_values_per_channel(norm, side):
+    """The 1×1 PixelGAN keeps the crop's side to its last layer: instance norm needs at least 2×2 there."""
+    opt = build_parser().parse_args(['--dataroot', 'd', '--netD', 'pixel', '--norm', norm])
+    assert train_options.discriminator_min_size(opt) == side
+
+
 @pytest.mark.parametrize('norm, calls', [('instance', 1), ('none', 1), ('batch', 2)])
 def test_one_d_call_on_fake_and_real_judges_as_two_calls_do(transformed_root, tmp_path, norm, calls):
     """One D call on both halves is a speed-up only where it computes what the official repo's two calls do:
@@ -960,6 +1003,8 @@ def test_image_metrics_use_the_0_1_convention_with_peak_1():
     metrics = image_metrics(fake, real)
     assert metrics['PSNR'].item() == pytest.approx(10 * math.log10(1 / 0.25), abs=1e-4)  # 6.02 dB, not 12.04
     assert metrics['L1'].item() == pytest.approx(0.5)  # half the [0, 1] range, not 1.0
+    per_image = image_metrics(torch.cat([fake, real]), torch.cat([real, real]))  # one image per score
+    assert per_image['L1'].tolist() == [0.5, 0.0] and per_image['PSNR'][0].item() == pytest.approx(6.0206, abs=1e-4)
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
     g = torch.Generator().manual_seed(0)
     a = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
