@@ -24,7 +24,7 @@ from PIL import Image
 import generation
 import results
 import train
-from conftest import DATA, REPO, another_process_writing
+from conftest import DATA, REPO, another_process_writing, write_array_dataset
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from image_io import read_image_file, read_mask
 from metrics import compute_fid_kid, make_fid_kid, seam_score, seam_score_at
@@ -134,9 +134,27 @@ def test_crop_mode_scores_what_train_py_validated(run_dir, tmp_path):
 
 
 def test_epoch_choice_and_num_test(run_dir, tmp_path):
-    metrics = generate(run_dir, tmp_path / 'a', '--epoch', '1', '--num_test', '2')
-    assert metrics['samples'] == 2 and metrics['checkpoint'].endswith('epoch_1.pt')
+    metrics = generate(run_dir, tmp_path / 'a', '--epoch', '01', '--num_test', '2')  # train.py writes epoch_1.pt
+    assert metrics['samples'] == 2 and metrics['checkpoint'].endswith(f'{os.sep}epoch_1.pt')
     assert generate(run_dir, tmp_path / 'b', '--epoch', 'best', '--num_test', '1')['checkpoint'].endswith('best.pt')
+    assert generate(run_dir, tmp_path / 'c', '--scale', '1', '--num_test', '1')['samples'] == 1  # the default: fine
+
+
+def test_num_test_and_the_notes_at_their_edges_for_mask_files(run_dir, tmp_path, capsys):
+    """A building mask twice as wide as tall is no A|B pair (those hold label maps); a mask of exactly one window
+    needs no mirrored context around it."""
+    (tmp_path / 'masks').mkdir()
+    save_mask(tmp_path / 'masks' / 'a.png', BLOCK[:, :32].repeat(4, axis=1))  # 64×128
+    save_mask(tmp_path / 'masks' / 'b.png', BLOCK)  # 64×64, one window
+    capsys.readouterr()
+    assert generate(run_dir, tmp_path / 'out', '--mode', 'sliding', '--masks', str(tmp_path / 'masks'))['samples'] == 2
+    assert 'note:' not in capsys.readouterr().out
+    assert generate(run_dir, tmp_path / 'one', '--masks', str(tmp_path / 'masks'), '--num_test', '1')['samples'] == 1
+
+
+def test_a_segmenter_judges_building_masks_only(tmp_path):
+    with pytest.raises(UserError, match=r'--segmenter: mask fidelity needs a model of binary building masks'):
+        ts.load_segmenter(str(tmp_path / 'never_read.pt'), {'input_nc': 3}, torch.device('cpu'))
 
 
 # ---------------------------------------------------------------- sliding windows
@@ -513,6 +531,19 @@ def inception_weights_that_would_run_code(run, tmp):
     return ['--run', run, '--inception_weights', str(tmp / 'code.pth')]
 
 
+def masks_sharing_a_name(run, tmp):
+    (tmp / 'masks').mkdir()
+    save_mask(tmp / 'masks' / 'a.png', BLOCK)
+    tifffile.imwrite(tmp / 'masks' / 'a.tif', BLOCK)
+    return ['--run', run, '--masks', str(tmp / 'masks')]
+
+
+def split_of_label_maps(run, tmp):
+    """A transformed split of 3-channel label maps (facades), for a model of 1-channel building masks."""
+    write_array_dataset(tmp / 'facades', 'val', np.zeros((2, 72, 72, 3), np.uint8), np.zeros((2, 72, 72, 3), np.uint8))
+    return ['--run', run, '--dataroot', str(tmp / 'facades')]
+
+
 def first_epoch_run(run_dir, tmp):
     """A run folder as train.py leaves it before its first checkpoint: config.json and TensorBoard events."""
     started = tmp / 'started'
@@ -549,6 +580,12 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'missing mask': (lambda run, tmp: ['--run', run, '--masks', str(tmp / 'gone.png')], 'gone.png: mask file'),
     'dataset root as masks': (lambda run, tmp: ['--run', run, '--masks', os.path.join(DATA, 'inria_samples')],
                               'inria_samples: no mask images (.tif, .png, .jpg) in this folder; its masks are in gt/: give '),
+    'masks sharing a name': (masks_sharing_a_name, 'a.tif: same name as '),
+    'label maps for a mask model': (split_of_label_maps, 'facades/val: masks have 3 channels, the model takes 1'),
+    'num_test 0': (options('--num_test', '0'), '--num_test must be >= 1, got 0'),
+    'no memory': (options('--max_memory_gb', '0'), '--max_memory_gb must be positive, got 0.0'),
+    'masks and dataroot': (options('--masks', 'm.png', '--dataroot', 'd'), 'give either --masks (raw masks) or '
+                                                                          '--dataroot (a transformed split), not both'),
     'missing segmenter': (options('--segmenter', 'seg.pt'), 'seg.pt: checkpoint not found'),
     'generator as segmenter': (lambda run, tmp: ['--run', run, '--segmenter', os.path.join(run, 'latest.pt')],
                                'a generator checkpoint, not a segmenter'),

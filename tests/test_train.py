@@ -384,6 +384,7 @@ def test_abbreviated_options_are_refused(capsys):
     (('--lambda_L1', 'inf'), '--lambda_L1 must be a number >= 0, got inf'),  # trained NaN weights, exit 0
     (('--psnr_drop_warn', '-1'), '--psnr_drop_warn must be >= 0, got -1.0'),  # crashed at the first validation
     (('--init_gain', '0'), '--init_gain must be a positive number, got 0.0'),
+    (('--lr', 'inf'), '--lr must be a positive number, got inf'),
     (('--ngf', '0'), '--ngf must be >= 1, got 0'),  # a traceback, after config.json was written
     (('--ndf', '-4'), '--ndf must be >= 1, got -4'),
     (('--name', ''), "--name '': must name a folder inside --runs_dir"),  # wrote latest.pt into --runs_dir itself

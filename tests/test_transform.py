@@ -466,6 +466,7 @@ def test_bad_input_names_the_file_and_writes_no_dataset(tmp_path, case):
     (['--size', '64', '--crop_size', '128'], '--size 64 is smaller than --crop_size 128'),
     (['--min_building', '2'], '--min_building'),
     (['--mask_tolerance', '-1'], '--mask_tolerance -1.0: must be a fraction between 0 and 1'),
+    (['--mask_tolerance', 'nan'], '--mask_tolerance nan: must be a fraction between 0 and 1'),
     (['--format', 'aligned', '--min_building', '0.25'], '--min_building needs binary building masks'),
     (['--val_pattern', '(['], 'not a valid regex'),
     (['--workers', '-5'], '--workers must be >= 1, got -5'),

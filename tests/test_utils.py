@@ -1,4 +1,5 @@
 """Tests for utils.py: image reading (every mask format a user may hand us, TIFF layouts), RNG states, the parser."""
+import errno
 import glob
 import os
 import random
@@ -450,3 +451,61 @@ def test_results_being_published_are_not_cut_in_half_by_a_signal(tmp_path, monke
     assert len(renames) == 3 and not staging.exists()
     assert {p.name: p.read_text() for p in folder.iterdir()} == dict.fromkeys(
         ('Generated-a.png', 'Generated-b.png', 'metrics.json'), 'new')
+
+
+def test_a_file_system_without_locks_is_written_unguarded(tmp_path, monkeypatch):
+    """Some network mounts refuse flock (ENOLCK): the run goes on, as it would on Windows. Other lock errors stop it."""
+    def flock_failing_with(code, reason):
+        def flock(f, operation):
+            raise OSError(code, reason)
+        return flock
+    monkeypatch.setattr(utils.fcntl, 'flock', flock_failing_with(errno.ENOLCK, 'No locks available'))
+    with utils.writing_alone(str(tmp_path / 'out'), '--out'):
+        (tmp_path / 'out' / 'written').write_text('x')
+    monkeypatch.setattr(utils.fcntl, 'flock', flock_failing_with(errno.EIO, 'Input/output error'))
+    with pytest.raises(UserError, match=r'\.lock: cannot lock it \(Input/output error\)'):
+        with utils.writing_alone(str(tmp_path / 'out'), '--out'):
+            pass
+
+
+def test_only_our_own_hidden_temp_files_are_cleared(tmp_path):
+    for name in ('.latest.pt.k2x8.tmp', 'notes.tmp', 'latest.pt'):
+        (tmp_path / name).write_text('x')
+    utils.remove_stale_temp_files(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ['latest.pt', 'notes.tmp']
+
+
+def test_a_binary_file_read_as_json_is_one_line(tmp_path):
+    (tmp_path / 'config.json').write_bytes(b'\xff\xfe\x00binary')
+    with pytest.raises(UserError, match=r'config\.json: run config is not valid JSON'):
+        utils.read_json(tmp_path / 'config.json', 'run config')
+
+
+def test_device_and_amp_choices():
+    cpu = torch.device('cpu')
+    assert [utils.amp_enabled(choice, cpu) for choice in ('auto', 'on', 'off')] == [False, True, False]
+    assert [utils.amp_enabled(choice, torch.device('cuda')) for choice in ('auto', 'on', 'off')] == [True, True, False]
+    if not torch.cuda.is_available():
+        assert utils.pick_device('auto') == cpu
+        with pytest.raises(UserError, match='--device cuda: no CUDA device is available'):
+            utils.pick_device('cuda')
+
+
+def test_images_out_of_range_are_clamped_not_wrapped_around():
+    """1.01 is 258 before the uint8 cast, which would wrap it to 2: a black speck in a white roof."""
+    x = torch.tensor([1.01, 1.0, 0.0, -1.0, -1.5]).view(1, 1, 5)
+    assert utils.to_uint8_hwc(x).tolist() == [[255, 255, 128, 0, 0]]
+
+
+def test_first_line_keeps_a_one_line_error_short():
+    assert utils.first_line(ValueError('x' * 300 + '\nmore')) == 'x' * 200
+    assert utils.first_line(ValueError()) == 'ValueError'
+
+
+def test_the_commit_says_when_tracked_files_differ_from_it(monkeypatch):
+    answers = {'rev-parse': 'abc123\n', 'status': ' M train.py\n'}
+    monkeypatch.setattr(utils.subprocess, 'run', lambda args, **kwargs: subprocess.CompletedProcess(
+        args, 0, stdout=answers[args[1]], stderr=''))
+    assert utils.git_commit() == 'abc123+modified'
+    answers['status'] = ''
+    assert utils.git_commit() == 'abc123'
