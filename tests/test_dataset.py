@@ -1,3 +1,4 @@
+import argparse
 import json
 import os
 import re
@@ -188,7 +189,7 @@ def test_missing_split_and_missing_manifest_entry(tmp_path):
     masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
     write_array_dataset(str(tmp_path), 'train', masks, images)
     os.remove(tmp_path / 'train' / 'images' / 's1.npy')
-    with pytest.raises(UserError, match='s1.npy.*missing'):
+    with pytest.raises(UserError, match=r's1\.npy: listed in the manifest but missing; re-run transform_dataset\.py'):
         PairedDataset(str(tmp_path), 'train', crop=16)
     os.remove(tmp_path / 'train' / 'manifest.json')
     with pytest.raises(UserError, match=r'train/manifest\.json: not found: --dataroot takes the --out folder of '
@@ -234,3 +235,41 @@ def test_a_manifest_edited_by_hand_is_one_line(tmp_path, manifest):
     with pytest.raises(UserError, match=r'train/manifest\.json: malformed manifest \(not a list of tiles with '
                                         r'names\); re-run transform_dataset\.py with the same options$'):
         load_split(str(tmp_path), 'train')
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda path: np.save(path, np.zeros((20, 20, 3), np.float32)), 'expected uint8 array, got float32'),
+    (lambda path: open(path, 'wb').close(), 'unreadable array'),  # EOFError
+    (lambda path: path.write_bytes(path.read_bytes()[:60]), 'unreadable array'),  # inside the header
+    (lambda path: path.write_bytes(path.read_bytes()[:-100]), 'unreadable array'),  # short of data
+])
+def test_a_damaged_array_is_one_line_naming_it(tmp_path, damage, message):
+    masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
+    write_array_dataset(str(tmp_path), 'train', masks, images)
+    damage(tmp_path / 'train' / 'images' / 's1.npy')
+    with pytest.raises(UserError, match=re.escape(f'images{os.sep}s1.npy: {message}')):
+        load_split(str(tmp_path), 'train')
+
+
+@pytest.mark.parametrize('scales, expected', [
+    ([[0.1, 0.1], [0.1, 0.1015]], 0.100375),  # within 2 %: their mean
+    ([[0.1, 0.1], [0.1, 0.105]], None),  # sources of different sizes: no one factor
+    ([[0.1, 0.1], [0.1, 0]], None), ([[0.1, 0.1], ['0.1', 0.1]], None), ([[0.1, 0.1], []], None),  # edited by hand
+])
+def test_the_training_scale_is_one_factor_shared_by_every_tile(tmp_path, scales, expected):
+    (tmp_path / 'train').mkdir()
+    tiles = [{'name': f's{i}', 'scale': scale} for i, scale in enumerate(scales)]
+    (tmp_path / 'train' / 'manifest.json').write_text(json.dumps({'tiles': tiles}))
+    assert dataset.training_scale(str(tmp_path)) == expected
+
+
+def test_crops_and_batches_fit_up_to_the_arrays_and_samples():
+    masks = torch.zeros(3, 1, 24, 20, dtype=torch.uint8)  # 3 samples, 24 high, 20 wide
+    dataset.check_crop_and_batch_fit(masks, argparse.Namespace(crop_size=20, batch_size=3, dataroot='d'))
+    with pytest.raises(UserError, match='--crop_size 21 is larger than the 20² arrays in d'):
+        dataset.check_crop_and_batch_fit(masks, argparse.Namespace(crop_size=21, batch_size=3, dataroot='d'))
+    with pytest.raises(UserError, match='--batch_size 4 is larger than the 3 training samples'):
+        dataset.check_crop_and_batch_fit(masks, argparse.Namespace(crop_size=20, batch_size=4, dataroot='d'))
+    dataset.check_val_fits(masks, masks, argparse.Namespace(crop_size=20, dataroot='d'))
+    with pytest.raises(UserError, match=r'24×20 arrays, smaller than --crop_size 21'):  # the narrower side counts
+        dataset.check_val_fits(masks, masks, argparse.Namespace(crop_size=21, dataroot='d'))

@@ -16,6 +16,7 @@ import tifffile
 import torch
 from PIL import Image
 
+import image_io
 import utils
 from conftest import DATA, REPO, tiny
 from image_io import check_binary_mask, read_binary_mask, read_image_file, read_image_header
@@ -509,3 +510,9 @@ def test_the_commit_says_when_tracked_files_differ_from_it(monkeypatch):
     assert utils.git_commit() == 'abc123+modified'
     answers['status'] = ''
     assert utils.git_commit() == 'abc123'
+
+
+def test_grid_panels_are_rgb_and_at_most_512_on_their_longer_side():
+    mask, rgba = np.zeros((1000, 500), np.uint8), np.full((1000, 500, 4), 200, np.uint8)
+    assert image_io.grid_image([mask, rgba]).shape == (512, 2 * 256, 3)
+    assert image_io.grid_image([mask[:100, :60]]).shape == (100, 60, 3)  # small panels keep their size
