@@ -870,7 +870,8 @@ def test_a_global_batch_that_the_processes_cannot_share_is_refused(transformed_r
 
 
 def test_the_data_identity_follows_the_arrays_not_their_folder(tmp_path):
-    """transform.json names the input folder: arrays moved or copied elsewhere are the same data."""
+    """transform.json names the input folder: the same tiles made from it at another path (moved, or mounted
+    elsewhere) are the same data; other transform settings are not."""
     transform_dataset.main(['--dataroot', os.path.join(DATA, 'inria_samples'), '--out', str(tmp_path / 'data'),
                             '--size', '32', '--crop_size', '16', '--workers', '1'])
     shutil.copytree(tmp_path / 'data', tmp_path / 'moved')
