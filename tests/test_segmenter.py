@@ -154,6 +154,53 @@ def test_bad_options_are_user_errors(transformed_root, tmp_path):
     (tmp_path / 'a_file').write_text('x')
     with pytest.raises(UserError, match=r'a_file: is a file, not a folder; choose another --out'):
         train_segmenter.main(seg_args(transformed_root, tmp_path / 'a_file' / 's.pt'))
+    for option in ('--ngf', '--crop_size'):
+        with pytest.raises(UserError, match=f'{option} must be >= 1, got 0'):
+            train_segmenter.main(seg_args(transformed_root, tmp_path / 's.pt', option, '0'))
+
+
+def short_run(root, out, *extra):
+    """Two epochs of two batches (the 5 samples at --batch_size 2)."""
+    return train_segmenter.main(seg_args(root, out, '--n_epochs', '2', '--batch_size', '2', *extra))
+
+
+def test_each_epoch_draws_its_own_turns_and_flips_and_the_rate_ends_at_0(transformed_root, tmp_path, monkeypatch):
+    plans, rates, real_plan = [], [], train_segmenter.EpochPlan
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+    real_step = cosine.step
+
+    def recording_plan(n, size, crop, seed, epoch, **augmentations):
+        plans.append((epoch, augmentations))
+        return real_plan(n, size, crop, seed, epoch, **augmentations)
+
+    def recording_step(scheduler, *args):
+        real_step(scheduler, *args)
+        rates.append(scheduler.get_last_lr()[0])
+    monkeypatch.setattr(train_segmenter, 'EpochPlan', recording_plan)
+    monkeypatch.setattr(cosine, 'step', recording_step)
+    short_run(transformed_root, tmp_path / 's.pt')
+    assert plans == [(0, {'flip': True, 'rotate': True}), (1, {'flip': True, 'rotate': True})]
+    assert rates == pytest.approx([1e-3, 5e-4, 0.0])  # at the start, then after each epoch: cosine over --n_epochs
+
+
+def test_the_same_seed_trains_the_same_weights(transformed_root, tmp_path):
+    weights = []
+    for out in ('a.pt', 'b.pt'):
+        short_run(transformed_root, tmp_path / out)
+        weights.append(load_checkpoint(tmp_path / out)['G'])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_the_printed_loss_is_the_epochs_mean_and_a_nan_stops_the_run(transformed_root, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setattr(train_segmenter, 'segmentation_loss', lambda z, mask: z.sum() * 0 + 0.25)
+    short_run(transformed_root, tmp_path / 's.pt')
+    assert capsys.readouterr().out.count('BCE 0.2500') == 2  # each epoch: the mean of its two batches
+    monkeypatch.setattr(train_segmenter, 'segmentation_loss', lambda z, mask: z.sum() * float('nan'))
+    with pytest.raises(UserError, match=r'segmenter training diverged at epoch 1 \(loss nan\); lower --lr'):
+        short_run(transformed_root, tmp_path / 'nan.pt')
+    assert not os.path.exists(tmp_path / 'nan.pt')
 
 
 def test_label_map_masks_are_refused(tmp_path):
