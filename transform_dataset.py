@@ -130,11 +130,12 @@ def find_inria_sources(opt):
     for folder in (image_dir, mask_dir):
         if not os.path.isdir(folder):
             parent, given = os.path.split(os.path.abspath(opt.dataroot))
-            if given in ('images', 'gt') and all(os.path.isdir(os.path.join(parent, n)) for n in ('images', 'gt')):
-                hint = f'; give the folder that holds both: {parent}'
-            elif given in ('images', 'gt'):  # not A|B pairs but half of a pair layout, the other half missing
+            if given in ('images', 'gt'):  # one half of the pair layout (check_options made sure it exists)
                 other = 'gt' if given == 'images' else 'images'
-                hint = f'; give the folder that holds both, but {parent} has no {other}/ (every image needs its mask)'
+                hint = f'; give the folder that holds both: {parent}'
+                if not os.path.isdir(os.path.join(parent, other)):
+                    hint = (f'; give the folder that holds both, but {parent} has no {other}/ (every image needs '
+                            'its mask)')
             elif os.path.isdir(os.path.join(opt.dataroot, 'train', 'images')):  # the Inria download's parent folder
                 hint = f'; the Inria download holds train/ and test/: give {os.path.join(opt.dataroot, "train")}'
             elif os.path.isdir(os.path.join(opt.dataroot, 'train')) or list_images(opt.dataroot):

@@ -486,16 +486,6 @@ def broken_run(tmp_path, payload):
     return str(run)
 
 
-def wrong_architecture(run_dir, tmp_path):
-    state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
-    state['config']['netG'] = 'resnet_9blocks'  # the weights are a resnet_6blocks
-    return broken_run(tmp_path, state)
-
-
-BLOCK = np.zeros((64, 64), np.uint8)
-BLOCK[10:30, 12:50] = 255  # one building
-
-
 def edited_checkpoint(edit):
     """A run whose latest.pt is run_dir's after edit(state)."""
     def make(run_dir, tmp_path):
@@ -505,11 +495,13 @@ def edited_checkpoint(edit):
     return make
 
 
-def run_without_data_scale(run_dir, tmp_path):
-    """A checkpoint of a run trained before train.py recorded the training scale."""
-    state = torch.load(os.path.join(run_dir, 'latest.pt'), weights_only=True)
-    del state['data_scale']
-    return broken_run(tmp_path, state)
+# a config naming resnet_9blocks beside the weights of a resnet_6blocks
+wrong_architecture = edited_checkpoint(lambda state: state['config'].update(netG='resnet_9blocks'))
+# a checkpoint of a run trained before train.py recorded the training scale
+run_without_data_scale = edited_checkpoint(lambda state: state.pop('data_scale'))
+
+BLOCK = np.zeros((64, 64), np.uint8)
+BLOCK[10:30, 12:50] = 255  # one building
 
 
 def bad_mask(name, array, *extra):

@@ -850,23 +850,24 @@ def test_compile_mode_is_gs_and_d_compiles_without_cuda_graphs(transformed_root,
     assert trainer.D_run.D is trainer.D  # D's pairs, whose concatenation and cast compile with D
 
 
+def check_fit(root, tmp_path, device, world_size, *extra):
+    """train_options.check_options_fit for these options on root's splits, as one of world_size processes."""
+    opt = build_parser().parse_args(tiny(root, tmp_path, 'x', *extra))
+    masks, images, _ = load_split(root, 'train')
+    train_options.check_options_fit(opt, masks, images, load_split(root, 'val')[0], torch.device(device), world_size)
+
+
 def test_cuda_graphs_under_torchrun_are_refused(transformed_root, tmp_path):
     """DDP's gradient hooks with CUDA graphs are untested here: two processes on CUDA get a one-line error."""
-    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'x', '--compile', '--compile_mode',
-                                         'reduce-overhead', '--batch_size', '2'))
-    masks, images, _ = load_split(transformed_root, 'train')
     with pytest.raises(UserError, match=re.escape('needs a CUDA training device and one process, not 2 under '
                                                   'torchrun')):
-        train_options.check_options_fit(opt, masks, images, load_split(transformed_root, 'val')[0],
-                                        torch.device('cuda'), 2)
+        check_fit(transformed_root, tmp_path, 'cuda', 2, '--compile', '--compile_mode', 'reduce-overhead',
+                  '--batch_size', '2')
 
 
 def test_a_global_batch_that_the_processes_cannot_share_is_refused(transformed_root, tmp_path):
-    opt = build_parser().parse_args(tiny(transformed_root, tmp_path, 'x', '--batch_size', '3'))
-    masks, images, _ = load_split(transformed_root, 'train')
     with pytest.raises(UserError, match='--batch_size 3 must be divisible by the 2 processes'):
-        train_options.check_options_fit(opt, masks, images, load_split(transformed_root, 'val')[0],
-                                        torch.device('cpu'), 2)
+        check_fit(transformed_root, tmp_path, 'cpu', 2, '--batch_size', '3')
 
 
 def test_the_data_identity_follows_the_arrays_not_their_folder(tmp_path):
