@@ -15,6 +15,7 @@ if os.environ.get('PIX2PIX_TEST_GPU') != '1':
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, 'tests', 'data')
@@ -49,6 +50,13 @@ def many_tiles_root(synthetic_root, tmp_path_factory):
     transform_dataset.main(['--dataroot', synthetic_root, '--out', str(out), '--size', '72', '--split', '3',
                             '--crop_size', '64', '--workers', '1'])
     return str(out)
+
+
+def assert_same_weights(a, b):
+    """Two state_dicts hold the same tensors, bit for bit (the failing key is named)."""
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
 
 
 def tiny(root, runs, name, *extra):

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import pix2pix_model
 import train
-from conftest import REPO, tiny
+from conftest import REPO, assert_same_weights, tiny
 from utils import UserError, rng_states
 
 LR = 2e-4
@@ -103,10 +103,8 @@ def test_resume_with_dropout_equals_an_uninterrupted_run(transformed_root, tmp_p
     torchrun_two_processes(transformed_root, tmp_path, 'split', '--stop_epoch', '1', options=options)
     assert len(torch.load(tmp_path / 'split' / 'latest.pt', weights_only=True)['rng']) == 2
     split = torchrun_two_processes(transformed_root, tmp_path, 'split', '--resume', options=options)
-    a = torch.load(straight / 'latest.pt', weights_only=True)['G']
-    b = torch.load(split / 'latest.pt', weights_only=True)['G']
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_weights(torch.load(straight / 'latest.pt', weights_only=True)['G'],
+                        torch.load(split / 'latest.pt', weights_only=True)['G'])
 
 
 def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):

@@ -21,7 +21,7 @@ import torch
 import demo
 import train
 import transform_dataset
-from conftest import REPO, another_process_writing, tiny
+from conftest import REPO, another_process_writing, assert_same_weights, tiny
 from metrics import make_fid_kid
 from synthetic_inria import make_synthetic_inria
 from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint, writing_alone
@@ -74,12 +74,6 @@ def finished_epochs(run_dir):
 
 def final_generator(run_dir):
     return torch.load(os.path.join(run_dir, 'latest.pt'), map_location='cpu', weights_only=True)['G']
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_train_killed_at_random_moments_resumes_bit_identically(many_tiles_root, tmp_path):

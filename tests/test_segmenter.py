@@ -8,7 +8,7 @@ import torch
 
 import networks
 import train_segmenter
-from conftest import REPO, write_array_dataset
+from conftest import REPO, assert_same_weights, write_array_dataset
 from dataset import center_crop, load_split, to_unit_range
 from metrics import building_scores
 from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint
@@ -188,8 +188,7 @@ def test_the_same_seed_trains_the_same_weights(transformed_root, tmp_path):
     for out in ('a.pt', 'b.pt'):
         short_run(transformed_root, tmp_path / out)
         weights.append(load_checkpoint(tmp_path / out)['G'])
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+    assert_same_weights(*weights)
 
 
 def test_the_printed_loss_is_the_epochs_mean_and_a_nan_stops_the_run(transformed_root, tmp_path, monkeypatch,
