@@ -294,8 +294,6 @@ def training_settings(opt, device):
     batches = opt.batches or ([1, 16, 64] if gpu else [1, 4])
     iters = opt.iters if opt.iters is not None else (30 if gpu else 6)
     warmup = opt.warmup if opt.warmup is not None else (10 if gpu else 3)
-    if iters < 1 or warmup < 0:
-        raise UserError(f'--iters must be >= 1 and --warmup >= 0, got {iters} and {warmup}')
     return batches, iters, warmup
 
 

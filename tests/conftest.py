@@ -1,9 +1,12 @@
 import contextlib
+import glob
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 # The test models are tiny: one thread each is fastest, and it avoids OpenMP spin-wait storms when the test's
 # subprocesses (inheriting this) share the CI machine's 2 cores. Set before anything imports torch.
@@ -21,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, 'tests', 'data')
 sys.path.insert(0, REPO)
 
+import train  # noqa: E402
 import transform_dataset  # noqa: E402
 from synthetic_inria import make_synthetic_inria  # noqa: E402
 import utils  # noqa: E402
@@ -96,3 +100,58 @@ def another_process_writing(folder):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def cli_error(args, capsys):
+    """Run train.py's command line on args; assert exit status 2 and one line on stderr, and return that line."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(lambda: train.main(args))
+    lines = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith('error: '), lines
+    return lines[0]
+
+
+def run_files(run_dir):
+    """{name: bytes} of the files in a run folder: what a refused command must leave as it was."""
+    return {os.path.basename(p): open(p, 'rb').read() for p in glob.glob(os.path.join(run_dir, '*.*'))}
+
+
+def ramp_mask(height, width, seed, count=150):
+    """Buildings ever denser towards the bottom-right: the tiles of a grid differ in density, so tiles mode
+    normalises each differently (instance norm) and its borders show, though the density changes gradually."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(count):
+        y, x = rng.integers(0, height - 6), rng.integers(0, width - 6)
+        if rng.random() < ((y / height + x / width) / 2) ** 3:
+            mask[y:y + rng.integers(4, 10), x:x + rng.integers(4, 10)] = 255
+    return mask
+
+
+class SmoothNorm(torch.nn.Module):
+    """A smooth stand-in for an instance-norm generator: a window's output level depends on its own building
+    density, as in a trained model, without a 1-epoch model's noise hiding the seams."""
+
+    def forward(self, x):
+        x = torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False)
+        return torch.tanh(0.5 * torch.nn.functional.instance_norm(x)).expand(-1, 3, -1, -1)
+
+
+def wait_for(predicate, timeout, step=0.0005):
+    """Polls predicate until it is true (True) or timeout seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def script_module(script):
+    """A top-level script of the repo as a module, loaded by its path: `import test` may find the standard library's
+    `test` package instead of the repo's test.py."""
+    spec = importlib.util.spec_from_file_location(script.removesuffix('.py') + '_script', os.path.join(REPO, script))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,6 +8,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import bench
 import networks
+from dataset import EpochPlan
 from utils import UserError
 
 QUICK = ['--only', 'train', '--device', 'cpu', '--batches', '1', '--iters', '1', '--warmup', '0']
@@ -28,6 +29,40 @@ def test_chosen_rows_keep_the_changes_above_them_and_compare_with_the_plain_row(
     rows = table_rows(capsys.readouterr().out)
     assert [row[1] for row in rows] == [bench.STEPS[0][0], bench.STEPS[2][0]]
     assert rows[0][4] == '1.00×' and re.fullmatch(r'\d+\.\d\d×', rows[1][4])
+
+
+def test_a_rows_rate_tflops_and_mfu_follow_from_its_time_and_the_flop_count(capsys):
+    bench.main(QUICK + ['--rows', '1', '--peak_tflops', '0.25', '--batches', '2'])
+    out = capsys.readouterr().out
+    gflop = float(re.search(r'one training step = ([\d.]+) GFLOP per image', out)[1])
+    row = next(line.strip('|').split('|') for line in out.splitlines() if line.startswith('| 2 |'))
+    ms, images_per_s, tflops, mfu = (float(row[column].strip(' %')) for column in (2, 3, 7, 8))
+    # within what the table's rounding leaves (a CPU row: under one image/s, a few hundredths of a TFLOP/s)
+    assert images_per_s == pytest.approx(2 * 1000 / ms, abs=0.006)  # batch 2
+    assert tflops == pytest.approx(gflop * images_per_s / 1000, abs=0.001)
+    assert mfu == pytest.approx(100 * tflops / 0.25, abs=0.25)
+
+
+def test_the_flop_count_is_what_the_layer_shapes_give_by_hand():
+    """MFU's numerator. A 4×4 convolution is 2·Cin·Cout·16 FLOPs per output pixel (per input pixel when transposed);
+    its backward pass is a forward's worth for the input gradient and another for the weight gradient. Per image and
+    step: G's forward and both its gradients, less the mask's (3G − G1); D on fake and real with both gradients, less
+    its first layer's input gradients (fake is detached, real is data: 6D − 2 D1); in G's step D's forward and input
+    gradient, its weights frozen as in the official repo (2D). Issue 5's ~93 GFLOP also counted D's weight gradients
+    in G's step: 3G + 9D = 93.0."""
+    def flops(layers):  # (in, out, side of the output, or of the input for a transposed conv)
+        return sum(2 * c_in * c_out * 16 * side ** 2 for c_in, c_out, side in layers)
+    down = [(1, 64, 128), (64, 128, 64), (128, 256, 32), (256, 512, 16)] + [(512, 512, 8 >> i) for i in range(4)]
+    up = [(512, 512, 1)] + [(1024, 512, 2 ** i) for i in range(1, 4)] + [(1024, 256, 16), (512, 128, 32),
+                                                                         (256, 64, 64), (128, 3, 128)]
+    G, G1 = flops(down + up), flops(down[:1])
+    D = flops([(4, 64, 128), (64, 128, 64), (128, 256, 32), (256, 512, 31), (512, 1, 30)])
+    D1 = flops([(4, 64, 128)])
+    cpu = torch.device('cpu')
+    masks, images = bench.uint8_split([1], cpu, data_in_ram=False)
+    counted = bench.flops_per_image(bench.make_trainer(cpu, {}), masks, images, EpochPlan(len(masks), 286, 256, 0, 0),
+                                    256)
+    assert counted == 3 * G - G1 + 8 * D - 2 * D1  # 86.4 GFLOP
 
 
 def test_without_the_plain_row_there_is_no_speed_up_to_show(capsys):
@@ -101,13 +136,14 @@ def test_the_copies_table_says_per_step_what_made_each_copy_and_what_it_converts
         for _ in range(n):
             with record_function('cast twice'):
                 x.to(torch.bfloat16), x.to(torch.bfloat16)
-            with record_function('relayout'):
+            with record_function('relayout'), record_function('inner'):  # named with its parent
                 x.contiguous(memory_format=torch.channels_last)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         steps(3)
     rows = {row[2]: row for row in rows_below_header(bench.copies_table(prof.events(), 3, gpu=False))}
     assert rows['cast twice'][0] == '2' and rows['cast twice'][3:] == ['2×3×8×8', 'bf16 NCHW ← fp32 NCHW']
-    assert rows['relayout'][0] == '1' and rows['relayout'][3:] == ['2×3×8×8', 'fp32 NHWC ← fp32 NCHW']
+    assert rows['inner < relayout'][0] == '1'
+    assert rows['inner < relayout'][3:] == ['2×3×8×8', 'fp32 NHWC ← fp32 NCHW']
 
 
 def test_the_convolutions_table_says_per_step_which_layer_shapes_take_the_time():
@@ -122,6 +158,9 @@ def test_the_convolutions_table_says_per_step_which_layer_shapes_take_the_time()
     assert sorted((row[0], *row[2:]) for row in rows) == [('1', 'backward', '2×3×8×8', '4×3×3×3'),
                                                           ('1', 'forward', '2×3×8×8', '4×3×3×3'),
                                                           ('2', 'forward', '2×3×64×64', '4×3×3×3')]
+    first = bench.convolutions_table(prof.events(), 2, gpu=False, rows=1)
+    assert rows_below_header(first) == rows[:1] and first.endswith('\n(2 smaller groups left out)')
+    assert 'left out' not in bench.convolutions_table(prof.events(), 2, gpu=False, rows=3)  # all 3 shown
 
 
 def test_a_torch_that_records_no_dtypes_or_strides_gets_the_copies_table_without_conversions():
@@ -138,6 +177,15 @@ def test_a_torch_that_records_no_dtypes_or_strides_gets_the_copies_table_without
     ((2, 3), (3, 1), ''), ((2, 3, 4, 5), None, '')])
 def test_layouts_are_named_from_strides(shape, strides, layout):
     assert bench.layout_of(shape, strides) == layout
+
+
+def test_the_generation_line_gives_the_rate_of_the_masks_pixels_in_the_time_taken(capsys):
+    bench.main(['--only', 'generate', '--device', 'cpu', '--mask_size', '300', '--gen_batch', '3'])
+    out = capsys.readouterr().out
+    assert '300×300 mask, 256² windows, overlap 0.5, batch 3, fp32, cpu' in out
+    seconds, rate = map(float, re.search(r'^one call: ([\d.]+) s, ([\d.]+) megapixels/s, peak memory \d+ MB '
+                                         r'\(process RSS\)$', out, re.M).groups())
+    assert rate == pytest.approx(300 ** 2 / seconds / 1e6, rel=0.05, abs=0.006)  # both rounded to hundredths
 
 
 def test_an_overlap_outside_0_1_is_refused():

@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-import demo
 import train
 import transform_dataset
-from conftest import REPO, another_process_writing, assert_same_weights, tiny
+from conftest import REPO, another_process_writing, assert_same_weights, tiny, wait_for
 from metrics import make_fid_kid
 from synthetic_inria import make_synthetic_inria
 from utils import CHECKPOINT_FORMAT, UserError, load_checkpoint, writing_alone
@@ -41,15 +40,6 @@ def kill_9(proc):
     except ProcessLookupError:
         pass
     proc.wait()
-
-
-def wait_for(predicate, timeout, step=0.0005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def temp_file_in(folder):
@@ -493,98 +483,15 @@ def test_checkpoint_of_another_project_is_refused(tmp_path):
         load_checkpoint(str(tmp_path / 'other.pt'))
 
 
-def test_the_demo_stops_when_training_stopped_early_without_an_error(transformed_root, tmp_path):
-    """A SIGTERM sent to train.py alone (not the demo) is a clean stop, exit 0; so is --stop_epoch, used here."""
-    args = tiny(transformed_root, tmp_path, 'demo', '--n_epochs', '1', '--n_epochs_decay', '1')
-    train.main([*args, '--stop_epoch', '1'])
-    with pytest.raises(SystemExit, match=r'^demo stopped: train.py stopped after epoch 1 of 2 \(a SIGTERM\?\)'):
-        demo.check_training_finished(str(tmp_path / 'demo'))
-    train.main([*args, '--resume'])
-    demo.check_training_finished(str(tmp_path / 'demo'))
 
 
-def test_a_demo_stopped_while_making_tiles_completes_them(tmp_path, capsys):
-    tiles = tmp_path / 'synthetic_inria'
-    make_synthetic_inria(str(tiles), n_tiles=20, size=1000, progress=False)  # the demo's settings
-    for path in sorted(tiles.glob('*/*.tif'))[5:]:  # as a kill leaves it
-        path.unlink()
-    demo.make_synthetic_tiles(str(tiles))
-    assert len(list(tiles.glob('images/*.tif'))) == len(list(tiles.glob('gt/*.tif'))) == 20
-    old = tmp_path / 'old_demo'  # made by an earlier demo, before the settings record existed: used as it is
-    (old / 'gt').mkdir(parents=True)
-    (old / 'gt' / 'austin1.tif').write_bytes(b'')
-    capsys.readouterr()
-    demo.make_synthetic_tiles(str(old))
-    assert capsys.readouterr().out == ''
 
 
-def demo_step(tmp_path, child_code):
-    """demo.run on a stand-in script, in a process group of its own (signals sent to it stay out of pytest's)."""
-    (tmp_path / 'child.py').write_text(textwrap.dedent(child_code))
-    wrapper = f'import demo; demo.HERE = {str(tmp_path)!r}; demo.run("child.py"); print("went on")'
-    return subprocess.Popen([sys.executable, '-c', wrapper], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-DEMO_INTERRUPTED = 'demo interrupted during child.py: run the same demo command again to go on'
 
 
-@pytest.mark.parametrize('signum, returncode', [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_in_the_demo_lets_the_running_script_stop_cleanly(tmp_path, signum, returncode):
-    """Ctrl-C goes to the terminal's whole process group: demo.py and the script it runs; so does a scheduler's
-    SIGTERM. The script stops cleanly (train.py finishes saving); demo.py must wait for it, then say how to go on,
-    without a traceback. (On a SIGTERM it killed the script mid-save.)"""
-    proc = demo_step(tmp_path, f'''
-        import os, signal, sys, time
-        def stop_once(signum, frame):  # as the scripts' run_cli: a clean stop, and a repeat is the same one
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            raise KeyboardInterrupt
-        signal.signal(signal.SIGTERM, stop_once)
-        try:
-            os.killpg(os.getpgrp(), {int(signum)})  # the terminal's Ctrl-C, or the scheduler's notice
-            time.sleep(10)
-        except KeyboardInterrupt:
-            time.sleep(1)  # a clean stop takes a while: subprocess would have killed it after 0.25 s
-            open({str(tmp_path / 'saved')!r}, 'w').close()
-            sys.exit({returncode})
-    ''')
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == returncode and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
-    assert (tmp_path / 'saved').exists()
 
 
-def test_sigint_to_the_demo_alone_stops_it_after_the_running_script(tmp_path):
-    proc = demo_step(tmp_path, f'''
-        import time
-        open({str(tmp_path / 'started')!r}, 'w').close()
-        time.sleep(2)
-        open({str(tmp_path / 'finished')!r}, 'w').close()
-    ''')
-    assert wait_for(lambda: (tmp_path / 'started').exists(), timeout=30)
-    proc.send_signal(signal.SIGINT)  # kill -INT <demo>, as a job supervisor or an IDE's stop button does
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
-    assert (tmp_path / 'finished').exists()
 
 
-def test_a_sigterm_to_the_demo_alone_is_passed_on_to_the_running_script(tmp_path):
-    """A container's stop signals the demo (its PID 1) alone: the demo waited for the whole training to end, and
-    the runtime killed both with -9 before that."""
-    proc = demo_step(tmp_path, f'''
-        import signal, sys, time
-        def stop_once(signum, frame):
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            raise KeyboardInterrupt
-        signal.signal(signal.SIGTERM, stop_once)
-        open({str(tmp_path / 'started')!r}, 'w').close()
-        try:
-            time.sleep(60)  # a long training
-        except KeyboardInterrupt:
-            open({str(tmp_path / 'saved')!r}, 'w').close()
-            sys.exit(143)
-    ''')
-    assert wait_for(lambda: (tmp_path / 'started').exists(), timeout=30)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and err.splitlines() == [DEMO_INTERRUPTED] and 'went on' not in out, err
-    assert (tmp_path / 'saved').exists()

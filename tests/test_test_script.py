@@ -1,10 +1,9 @@
-"""Tests for test.py and generation.py: the four modes and their files, exact sliding-window blending, seam
-scores, GeoTIFF tags, and one-line errors for bad input. One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) is
-trained once for the module; CPU only.
+"""Tests for test.py: the four modes and their files, the Python API giving test.py's pixels, seam scores at the
+scale generated, GeoTIFF tags, FID/KID, and one-line errors for bad input (generation.py alone:
+tests/test_generation.py). One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) is trained once for the module; CPU only.
 """
 import argparse
 import html.parser
-import importlib.util
 import json
 import os
 import re
@@ -24,17 +23,14 @@ from PIL import Image
 import generation
 import results
 import train
-from conftest import DATA, REPO, another_process_writing, write_array_dataset
+from conftest import (DATA, REPO, SmoothNorm, another_process_writing, ramp_mask, script_module,
+                      write_array_dataset)
 from generation import generate_sliding, generate_tiles, load_generator, run_generator
 from image_io import read_image_file, read_mask
-from metrics import compute_fid_kid, make_fid_kid, seam_score, seam_score_at
-from networks import define_G
+from metrics import compute_fid_kid, make_fid_kid, seam_score
 from utils import UserError, load_checkpoint
 
-# Loaded by path: `import test` may find the standard library's `test` package instead of the repo's script.
-_spec = importlib.util.spec_from_file_location('test_script', os.path.join(REPO, 'test.py'))
-ts = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ts)
+ts = script_module('test.py')
 
 WINDOW = 64  # the run's --crop_size: full mode outputs this size, and it is the sliding window
 VAL_SIZE = 72  # transformed_root's array size: tiles and sliding keep it
@@ -52,18 +48,6 @@ def run_dir(transformed_root, tmp_path_factory):
 def generate(run, out, *extra):
     ts.main(['--run', run, '--results_dir', str(out), *extra])
     return json.load(open(os.path.join(out, 'metrics.json')))
-
-
-def ramp_mask(height, width, seed, count=150):
-    """Buildings ever denser towards the bottom-right: the tiles of a grid differ in density, so tiles mode
-    normalises each differently (instance norm) and its borders show, though the density changes gradually."""
-    rng = np.random.default_rng(seed)
-    mask = np.zeros((height, width), np.uint8)
-    for _ in range(count):
-        y, x = rng.integers(0, height - 6), rng.integers(0, width - 6)
-        if rng.random() < ((y / height + x / width) / 2) ** 3:
-            mask[y:y + rng.integers(4, 10), x:x + rng.integers(4, 10)] = 255
-    return mask
 
 
 def save_mask(path, array):
@@ -172,71 +156,6 @@ def test_sliding_output_is_exactly_the_input_size(run_dir, tmp_path):
         assert not os.path.exists(out / 'OriginalResized-odd.png')  # raw masks have no ground truth
 
 
-class Copy(torch.nn.Module):
-    """A 'generator' whose output at a pixel depends on that pixel only: blending must give it back exactly."""
-
-    def forward(self, x):
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-
-@pytest.mark.parametrize('height,width', [(157, 203), (37, 50), (64, 64), (65, 129)])
-@pytest.mark.parametrize('overlap,batch_size', [(0.5, 1), (0.5, 7), (0.75, 100), (0.0, 3)])
-def test_sliding_blend_puts_every_window_in_place(height, width, overlap, batch_size):
-    rng = np.random.default_rng(height * width)
-    mask = (rng.random((height, width)) < 0.5).astype(np.uint8) * 255
-    out = generate_sliding(Copy(), mask, WINDOW, overlap, batch_size, torch.device('cpu'))
-    assert out.shape == (height, width, 3)
-    np.testing.assert_array_equal(out, np.repeat(mask[..., None], 3, 2))
-    label_map = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)  # 3-channel input models
-    np.testing.assert_array_equal(generate_sliding(Copy(), label_map, 16, overlap, batch_size,
-                                                      torch.device('cpu')), label_map)
-
-
-@pytest.mark.parametrize('progress', [True, False])
-def test_the_sliding_progress_bar_can_be_turned_off_from_python(capsys, progress):
-    mask = np.zeros((200, 200), np.uint8)  # 24² windows at overlap 0.5: 256 of them, enough for a bar
-    generate_sliding(Copy(), mask, 24, 0.5, 64, torch.device('cpu'), progress=progress)
-    assert ('windows' in capsys.readouterr().err) == progress
-
-
-GREY_BACKGROUND = np.full((40, 40), 128, np.uint8)
-GREY_BACKGROUND[10:20, 10:20] = 255
-
-
-@pytest.mark.parametrize('mask, got', [
-    (np.ones((40, 40), bool), 'got bool'), (np.ones((40, 40), np.float32), 'got float32'),
-    (np.ones((40, 40), np.uint8), r'got values \[1\]'),  # a 0/1 mask: all background after a resize
-    (np.ones((40, 40, 1), np.uint8), r'got values \[1\]'),  # H×W×1 skipped the check
-    (GREY_BACKGROUND, r'got values \[128, 255\]'),  # test.py refuses this file; the API took it
-])
-@pytest.mark.parametrize('api', ['full', 'tiles', 'sliding'])
-def test_the_python_api_refuses_a_mask_that_is_not_0_255_uint8(mask, got, api):
-    """Only generate_sliding checked, and only a 2-D mask's maximum; generate_tiles turned a 0/1 mask into an empty
-    one without a word."""
-    cpu = torch.device('cpu')
-    run = {'full': lambda: generation.generate_full(Copy(), mask, WINDOW, cpu),
-           'tiles': lambda: generate_tiles(Copy(), mask, 2, WINDOW, 4, cpu),
-           'sliding': lambda: generate_sliding(Copy(), mask, WINDOW, 0.5, 4, cpu)}[api]
-    with pytest.raises(ValueError, match=f'^mask must be a uint8 array of 0/255 .*{got}$'):
-        run()
-
-
-def test_the_python_api_refuses_what_test_py_refuses():
-    cpu, mask = torch.device('cpu'), np.zeros((40, 40), np.uint8)
-    for call, message in (
-            (lambda: generate_sliding(Copy(), mask, WINDOW, 1.0, 4, cpu), r'overlap must be a fraction in \[0, 1\)'),
-            (lambda: generate_sliding(Copy(), mask, WINDOW, 0.5, 0, cpu), 'batch_size must be an int >= 1, got 0'),
-            (lambda: generate_tiles(Copy(), mask, 41, WINDOW, 4, cpu), "n must be between 1 and the mask's shorter "
-                                                                         'side 40, got 41'),  # a ZeroDivisionError
-            (lambda: generate_sliding(Copy(), [[0, 255]], WINDOW, 0.5, 4, cpu),
-             'non-empty H×W or H×W×C numpy array, got list'),
-            (lambda: generate_sliding(Copy(), np.zeros((0, 0), np.uint8), WINDOW, 0.5, 4, cpu), 'non-empty'),
-            (lambda: run_generator(Copy(), np.ones((1, 8, 8), np.float32), cpu), 'takes uint8 arrays .*got float32')):
-        with pytest.raises(ValueError, match=message):
-            call()
-    one_channel = generate_sliding(Copy(), mask[..., None], WINDOW, 0.5, 4, cpu)  # H×W×1 reads as H×W
-    np.testing.assert_array_equal(one_channel, generate_sliding(Copy(), mask, WINDOW, 0.5, 4, cpu))
-
 
 def test_the_docstring_example_of_the_python_api_runs_as_written(run_dir, tmp_path, monkeypatch):
     code = textwrap.dedent(next(part for part in generation.__doc__.split('\n\n') if part.startswith('    ')))
@@ -276,72 +195,6 @@ def test_sliding_scores_far_fewer_seams_than_tiles(run_dir, tmp_path):
     assert np.mean(scores['tiles']) > 1.25, scores  # the tile borders show
     assert np.mean(scores['sliding']) < 1.12, scores  # blending hides the same lines
     assert all(s < t for s, t in zip(scores['sliding'], scores['tiles'])), scores
-
-
-class SmoothNorm(torch.nn.Module):
-    """A smooth stand-in for an instance-norm generator: a window's output level depends on its own building
-    density, as in a trained model, without a 1-epoch model's noise hiding the seams."""
-
-    def forward(self, x):
-        x = torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False)
-        return torch.tanh(0.5 * torch.nn.functional.instance_norm(x)).expand(-1, 3, -1, -1)
-
-
-def test_blending_hides_window_edges_that_tiles_show():
-    cpu = torch.device('cpu')
-    for seed in range(3):
-        # 128²: the 2×2 grid lines (row/column 64) are window edges in sliding mode too (stride 32)
-        mask = ramp_mask(128, 128, seed)
-        tiles = seam_score(generate_tiles(SmoothNorm(), mask, 2, WINDOW, 4, cpu), 2)
-        unblended = seam_score(generate_sliding(SmoothNorm(), mask, WINDOW, 0.0, 4, cpu), 2)
-        sliding = seam_score(generate_sliding(SmoothNorm(), mask, WINDOW, 0.5, 4, cpu), 2)
-        assert tiles > 5 and unblended > 5 and sliding < 2, (tiles, unblended, sliding)  # measured ≥ 9.5 / ≤ 1.6
-
-
-def test_sliding_mode_scores_its_window_edges_at_the_scale_it_generates():
-    """Windows that do not blend (--overlap 0) make seams at their edges, which the --tiles grid misses unless the
-    two happen to coincide (here: rows 64 and 128 against the grid's 75, columns 64 and 128 against 85)."""
-    cpu = torch.device('cpu')
-    for seed, scale in ((0, 1.0), (1, 1.0), (2, 0.5)):
-        mask = ramp_mask(round(150 / scale), round(170 / scale), seed, count=round(150 / scale ** 2))
-        seams, images = {}, {}
-        for overlap in (0.0, 0.5):
-            opt = argparse.Namespace(mode='sliding', overlap=overlap, scale=scale, batch_size=4, tiles=2)
-            images[overlap], _, seams[overlap] = ts.generate(opt, SmoothNorm(), {'output_nc': 3}, mask, WINDOW, cpu)
-            assert images[overlap].shape[:2] == mask.shape
-        on_the_grid = seam_score(images[0.0], 2)
-        # measured: window edges 7.0-18.5 unblended, 0.8-1.6 blended; the grid's lines 0.9-1.4 (they miss them)
-        assert seams[0.0] > 5 and seams[0.5] < 2 and on_the_grid < 2, (seams, on_the_grid)
-
-
-@pytest.mark.parametrize('length, overlap', [(150, 0.0), (150, 0.5), (37, 0.25), (200, 0.9), (64, 0.5), (20, 0.5)])
-def test_window_edges_are_where_the_set_of_windows_changes(length, overlap):
-    before, _, starts = generation.sliding_plan(length, WINDOW, overlap)
-    covering = [{s for s in starts if s <= y + before < s + WINDOW} for y in range(length)]
-    assert generation.window_edges(length, WINDOW, overlap) == [y for y in range(1, length)
-                                                                  if covering[y] != covering[y - 1]]
-
-
-def test_seam_score():
-    rng = np.random.default_rng(0)
-    noise = rng.integers(60, 116, (64, 80, 3), dtype=np.uint8)
-    assert seam_score(noise, 2) == pytest.approx(1.0, abs=0.1)
-    seamed = noise.copy()
-    seamed[32:] += 50  # brightness steps exactly on the 2×2 grid's lines
-    seamed[:, 40:] += 50
-    assert seam_score(seamed, 2) > 2
-    assert seam_score(seamed, 3) == pytest.approx(1.0, abs=0.15)  # not on the 3×3 grid's lines
-    ramp = np.tile(np.arange(80, dtype=np.uint8), (64, 1))  # a smooth gradient has no seam
-    assert seam_score(ramp, 2) == pytest.approx(1.0)
-    assert seam_score(np.zeros((10, 10), np.uint8), 2) == 1.0 and seam_score(noise, 1) is None
-
-
-def test_seam_score_at_a_line_near_the_border_or_on_a_row_chunk_edge():
-    """A smooth ramp has no seam wherever its lines are: near the border, where a line has fewer neighbours on one
-    side and row 0 (column 0) has no pixel before it to differ from, and on seam_score_at's 256-row chunk edge."""
-    ramp = (np.arange(300)[:, None] + np.arange(90)[None, :]).astype(np.uint16)
-    assert seam_score_at(ramp, [3, 256], [2]) == 1.0
-    assert seam_score_at(ramp, [1], []) == 1.0
 
 
 @pytest.mark.parametrize('mode', ['full', 'crop'])
@@ -418,18 +271,6 @@ def test_fid_and_kid_reach_metrics_json(run_dir, tmp_path, monkeypatch, capsys):
 def test_fid_and_kid_of_one_image_are_skipped_with_a_line(capsys):
     assert compute_fid_kid(('FID', 'KID'), 1) == {}  # never computed: one image has no covariance
     assert capsys.readouterr().out == 'FID/KID skipped: 1 image with ground truth; needs at least 2\n'
-
-
-def test_label_maps_reach_g_in_nchw_the_layout_of_its_weights():
-    """A convolution takes its layout from its input's strides: label maps permuted from H×W×C ran G in
-    channels_last beside NCHW weights (slower on the CPU: a test.py run over the facades test split, 18.0-19.1 s
-    against 14.5-16.2 s)."""
-    G = define_G('unet_128', input_nc=3, ngf=8)
-    seen = []
-    first = next(m for m in G.modules() if isinstance(m, torch.nn.Conv2d))
-    first.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    run_generator(G, np.zeros((2, 128, 128, 3), np.uint8), torch.device('cpu'))
-    assert seen[0].shape == (2, 3, 128, 128) and seen[0].is_contiguous()
 
 
 def test_label_map_models_take_rgb_masks(tmp_path):
@@ -792,38 +633,6 @@ def test_a_test_py_into_a_results_folder_another_process_writes_stops_before_tou
         assert {name: os.path.getmtime(out / name) for name in os.listdir(out)} == before
 
 
-class Blur(torch.nn.Module):
-    def forward(self, x):
-        return torch.nn.functional.avg_pool2d(x, 9, 1, 4, count_include_pad=False).expand(-1, 3, -1, -1)
-
-
-def test_sliding_windows_see_mirrored_context_at_the_border():
-    out = generate_sliding(Blur(), np.full((100, 120), 255, np.uint8), 64, 0.5, 4, torch.device('cpu'))
-    assert (out == 255).all()  # reflect padding: an all-building mask stays all building up to its edges
-    seen = []
-
-    class Spy(Copy):
-        def forward(self, x):
-            seen.append(x.clone())
-            return super().forward(x)
-
-    mask = (np.random.default_rng(0).random((100, 120)) < 0.5).astype(np.uint8) * 255
-    generate_sliding(Spy(), mask, 64, 0.5, 4, torch.device('cpu'))
-    # the first window straddles the top-left corner: beyond the border it holds the mask mirrored, not its edge
-    np.testing.assert_array_equal(seen[0][0, 0].numpy() > 0, np.pad(mask, 32, mode='reflect')[:64, :64] > 0)
-
-
-@pytest.mark.parametrize('length, overlap', [(100, 0.5), (150, 0.25), (37, 0.75), (64, 0.5), (300, 0.9), (90, 0.0)])
-def test_sliding_windows_cover_the_border_pixels_as_often_as_interior_ones(length, overlap):
-    """One overlap of padding on both sides: the first and last pixels are blended from as many windows as the
-    stride puts over every pixel, not seen at one window's edge only."""
-    before, after, starts = generation.sliding_plan(length, WINDOW, overlap)
-    stride = max(1, round(WINDOW * (1 - overlap)))
-    assert after >= 0 and starts[-1] + WINDOW == before + length + after
-    coverage = [sum(start <= p < start + WINDOW for start in starts) for p in range(before, before + length)]
-    assert min(coverage) >= WINDOW // stride, coverage
-
-
 def test_a_perfect_copy_stores_psnr_as_null_in_strict_json():
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     scores = ts.image_scores(image, image, None, 1.0, argparse.Namespace(scale=1.0))
@@ -952,3 +761,19 @@ def test_the_python_api_gives_test_pys_pixels(run_dir, tmp_path, mode, extra):
              'tiles': lambda: generate_tiles(G, mask, 2, size, 8, cpu),
              'sliding': lambda: generate_sliding(G, mask, size, 0.25, 3, cpu)}[mode]()
     np.testing.assert_array_equal(image, read_image_file(str(tmp_path / 'out' / 'Generated-forged.png')))
+
+
+def test_sliding_mode_scores_its_window_edges_at_the_scale_it_generates():
+    """Windows that do not blend (--overlap 0) make seams at their edges, which the --tiles grid misses unless the
+    two happen to coincide (here: rows 64 and 128 against the grid's 75, columns 64 and 128 against 85)."""
+    cpu = torch.device('cpu')
+    for seed, scale in ((0, 1.0), (1, 1.0), (2, 0.5)):
+        mask = ramp_mask(round(150 / scale), round(170 / scale), seed, count=round(150 / scale ** 2))
+        seams, images = {}, {}
+        for overlap in (0.0, 0.5):
+            opt = argparse.Namespace(mode='sliding', overlap=overlap, scale=scale, batch_size=4, tiles=2)
+            images[overlap], _, seams[overlap] = ts.generate(opt, SmoothNorm(), {'output_nc': 3}, mask, WINDOW, cpu)
+            assert images[overlap].shape[:2] == mask.shape
+        on_the_grid = seam_score(images[0.0], 2)
+        # measured: window edges 7.0-18.5 unblended, 0.8-1.6 blended; the grid's lines 0.9-1.4 (they miss them)
+        assert seams[0.0] > 5 and seams[0.5] < 2 and on_the_grid < 2, (seams, on_the_grid)
