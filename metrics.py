@@ -106,7 +106,8 @@ def make_fid_kid(path, device):
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
         import torch
-        torch.load(path, map_location='cpu', weights_only=True)  # torch-fidelity's own load is unsafe before torch 2.6
+        # a pickle that would run code stops here, whatever torch-fidelity's own load asks for
+        torch.load(path, map_location='cpu', weights_only=True)
         fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=path)
         with warnings.catch_warnings():  # KID warns that it keeps features in memory: 8 KB per image here
             warnings.simplefilter('ignore')

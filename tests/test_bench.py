@@ -142,7 +142,7 @@ def test_the_copies_table_says_per_step_what_made_each_copy_and_what_it_converts
         steps(3)
     rows = {row[2]: row for row in rows_below_header(bench.copies_table(prof.events(), 3, gpu=False))}
     copy = next(event for event in prof.events() if event.name == 'aten::copy_')
-    recorded = getattr(copy, 'structured_input_strides', None) is not None  # torch 2.4's profiler records neither
+    recorded = getattr(copy, 'structured_input_strides', None) is not None  # torch 2.8's profiler records neither
     assert rows['cast twice'][0] == '2' and rows['cast twice'][3:] == [
         '2×3×8×8', 'bf16 NCHW ← fp32 NCHW' if recorded else 'not recorded by this torch']
     assert rows['inner < relayout'][0] == '1'
