@@ -38,8 +38,22 @@ def torchrun_command(root, runs, name, *extra, options=OPTIONS):
             os.path.join(REPO, 'train.py'), *tiny(root, runs, name, *options, *extra)]
 
 
+def run_torchrun(command, timeout=300):
+    """subprocess.run of a torchrun command whose processes are all killed if it has not ended after timeout
+    seconds (each run here takes seconds): a process that never exits fails its test instead of stalling CI."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f'torchrun had not ended after {timeout} s; its stderr ends: {stderr[-2000:]}')
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
 def torchrun_two_processes(root, runs, name, *extra, options=OPTIONS):
-    two = subprocess.run(torchrun_command(root, runs, name, *extra, options=options), capture_output=True, text=True)
+    two = run_torchrun(torchrun_command(root, runs, name, *extra, options=options))
     assert two.returncode == 0, two.stderr[-3000:]
     assert 'Grad strides do not match' not in two.stderr  # a 1-channel first conv's harmless layout warning
     return runs / name
@@ -119,7 +133,7 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
 def test_torchruns_summary_ends_with_the_processes_own_error_line(tmp_path):
     """The one-line error is the last thing torchrun prints, not "error_file: <N/A>" under its traceback."""
     missing = tmp_path / 'no_such_data'
-    run = subprocess.run(torchrun_command(missing, tmp_path / 'runs', 'x'), capture_output=True, text=True)
+    run = run_torchrun(torchrun_command(missing, tmp_path / 'runs', 'x'))
     assert run.returncode != 0
     root_cause = run.stderr.split('Root Cause (first observed failure):')[-1]
     assert f'traceback : error: {missing}: --dataroot not found' in root_cause, run.stderr[-3000:]
