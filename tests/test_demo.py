@@ -35,7 +35,7 @@ def demo_commands(out, device, monkeypatch):
         if script == 'test.py':
             results_dir = argv[argv.index('--results_dir') + 1]
             os.makedirs(results_dir, exist_ok=True)
-            psnr = float(sum(script == 'test.py' for script, _ in commands))
+            psnr = float(sum(name == 'test.py' for name, _ in commands))
             with open(os.path.join(results_dir, 'metrics.json'), 'w') as f:
                 json.dump({'mean': {'PSNR': psnr, 'SSIM': 0.5}}, f)
     monkeypatch.setattr(demo, 'run', parse_only)
@@ -66,8 +66,8 @@ def test_every_command_the_demo_runs_is_one_its_script_accepts(tmp_path, monkeyp
     assert [option(argv, '--mode') for _, argv in commands[3:]] == ['full', 'tiles', 'sliding', 'sliding']
     assert {option(argv, '--run') for _, argv in commands[3:]} == {os.path.join(runs, 'demo')}
     assert {option(argv, '--device') for _, argv in commands[2:]} == {device}
-    masks = commands[-1][1][commands[-1][1].index('--masks') + 1:][:2]
-    assert masks == [os.path.join(tiles, 'gt', name) for name in ('austin1.tif', 'vienna1.tif')]
+    geotiffs = commands[-1][1]
+    assert geotiffs[geotiffs.index('--masks') + 1:][:2] == [os.path.join(tiles, 'gt', name) for name in ('austin1.tif', 'vienna1.tif')]
 
 
 def test_a_second_demo_resumes_the_training_an_earlier_one_began(tmp_path, monkeypatch, capsys):
