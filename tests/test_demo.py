@@ -67,7 +67,8 @@ def test_every_command_the_demo_runs_is_one_its_script_accepts(tmp_path, monkeyp
     assert {option(argv, '--run') for _, argv in commands[3:]} == {os.path.join(runs, 'demo')}
     assert {option(argv, '--device') for _, argv in commands[2:]} == {device}
     geotiffs = commands[-1][1]
-    assert geotiffs[geotiffs.index('--masks') + 1:][:2] == [os.path.join(tiles, 'gt', name) for name in ('austin1.tif', 'vienna1.tif')]
+    assert geotiffs[geotiffs.index('--masks') + 1:][:2] == [os.path.join(tiles, 'gt', name)
+                                                           for name in ('austin1.tif', 'vienna1.tif')]
 
 
 def test_a_second_demo_resumes_the_training_an_earlier_one_began(tmp_path, monkeypatch, capsys):
