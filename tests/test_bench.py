@@ -35,8 +35,9 @@ def test_a_rows_rate_tflops_and_mfu_follow_from_its_time_and_the_flop_count(caps
     bench.main(QUICK + ['--rows', '1', '--peak_tflops', '0.25', '--batches', '2'])
     out = capsys.readouterr().out
     gflop = float(re.search(r'one training step = ([\d.]+) GFLOP per image', out)[1])
-    row = next(line.strip('|').split('|') for line in out.splitlines() if line.startswith('| 2 |'))
-    ms, images_per_s, tflops, mfu = (float(row[column].strip(' %')) for column in (2, 3, 7, 8))
+    row, = rows_below_header(out)
+    assert row[0] == '2'
+    ms, images_per_s, tflops, mfu = (float(row[column].rstrip(' %')) for column in (2, 3, 7, 8))
     # within what the table's rounding leaves (a CPU row: under one image/s, a few hundredths of a TFLOP/s)
     assert images_per_s == pytest.approx(2 * 1000 / ms, abs=0.006)  # batch 2
     assert tflops == pytest.approx(gflop * images_per_s / 1000, abs=0.001)

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import pix2pix_model
 import train
-from conftest import REPO, assert_same_weights, tiny
+from conftest import REPO, assert_same_weights, tiny, wait_for
 from utils import UserError, rng_states
 
 LR = 2e-4
@@ -228,9 +227,8 @@ def test_sigterm_to_one_process_stops_them_all_after_the_same_step(many_tiles_ro
     proc = subprocess.Popen(torchrun_command(many_tiles_root, tmp_path, 'ddp', options=options),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while not glob.glob(str(tmp_path / 'ddp' / 'events.out.*')) and time.monotonic() < deadline:
-            time.sleep(0.05)  # rank 0 opens the event file once training starts
+        # rank 0 opens the event file once training starts
+        assert wait_for(lambda: glob.glob(str(tmp_path / 'ddp' / 'events.out.*')), timeout=120, step=0.05)
         os.kill(worker_of_rank(proc.pid, 1), signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
