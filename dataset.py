@@ -38,16 +38,26 @@ def load_split(root, split):
         masks.append(_load_array(os.path.join(split_dir, 'masks', name + '.npy')))
         images.append(_load_array(os.path.join(split_dir, 'images', name + '.npy')))
     masks = [m[..., None] if m.ndim == 2 else m for m in masks]
+    for name, mask in zip(names, masks):
+        check_building_mask(mask, os.path.join(split_dir, 'masks', name + '.npy'))
     for kind, arrays in (('masks', masks), ('images', images)):
         for name, array in zip(names, arrays):
             if array.shape != arrays[0].shape:  # hand-mixed folders: transform_dataset.py makes one size
                 raise UserError(f'{split_dir}/{kind}/{name}.npy: shape {array.shape}, but {names[0]}.npy is '
                                 f'{arrays[0].shape}; re-run transform_dataset.py into a new --out')
     masks, images = np.stack(masks), np.stack(images)
-    if masks.shape[1:3] != images.shape[1:3] or images.shape[3] != 3:
+    if masks.ndim != 4 or images.ndim != 4 or masks.shape[1:3] != images.shape[1:3] or images.shape[3] != 3:
         raise UserError(f'{split_dir}: masks {masks.shape[1:]} and images {images.shape[1:]} do not pair up')
     to_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
     return to_nchw(masks), to_nchw(images), names
+
+
+def check_building_mask(mask, path):
+    """A one-channel mask is a building mask of 0/255, as transform_dataset.py writes it: a hand-made 0/1 one would
+    train and generate as an empty mask, silently (label maps, 3 channels, may hold any colour)."""
+    if mask.ndim == 3 and mask.shape[2] == 1 and not ((mask == 0) | (mask == 255)).all():
+        raise UserError(f'{path}: a building mask must hold 0 and 255 only, got values {np.unique(mask)[:4].tolist()}; '
+                        f're-run transform_dataset.py')
 
 
 def training_scale(root):
@@ -67,9 +77,18 @@ def training_scale(root):
     return round(sum(factors) / len(factors), 6)
 
 
+def square_side(masks, split_dir):
+    """The side of a split's square arrays: random crops are drawn from squares (transform_dataset.py makes them)."""
+    height, width = masks.shape[-2:]
+    if height != width:
+        raise UserError(f'{split_dir}: {height}×{width} arrays, but training crops from square ones; re-run '
+                        f'transform_dataset.py into a new --out')
+    return width
+
+
 def check_crop_and_batch_fit(train_masks, opt):
     """--crop_size and --batch_size that the training split (from --dataroot) can give."""
-    size = train_masks.shape[-1]
+    size = square_side(train_masks, os.path.join(opt.dataroot, 'train'))
     if opt.crop_size > size:
         raise UserError(f'--crop_size {opt.crop_size} is larger than the {size}² arrays in {opt.dataroot}')
     if opt.batch_size > len(train_masks):
@@ -242,7 +261,7 @@ class PairedDataset(torch.utils.data.Dataset):
 
     def __init__(self, root, split, crop=256, train=True, rotate=False, seed=0, full_size=False):
         self.masks, self.images, self.names = load_split(root, split)
-        self.size = self.masks.shape[-1]
+        self.size = square_side(self.masks, os.path.join(root, split)) if train else min(self.masks.shape[-2:])
         if crop > self.size:
             raise UserError(f'{os.path.join(root, split)}: arrays are {self.size}² but the crop is {crop}; '
                             f'transform with --size >= {crop}')

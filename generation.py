@@ -9,7 +9,7 @@ test.py is the command line over these; they are also the Python API for growing
     G, cfg, state = load_generator('runs/inria_2x2/best.pt', device)
     mask = read_mask('forged/austin1.tif', cfg['input_nc'])  # H×W uint8 0/255 (a label map for facades models)
     height, width = mask.shape[:2]
-    scale = state['data_scale']  # what the training tiles were resized by: 286/2500 for 2×2 tiles of 5000² masks
+    scale = state.get('data_scale')  # what the training tiles were resized by: 286/2500 for 2×2 tiles of 5000²
     small = resize_mask(mask, (round(height * scale), round(width * scale)))  # to the resolution G was trained at
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):
         image = generate_sliding(G, small, cfg['crop_size'], overlap=0.5, batch_size=16, device=device)
@@ -18,8 +18,8 @@ test.py is the command line over these; they are also the Python API for growing
 `image` is H×W×3 uint8, exactly the mask's size (image_io.save_png writes it atomically): test.py --mode sliding
 --scale train --batch_size 16 makes the same pixels. The scaling is for masks at the source data's resolution
 (a forged 5000² Inria tile); without it the buildings come out at a scale the model never saw. Masks already at
-the model's resolution skip it. Runs trained before checkpoints recorded the factor have None there: compute it as
-transform_dataset.py's --size / the side of the source pieces.
+the model's resolution skip it. Runs trained before checkpoints recorded the factor have none (None): compute it
+as transform_dataset.py's --size / the side of the source pieces.
 """
 import contextlib
 import math

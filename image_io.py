@@ -37,8 +37,9 @@ def check_nonempty_file(path):
 
 
 def list_images(folder):
-    """The image files in a folder (names, sorted), hidden ones left out."""
-    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.'))
+    """The image files in a folder (names, sorted), hidden ones and folders named like images left out."""
+    return sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES) and not n.startswith('.')
+                  and os.path.isfile(os.path.join(folder, n)))
 
 
 def decode_image(path, transparency_as_alpha=False):
@@ -246,12 +247,20 @@ def save_geotiff(path, array, source):
     writeonce); metadata=None: no tifffile JSON description."""
     with tifffile.TiffFile(source) as tif:
         tags = tif.pages[0].tags
-        # ASCII values as bytes: tifffile reads them as UTF-8 text (GDAL writes UTF-8) but writes text as 7-bit only
-        extratags = [(code, tags[code].dtype, tags[code].count,
-                      tags[code].value.encode() if isinstance(tags[code].value, str) else tags[code].value, True)
+        extratags = [(code, tags[code].dtype, tags[code].count, stored_value(tif, tags[code]), True)
                      for code in GEO_TAGS if code in tags]
     write_tiff_atomic(path, array, photometric='rgb' if array.ndim == 3 else 'minisblack', compression='zlib',
                       extratags=extratags)
+
+
+def stored_value(tif, tag):
+    """A tag's value as written; ASCII as its bytes: tifffile decodes text (UTF-8, else cp1252) and strips trailing
+    spaces, and GeoKeyDirectory points into GeoAsciiParams by byte offset, so re-encoded text could move the CRS
+    citations it points at."""
+    if tag.dtype != tifffile.DATATYPE.ASCII:
+        return tag.value
+    tif.filehandle.seek(tag.valueoffset)
+    return tif.filehandle.read(tag.count)
 
 
 def grid_image(panels):

@@ -129,6 +129,11 @@ def compute_fid_kid(fid_kid, count):
     if count < FID_RELIABLE_SAMPLES:
         print(f'note: FID/KID on {count} images is unreliable (the seed saw noise on 5-20); use hundreds')
     fid, kid = fid_kid
+    scores = {'FID': float(fid.compute())}
+    subsets_differ = count > kid.subset_size
     kid.subset_size = min(kid.subset_size, count)
     kid_mean, kid_std = kid.compute()
-    return {'FID': float(fid.compute()), 'KID': float(kid_mean), 'KID_std': float(kid_std)}
+    scores['KID'] = float(kid_mean)
+    if subsets_differ:  # with fewer images every subset is the whole set, reordered: the spread would read ~0
+        scores['KID_std'] = float(kid_std)
+    return scores

@@ -235,6 +235,8 @@ def claim_folder(out_dir, settings):
     record = os.path.join(out_dir, SETTINGS_FILE)
     if os.path.exists(record):
         previous = read_json(record, 'synthetic tile settings')
+        if not isinstance(previous, dict):  # edited by hand: .get below would be an AttributeError traceback
+            raise UserError(f'{record}: not a settings record (a JSON object); use a new folder')
         if previous != settings:
             changed = ', '.join(f'{SETTING_OPTIONS[key]} {previous.get(key)}, not {value}'
                                 for key, value in settings.items() if previous.get(key) != value)

@@ -71,7 +71,7 @@ def build_parser():
            'dropout on (seeded) and batch norm on the statistics of each forward pass; default: eval mode')
     a('--inception_weights', default=None,
       help="FID/KID: torch-fidelity's pt_inception-2015-12-05 weights file (never downloaded; "
-           'missing or unloadable stops the run)')
+           'missing or unloadable stops the run; unused with --masks, which have no real images)')
     a('--segmenter', default=None,
       help='segmenter from train_segmenter.py: adds mask fidelity (IoU/F1 of the buildings it finds in the '
            'generated image against the input mask; on real images too, the upper bound)')
@@ -205,7 +205,8 @@ def collect_inputs(opt, cfg):
         return inputs
     dataroot = opt.dataroot or cfg.get('dataroot')
     if not dataroot or not os.path.isdir(dataroot):
-        raise UserError(f'{dataroot}: dataset not found (the run\'s --dataroot); pass --dataroot or --masks')
+        whose = '--dataroot' if opt.dataroot else "the run's --dataroot; pass --dataroot or --masks"
+        raise UserError(f'{dataroot}: dataset not found ({whose})')
     masks, images, names = load_split(dataroot, opt.split)
     if masks.shape[1] != input_nc:
         raise UserError(f'{dataroot}/{opt.split}: masks have {masks.shape[1]} channels, the model takes {input_nc}')
@@ -423,7 +424,7 @@ def main(argv=None):
     opt.scale = resolve_scale(opt, state, ckpt, inputs, size)
     check_memory(opt, G, cfg, size, inputs, device, segmenter)
     note_masks_under_one_window(opt, inputs, size)
-    run_name = os.path.basename(os.path.normpath(opt.run))
+    run_name = os.path.basename(os.path.abspath(opt.run))  # '.' and '..' by their names: results/../ is outside
     results_dir = opt.results_dir or os.path.join('results', run_name, f'{opt.mode}_{opt.epoch}')
     fid_kid = make_fid_kid(opt.inception_weights, device) if inputs[0][3] is not None else None
     if opt.inception_weights and inputs[0][3] is None:

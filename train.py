@@ -63,18 +63,21 @@ def setup_device(opt):
 
 @torch.no_grad()
 def validate(trainer, val_masks, val_images, batch_size):
-    """Mean PSNR / SSIM / L1 over the centre-cropped val split (sharded across ranks, then summed)."""
+    """Mean PSNR / SSIM / L1 over the centre-cropped val split (sharded across ranks, then summed). A perfect
+    copy's PSNR is inf: it is left out of the PSNR mean, as test.py leaves it out, instead of making the mean inf
+    (best.pt frozen at that epoch for good, the collapse warning every epoch after)."""
     device = trainer.device
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # PSNR, SSIM, L1 sums and count
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # PSNR sum and count, SSIM and L1 sums, count
     for start in range(trainer.rank * batch_size, len(val_masks), batch_size * trainer.world_size):
         mask, real = center_crop_batch(val_masks, val_images, start, start + batch_size, trainer.opt.crop_size, device)
         metrics = image_metrics(trainer.generate(mask), real)
-        totals += torch.stack([metrics['PSNR'].sum(), metrics['SSIM'].sum(), metrics['L1'].sum(),
-                               torch.tensor(float(len(mask)), device=device)]).double()
+        finite = torch.isfinite(metrics['PSNR'])
+        totals += torch.stack([metrics['PSNR'].where(finite, 0).sum(), finite.sum(), metrics['SSIM'].sum(),
+                               metrics['L1'].sum(), torch.tensor(len(mask), device=device)]).double()
     if trainer.world_size > 1:
         dist.all_reduce(totals)
-    psnr, ssim, l1, count = totals.tolist()
-    return {'PSNR': psnr / count, 'SSIM': ssim / count, 'L1': l1 / count}
+    psnr, psnr_count, ssim, l1, count = totals.tolist()
+    return {'PSNR': psnr / psnr_count if psnr_count else math.inf, 'SSIM': ssim / count, 'L1': l1 / count}
 
 
 def image_grid(trainer, val_masks, val_images, n):
@@ -180,7 +183,7 @@ def write_hparams(writer, opt, trainer, run_dir):
     """The run's options and final metrics for TensorBoard's HParams table, in `<run>/hparams/`. TensorBoard keeps
     the first hparams it reads in a folder, so an extended run would be listed with its first finish's options
     beside its new metrics: the earlier file goes once the new one is written."""
-    earlier = glob.glob(os.path.join(run_dir, 'hparams', 'events.out.tfevents.*'))
+    earlier = glob.glob(os.path.join(glob.escape(run_dir), 'hparams', 'events.out.tfevents.*'))
     hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
     writer.add_hparams(hparams, hparam_metrics(trainer), run_name='hparams')  # written and closed on return
     for path in earlier:

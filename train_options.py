@@ -137,8 +137,9 @@ def resolve_options(parser, argv):
         parser.error('the following arguments are required: --dataroot')
     if opt.dataroot is not None:
         opt.dataroot = os.path.abspath(opt.dataroot)  # test.py reads it back from config.json, from anywhere
-    if opt.init_from is not None:
-        opt.init_from = os.path.abspath(opt.init_from)
+    for path_option in ('init_from', 'vgg_weights'):  # a resume may start in another folder
+        if getattr(opt, path_option) is not None:
+            setattr(opt, path_option, os.path.abspath(getattr(opt, path_option)))
     run_dir = os.path.join(opt.runs_dir, opt.name)
     if not opt.resume:
         if os.path.exists(os.path.join(run_dir, 'latest.pt')):

@@ -38,7 +38,9 @@ SPLITS = ('train', 'val')
 # rewrites the manifests in seconds.
 OUTPUT_DEFINING_OPTIONS = ('format', 'direction', 'size', 'split', 'val_pattern')
 MAX_SIZE = 8192  # a tile of 8192² is 200 MB of uint8 RGB; an Inria source is 5000²
-RECORD_VERSION = 2  # records list every tile of their source; version 1 listed only those --min_building kept
+# records list every tile of their source (version 1 listed only those --min_building kept) and, since version 3,
+# the file they were made from
+RECORD_VERSION = 3
 
 
 def parse_args(argv=None):
@@ -194,6 +196,7 @@ def check_headers(sources, opt):
     for stem, image_path, mask_path, split in tqdm(sources, desc='checking headers', leave=False, disable=len(sources) < 50):
         height, width, channels, dtype = read_image_header(image_path)
         if opt.format == 'aligned':
+            check_rgb_format(channels, dtype, image_path)
             if width % 2:
                 raise UserError(f'{image_path}: aligned A|B image must have an even width, got {width}')
             width //= 2
@@ -272,12 +275,20 @@ def transform_source(source, opt):
             tiles.append({'name': name, 'source': os.path.basename(image_path), 'mask_source': os.path.basename(mask_path),
                           'tile': [row, col], 'building_fraction': building_fraction(tile_mask),
                           'scale': resize_factors(ys[row:row + 2], xs[col:col + 2], opt.size)})
-    write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'version': RECORD_VERSION, 'tiles': tiles})
+    write_json_atomic(record_path(opt.out, split, stem), {'source': stem, 'version': RECORD_VERSION,
+                                                          'from': source_file(source, opt), 'tiles': tiles})
+
+
+def source_file(source, opt):
+    """The image's path under --dataroot: facades' val/1.jpg and test/1.jpg share a name, and a val/ folder added
+    after a run whose val split came from test/ must not find test/'s arrays done."""
+    return os.path.relpath(source[1], opt.dataroot).replace(os.sep, '/')
 
 
 def is_done(source, opt):
-    """A source is finished when its record (of this version) exists and every tile it lists is on disk. A record
-    that is not one this script writes (edited by hand) does not count: the source is done again."""
+    """A source is finished when its record (of this version, from this very file) exists and every tile it lists
+    is on disk. A record that is not one this script writes (edited by hand) does not count: the source is done
+    again."""
     stem, _, _, split = source
     path = record_path(opt.out, split, stem)
     if not os.path.exists(path):
@@ -286,6 +297,7 @@ def is_done(source, opt):
         record = read_json(path, 'source record')
         tiles = record.get('tiles') if isinstance(record, dict) else None
         return (isinstance(tiles, list) and record.get('version') == RECORD_VERSION and len(tiles) == opt.split ** 2
+                and record.get('from') == source_file(source, opt)
                 and all(isinstance(t, dict) and isinstance(t.get('name'), str) and 'building_fraction' in t
                         and os.path.exists(os.path.join(opt.out, split, kind, t['name'] + '.npy'))
                         for t in tiles for kind in ('images', 'masks')))
@@ -302,7 +314,7 @@ def output_settings(opt):
 def has_finished_sources(out):
     """Whether any source record exists. Records are written last, each after transform.json, so only then
     does the folder hold arrays made with transform.json's settings."""
-    return any(glob.glob(os.path.join(out, split, 'sources', '*.json')) for split in SPLITS)
+    return any(glob.glob(os.path.join(glob.escape(out), split, 'sources', '*.json')) for split in SPLITS)
 
 
 def check_same_settings(opt, settings, config_path):

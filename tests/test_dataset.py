@@ -209,13 +209,28 @@ def test_arrays_of_two_sizes_name_the_odd_file(tmp_path):
         load_split(str(tmp_path), 'train')
 
 
-@pytest.mark.parametrize('image_shape', [(24, 24, 3), (20, 20, 4)])
+@pytest.mark.parametrize('image_shape', [(24, 24, 3), (20, 20, 4), (20, 20)])
 def test_masks_and_images_that_do_not_pair_up_are_one_line(tmp_path, image_shape):
-    """Every image of its size, but not the masks' size (or not RGB): hand-made arrays, refused on loading."""
+    """Every image of its size, but not the masks' size (or not RGB): hand-made arrays, refused on loading. Grey
+    images were an IndexError traceback."""
     masks, _ = mask_derived_from_image(np.random.default_rng(0), 2, 20)
     write_array_dataset(str(tmp_path), 'train', masks, [np.zeros(image_shape, np.uint8)] * 2)
     with pytest.raises(UserError, match=re.escape(f'train: masks (20, 20, 1) and images {image_shape} do not pair up')):
         load_split(str(tmp_path), 'train')
+
+
+def test_training_arrays_that_are_not_square_are_one_line(tmp_path):
+    """Crops are drawn over the width: 20×24 arrays took --crop_size 22 and failed in the first batch."""
+    write_array_dataset(str(tmp_path), 'train', [np.zeros((20, 24), np.uint8)] * 2,
+                        [np.zeros((20, 24, 3), np.uint8)] * 2)
+    masks = load_split(str(tmp_path), 'train')[0]
+    message = re.escape(f'{tmp_path / "train"}: 20×24 arrays, but training crops from square ones; re-run '
+                        'transform_dataset.py into a new --out')
+    with pytest.raises(UserError, match=message):
+        dataset.check_crop_and_batch_fit(masks, argparse.Namespace(crop_size=16, batch_size=1, dataroot=str(tmp_path)))
+    with pytest.raises(UserError, match=message):
+        PairedDataset(str(tmp_path), 'train', crop=16)
+    assert PairedDataset(str(tmp_path), 'train', crop=16, train=False)[0][0].shape == (1, 16, 16)  # centre crops
 
 
 def test_crop_larger_than_arrays(tmp_path):
@@ -264,12 +279,13 @@ def test_the_training_scale_is_one_factor_shared_by_every_tile(tmp_path, scales,
 
 
 def test_crops_and_batches_fit_up_to_the_arrays_and_samples():
-    masks = torch.zeros(3, 1, 24, 20, dtype=torch.uint8)  # 3 samples, 24 high, 20 wide
-    dataset.check_crop_and_batch_fit(masks, argparse.Namespace(crop_size=20, batch_size=3, dataroot='d'))
+    train_masks = torch.zeros(3, 1, 20, 20, dtype=torch.uint8)
+    dataset.check_crop_and_batch_fit(train_masks, argparse.Namespace(crop_size=20, batch_size=3, dataroot='d'))
     with pytest.raises(UserError, match='--crop_size 21 is larger than the 20² arrays in d'):
-        dataset.check_crop_and_batch_fit(masks, argparse.Namespace(crop_size=21, batch_size=3, dataroot='d'))
+        dataset.check_crop_and_batch_fit(train_masks, argparse.Namespace(crop_size=21, batch_size=3, dataroot='d'))
     with pytest.raises(UserError, match='--batch_size 4 is larger than the 3 training samples'):
-        dataset.check_crop_and_batch_fit(masks, argparse.Namespace(crop_size=20, batch_size=4, dataroot='d'))
+        dataset.check_crop_and_batch_fit(train_masks, argparse.Namespace(crop_size=20, batch_size=4, dataroot='d'))
+    masks = torch.zeros(3, 1, 24, 20, dtype=torch.uint8)  # 3 samples, 24 high, 20 wide: val takes them
     dataset.check_val_fits(masks, masks, argparse.Namespace(crop_size=20, dataroot='d'))
     with pytest.raises(UserError, match=r'24×20 arrays, smaller than --crop_size 21'):  # the narrower side counts
         dataset.check_val_fits(masks, masks, argparse.Namespace(crop_size=21, dataroot='d'))

@@ -161,6 +161,10 @@ def test_a_rerun_completes_a_killed_one_and_other_settings_are_refused(tmp_path)
         make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=64, seed=1, progress=False)
     with pytest.raises(UserError, match=r"\(--n_tiles 3, not 4\)"):  # the same tiles, but more of them
         make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=4, size=32, seed=0, progress=False)
+    (tmp_path / 'syn' / 'synthetic.json').write_text('[32, 0]')  # edited by hand: was an AttributeError
+    with pytest.raises(UserError, match=r"syn/synthetic\.json: not a settings record \(a JSON object\); use a new "
+                                        r"folder$"):
+        make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False)
 
 
 @pytest.mark.parametrize('options, message', [

@@ -124,6 +124,14 @@ def test_epoch_choice_and_num_test(run_dir, tmp_path):
     assert generate(run_dir, tmp_path / 'c', '--scale', '1', '--num_test', '1')['samples'] == 1  # the default: fine
 
 
+def test_a_run_given_as_dot_names_its_results_folder_by_the_runs_name(run_dir, tmp_path, monkeypatch):
+    """'--run .' wrote results/./full_latest inside the run, '--run ..' results/../full_latest outside results/."""
+    shutil.copytree(run_dir, tmp_path / 'mine')
+    monkeypatch.chdir(tmp_path / 'mine')
+    ts.main(['--run', '.', '--num_test', '1'])
+    assert os.path.isfile(tmp_path / 'mine' / 'results' / 'mine' / 'full_latest' / 'metrics.json')
+
+
 def test_num_test_and_the_notes_at_their_edges_for_mask_files(run_dir, tmp_path, capsys):
     """A building mask twice as wide as tall is no A|B pair (those hold label maps); a mask of exactly one window
     needs no mirrored context around it."""
@@ -205,13 +213,21 @@ def test_a_model_size_output_of_a_geotiff_mask_is_a_png(run_dir, tmp_path, mode)
     assert (tmp_path / 'out' / 'Generated-geo.png').is_file() and not (tmp_path / 'out' / 'Generated-geo.tif').exists()
 
 
-@pytest.mark.parametrize('mode', ['sliding', 'tiles'])  # tiles mode wrote a PNG: its output is on the same grid
-def test_geotiff_tags_are_copied(run_dir, tmp_path, mode):
+def stored_bytes(page, code):
+    page.parent.filehandle.seek(page.tags[code].valueoffset)
+    return page.parent.filehandle.read(page.tags[code].count)
+
+
+# tiles mode wrote a PNG: its output is on the same grid. GDAL writes UTF-8 text; older writers Latin-1, which
+# tifffile decodes as cp1252, and trailing spaces, which it strips: both changed GeoAsciiParams' bytes
+@pytest.mark.parametrize('mode, citation', [('sliding', 'NAD83 / UTM zone 14N, Zürich|'.encode()),
+                                            ('tiles', b'Lambert zone II \xe9tendu|  ')])
+def test_geotiff_tags_are_copied(run_dir, tmp_path, mode, citation):
     dt = tifffile.DATATYPE
     tags = [(33550, dt.DOUBLE, 3, (0.3, 0.3, 0.0), True),
             (33922, dt.DOUBLE, 6, (0.0, 0.0, 0.0, 620000.0, 3350000.0, 0.0), True),
             (34735, dt.SHORT, 8, (1, 1, 0, 1, 3072, 0, 1, 26914), True),
-            (34737, dt.ASCII, 0, 'NAD83 / UTM zone 14N, Zürich|'.encode(), True)]  # UTF-8, as GDAL writes
+            (34737, dt.ASCII, 0, citation, True)]
     mask_only = [(42112, dt.ASCII, 0, b'<GDALMetadata><Item name="STATISTICS_MEAN" sample="0">40</Item>'
                                       b'</GDALMetadata>', True),
                  (42113, dt.ASCII, 0, b'0', True)]  # the mask's nodata: it would hide the image's black pixels
@@ -224,7 +240,7 @@ def test_geotiff_tags_are_copied(run_dir, tmp_path, mode):
         assert page.shape == (90, 110, 3) and page.compression == tifffile.COMPRESSION.ADOBE_DEFLATE  # zlib
         for code, _, _, value, _ in tags:
             assert page.tags[code].value == source.pages[0].tags[code].value
-        assert page.tags[34737].value == 'NAD83 / UTM zone 14N, Zürich|'
+        assert stored_bytes(page, 34737) == citation + b'\0' == stored_bytes(source.pages[0], 34737)
         assert 42112 not in page.tags and 42113 not in page.tags
     page = Links()
     page.feed(open(tmp_path / 'out' / 'index.html').read())
@@ -264,8 +280,28 @@ def test_fid_and_kid_reach_metrics_json(run_dir, tmp_path, monkeypatch, capsys):
         return fid, KernelInceptionDistance(feature=fid.inception, subset_size=1000)
     monkeypatch.setattr(ts, 'make_fid_kid', fake_fid_kid)
     metrics = generate(run_dir, tmp_path / 'out', '--inception_weights', 'unused.pth')
-    assert np.isfinite(metrics['FID']) and np.isfinite(metrics['KID']) and 'KID_std' in metrics
+    assert np.isfinite(metrics['FID']) and np.isfinite(metrics['KID'])
+    assert 'KID_std' not in metrics  # 5 images: every subset of up to 1000 is the whole set
     assert 'FID/KID on 5 images is unreliable' in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings('ignore:Metric `Kernel Inception Distance` will save')
+@pytest.mark.parametrize('count, subset_size', [(6, 4), (4, 4), (4, 1000)])
+def test_kid_std_is_reported_only_when_its_subsets_differ(count, subset_size, capsys):
+    """With count images and subsets of min(subset_size, count), subsets of the whole set gave a KID_std of ~1e-16."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+    fid = FrechetInceptionDistance(feature=PoolFeatures())
+    kid = KernelInceptionDistance(feature=fid.inception, subsets=20, subset_size=subset_size)
+    images = torch.randint(0, 256, (2, count, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for metric in (fid, kid):
+        metric.update(images[0], real=True)
+        metric.update(images[1], real=False)
+    scores = compute_fid_kid((fid, kid), count)
+    assert np.isfinite(scores['KID'])
+    assert ('KID_std' in scores) == (count > subset_size)
+    if 'KID_std' in scores:
+        assert scores['KID_std'] > 1e-6
 
 
 def test_fid_and_kid_of_one_image_are_skipped_with_a_line(capsys):
@@ -377,6 +413,22 @@ def split_of_label_maps(run, tmp):
     return ['--run', run, '--dataroot', str(tmp / 'facades')]
 
 
+def split_of_masks(values):
+    """A transformed val split whose one-channel masks hold `values`, not 0/255: made by hand."""
+    def make(run, tmp):
+        masks = np.zeros((2, 72, 72), np.uint8)
+        masks[:, 20:40, 20:50] = values[1]
+        masks[:, 0] = values[0]
+        write_array_dataset(tmp / 'hand', 'val', masks, np.zeros((2, 72, 72, 3), np.uint8))
+        return ['--run', run, '--dataroot', str(tmp / 'hand'), '--mode', 'sliding']
+    return make
+
+
+def a_folder_named_like_an_image(run, tmp):
+    os.makedirs(tmp / 'masks' / 'sub.png')
+    return ['--run', run, '--masks', str(tmp / 'masks')]
+
+
 def first_epoch_run(run_dir, tmp):
     """A run folder as train.py leaves it before its first checkpoint: config.json and TensorBoard events."""
     started = tmp / 'started'
@@ -415,6 +467,14 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
                               'inria_samples: no mask images (.tif, .png, .jpg) in this folder; its masks are in gt/: give '),
     'masks sharing a name': (masks_sharing_a_name, 'a.tif: same name as '),
     'label maps for a mask model': (split_of_label_maps, 'facades/val: masks have 3 channels, the model takes 1'),
+    # 0/1 masks generated as empty ones in full mode; the other modes stopped with a traceback
+    'split of 0/1 masks': (split_of_masks((0, 1)), 'val/masks/s0.npy: a building mask must hold 0 and 255 only, got '
+                                                   'values [0, 1]; re-run transform_dataset.py'),
+    'split of grey-edged masks': (split_of_masks((128, 255)), 'val/masks/s0.npy: a building mask must hold 0 and 255 '
+                                                              'only, got values [0, 128, 255]'),
+    'missing dataroot': (options('--dataroot', 'nowhere'), 'nowhere: dataset not found (--dataroot)'),
+    'folder named like an image': (a_folder_named_like_an_image, 'masks: no mask images (.tif, .png, .jpg) in this '
+                                                                 'folder'),
     'num_test 0': (options('--num_test', '0'), '--num_test must be >= 1, got 0'),
     'no memory': (options('--max_memory_gb', '0'), '--max_memory_gb must be positive, got 0.0'),
     'masks and dataroot': (options('--masks', 'm.png', '--dataroot', 'd'), 'give either --masks (raw masks) or '

@@ -248,7 +248,8 @@ def test_unused_loss_weight_is_a_warning(transformed_root, tmp_path, capsys):
     assert train.main(tiny(transformed_root, tmp_path, 'warn2', '--vgg_weights', 'vgg.pth', '--n_epochs', '1',
                            '--n_epochs_decay', '0')) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
-    assert warnings == ['warning: --vgg_weights vgg.pth is unused: --content_loss l1 has no vgg term']
+    assert warnings == [f'warning: --vgg_weights {os.path.abspath("vgg.pth")} is unused: --content_loss l1 has no '
+                        'vgg term']
 
 
 def test_tensorboard_curves_share_the_iteration_axis_across_a_stale_start_and_resume(transformed_root, tmp_path):
@@ -354,12 +355,13 @@ def test_messages_tell_a_stopped_run_from_a_finished_one(transformed_root, tmp_p
     assert run_files(tmp_path / 'run') == before
 
 
-def test_an_extended_run_shows_its_new_options_in_the_hparams_table(transformed_root, tmp_path):
-    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs_decay', '0')
+@pytest.mark.parametrize('name', ['run', 'run[1]'])  # a glob of 'run[1]/hparams/*' finds nothing: it was not escaped
+def test_an_extended_run_shows_its_new_options_in_the_hparams_table(transformed_root, tmp_path, name):
+    args = tiny(transformed_root, tmp_path, name, '--n_epochs_decay', '0')
     train.main([*args, '--n_epochs', '1'])
     wait_for_the_next_second()  # TensorBoard event files are named by the second
     train.main([*args, '--n_epochs', '2', '--resume'])
-    hparams = events(tmp_path / 'run' / 'hparams')  # read as TensorBoard does: the first hparams in the folder
+    hparams = events(tmp_path / name / 'hparams')  # read as TensorBoard does: the first hparams in the folder
     start = HParamsPluginData.FromString(hparams.PluginTagToContent('hparams')['_hparams_/session_start_info'])
     assert start.session_start_info.hparams['n_epochs'].number_value == 2
     assert len(hparams.Scalars('hparam/best_epoch')) == 1  # the second finish's metrics only
@@ -590,6 +592,21 @@ def test_validation_means_are_over_samples_not_batch_slots(transformed_root, tmp
     mask, real = center_crop_batch(val_masks, val_images, 0, len(val_masks), 64, torch.device('cpu'))
     expected = {k: v.mean().item() for k, v in image_metrics(trainer.generate(mask), real).items()}
     assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_perfect_copy_is_left_out_of_the_validation_psnr_not_made_its_mean(transformed_root, tmp_path):
+    """One val image reproduced exactly made the mean PSNR inf: best.pt was frozen at that epoch for good."""
+    trainer = tiny_trainer(transformed_root, tmp_path)
+    val_masks, val_images, _ = load_split(transformed_root, 'val')
+    real = center_crop_batch(val_masks, val_images, 0, len(val_masks), 64, torch.device('cpu'))[1]
+    fake = torch.cat([real[:1], real[1:] * 0.5])  # the first image exactly, the others not
+    trainer.generate = lambda mask: fake  # the whole val split is one batch of 8
+    scores = image_metrics(fake, real)
+    assert scores['PSNR'][0] == math.inf and torch.isfinite(scores['PSNR'][1:]).all()
+    got = train.validate(trainer, val_masks, val_images, 8)
+    assert got['PSNR'] == pytest.approx(scores['PSNR'][1:].mean().item(), rel=1e-5)
+    assert got['SSIM'] == pytest.approx(scores['SSIM'].mean().item(), rel=1e-5)  # over every image, the copy too
+    assert got['L1'] == pytest.approx(scores['L1'].mean().item(), rel=1e-5)
 
 
 def test_d_step_judges_real_pairs_real_and_generated_pairs_fake(transformed_root, tmp_path):

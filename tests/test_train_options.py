@@ -76,7 +76,7 @@ def test_abbreviated_options_are_refused(capsys):
     (('--stop_epoch', '0'), '--stop_epoch must be >= 1, got 0'),
     (('--stop_epoch', '-1'), '--stop_epoch must be >= 1, got -1'),
     (('--content_loss', 'l1+vgg', '--lambda_VGG', '10', '--vgg_weights', 'no_such.pth'),
-     '--vgg_weights: VGG19 weights file not found: no_such.pth'),
+     '--vgg_weights: VGG19 weights file not found: /\\S*/no_such.pth'),  # absolute: a resume may start elsewhere
     (('--beta1', '1.5'), r'--beta1 must be in \[0, 1\), got 1.5'),
     (('--beta1', '1'), r'--beta1 must be in \[0, 1\), got 1.0'),  # Adam's first moment would never forget
     (('--lambda_L1', '-1'), '--lambda_L1 must be a number >= 0, got -1.0'),
@@ -110,8 +110,11 @@ def test_options_at_their_limits_are_accepted_and_paths_are_made_absolute(transf
     """test.py reads --dataroot back from config.json, run from anywhere: it is saved absolute."""
     monkeypatch.chdir(os.path.dirname(transformed_root))
     opt = parse_options(tiny(os.path.basename(transformed_root), tmp_path, 'edge', '--beta1', '0', '--lambda_L1', '0',
-                             '--psnr_drop_warn', '0', '--seed', str(2 ** 40 - 1), '--name', 'a/../edge'))
+                             '--psnr_drop_warn', '0', '--seed', str(2 ** 40 - 1), '--name', 'a/../edge',
+                             '--init_from', 'run/best.pt', '--vgg_weights', 'vgg.pth'))
     assert opt.dataroot == transformed_root
+    here = os.path.dirname(transformed_root)
+    assert (opt.init_from, opt.vgg_weights) == (os.path.join(here, 'run', 'best.pt'), os.path.join(here, 'vgg.pth'))
 
 
 def test_a_run_saved_before_an_option_existed_resumes_with_its_default(transformed_root, tmp_path, capsys):

@@ -156,6 +156,21 @@ def test_aligned_val_folder_is_preferred_over_test(tmp_path, capsys):
     assert 'val/ -> val; test/ left out' in capsys.readouterr().out
 
 
+def test_a_val_folder_added_after_test_served_as_val_replaces_tests_arrays(tmp_path, capsys):
+    """val/1.jpg and test/1.jpg share a name: matched by name only, the val split kept test/'s images."""
+    root = tmp_path / 'in'
+    for folder, name in (('train', '1'), ('train', '2'), ('test', '3')):
+        os.makedirs(root / folder, exist_ok=True)
+        shutil.copy(os.path.join(DATA, 'facades', 'train', name + '.jpg'), root / folder / '1.jpg')
+    run(root, tmp_path / 'out', '--format', 'aligned', '--size', '16')
+    shutil.copytree(root / 'train', root / 'val')  # a val/ image unlike test/'s 1.jpg
+    capsys.readouterr()
+    run(root, tmp_path / 'out', '--format', 'aligned', '--size', '16')
+    assert 'resuming: 1 of 2 sources already done' in capsys.readouterr().out
+    assert np.array_equal(np.load(tmp_path / 'out' / 'val' / 'images' / '1.npy'),
+                          np.load(tmp_path / 'out' / 'train' / 'images' / '1.npy'))
+
+
 def test_min_building_that_keeps_no_train_tile_is_an_error_and_a_lower_one_goes_on(tmp_path):
     root = make_inria_dir(tmp_path / 'in')  # every mask is 12.5 % building
     with pytest.raises(UserError, match=r'train: --min_building 0\.5 drops all tiles .* 0\.125\); re-run with a lower'):
@@ -189,6 +204,14 @@ def test_sources_enlarged_to_size_get_a_note(tmp_path, capsys):
     with pytest.raises(UserError, match='already holds a dataset made with other options'):
         run(root, tmp_path / 'out', '--size', '40', '--split', '2')
     assert 'note:' not in capsys.readouterr().out  # about a transform that does not happen
+
+
+def test_an_out_folder_with_glob_characters_in_its_name_keeps_its_settings(tmp_path):
+    """Its records went unseen by an unescaped glob: a run with another --size took the arrays as its own."""
+    root = make_inria_dir(tmp_path / 'in')
+    run(root, tmp_path / 'out[2x2]*?', '--size', '32')
+    with pytest.raises(UserError, match=r'out\[2x2\]\*\?: already holds a dataset made with other options'):
+        run(root, tmp_path / 'out[2x2]*?', '--size', '40')
 
 
 def test_sources_that_are_not_square_get_a_note(tmp_path, capsys):
@@ -496,6 +519,16 @@ def test_an_aligned_image_of_odd_width_is_refused_before_any_output(tmp_path):
     assert not os.path.exists(tmp_path / 'out')
 
 
+@pytest.mark.parametrize('mode, channels', [('L', 1), ('RGBA', 4)])
+def test_an_aligned_image_that_is_not_rgb_is_refused_before_any_output(tmp_path, mode, channels):
+    (tmp_path / 'in').mkdir()
+    Image.fromarray(np.zeros((32, 64, 3), np.uint8)).save(tmp_path / 'in' / '1.png')
+    Image.new(mode, (64, 32)).save(tmp_path / 'in' / '2.png')
+    with pytest.raises(UserError, match=rf'2\.png: image must have 3 channels \(RGB\), got {channels}$'):
+        run(tmp_path / 'in', tmp_path / 'out', '--format', 'aligned', '--size', '16')
+    assert not os.path.exists(tmp_path / 'out')
+
+
 def test_a_flat_aligned_folder_is_split_by_val_pattern_and_says_so(tmp_path, capsys):
     (tmp_path / 'in').mkdir()
     for name in ('1', '2'):
@@ -670,8 +703,8 @@ def test_an_edited_source_is_redone_once_its_record_is_deleted(tmp_path):
     assert not np.load(tile).any()
 
 
-@pytest.mark.parametrize('edited', ['{"version": 2, "tiles": "x"}', '[1, 2]', '"x"',
-                                    '{"version": 2, "tiles": []}', '{"version": 2, "tiles": [{"name": "austin6"}]}'])
+@pytest.mark.parametrize('edited', ['{"version": 3, "tiles": "x"}', '[1, 2]', '"x"',
+                                    '{"version": 3, "tiles": []}', '{"version": 3, "tiles": [{"name": "austin6"}]}'])
 def test_its_own_files_edited_by_hand_are_redone_or_one_line(tmp_path, edited):
     """A source record with "tiles": "x" was a TypeError traceback, one with no tiles dropped its source silently,
     and transform.json [1] was an AttributeError."""

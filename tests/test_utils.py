@@ -319,6 +319,19 @@ def test_atomic_outputs_get_the_permissions_open_would_give(tmp_path):
         pytest.skip('this umask makes the two indistinguishable')
     utils.write_json_atomic(tmp_path / 'f.json', {})
     assert stat.S_IMODE(os.stat(tmp_path / 'f.json').st_mode) == expected
+    os.chmod(tmp_path / 'f.json', 0o640)  # a rewrite keeps a file's own permissions, as open() does
+    utils.write_json_atomic(tmp_path / 'f.json', {'a': 1})
+    assert stat.S_IMODE(os.stat(tmp_path / 'f.json').st_mode) == 0o640
+
+
+def test_an_atomic_write_that_cannot_set_permissions_leaves_no_temp_file(tmp_path, monkeypatch):
+    """Some network mounts refuse chmod: the temp file was made before the cleanup's try, and stayed."""
+    def refuse(path, mode):
+        raise PermissionError(1, 'Operation not permitted', path)
+    monkeypatch.setattr(os, 'chmod', refuse)
+    with pytest.raises(UserError, match=r'f\.json: .*Operation not permitted'):
+        utils.write_json_atomic(tmp_path / 'f.json', {})
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_half_transparent_colour_in_a_mask_is_refused():
