@@ -48,6 +48,9 @@ def load_split(root, split):
     masks, images = np.stack(masks), np.stack(images)
     if masks.ndim != 4 or images.ndim != 4 or masks.shape[1:3] != images.shape[1:3] or images.shape[3] != 3:
         raise UserError(f'{split_dir}: masks {masks.shape[1:]} and images {images.shape[1:]} do not pair up')
+    if masks.shape[3] not in (1, 3):
+        raise UserError(f'{split_dir}/masks: {masks.shape[3]} channels; masks are building masks (1 channel) or '
+                        f'label maps (3), as transform_dataset.py writes them')
     to_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
     return to_nchw(masks), to_nchw(images), names
 
@@ -125,6 +128,12 @@ def _load_array(path):
 def to_unit_range(x_uint8):
     """uint8 [0, 255] -> float [-1, 1], the range the tanh generator produces."""
     return x_uint8.float().div_(127.5).sub_(1.0)
+
+
+def check_seed(seed):
+    """EpochPlan seeds a torch generator with seed * 1_000_003 + epoch, which must fit in 64 bits."""
+    if not abs(seed) < 2 ** 40:
+        raise UserError(f'--seed must be within ±2**40, got {seed}')
 
 
 class EpochPlan:

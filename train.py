@@ -246,10 +246,13 @@ def stop_everywhere(stop, world_size, device):
     return flag.item() > 0
 
 
-def nothing_to_train(trained, total, last_epoch, run_dir):
-    if trained > total:  # a schedule shorter than what was trained: a mistyped --n_epochs, not a finished run
+def nothing_to_train(trainer, total, last_epoch, run_dir):
+    trained, into_next = trainer.epoch, trainer.next_batch  # a stop mid-epoch: batches of the epoch after
+    if trained + bool(into_next) > total:  # a schedule shorter than what was trained: a mistyped --n_epochs
+        done = (f'{trained} and {counted(into_next, "batch", "batches")} of epoch {trained + 1}' if into_next
+                else trained)
         raise UserError(f'--resume: --n_epochs + --n_epochs_decay make {counted(total, "epoch")}, but {run_dir} has '
-                        f'trained {trained}; a run cannot be shortened: give at least {trained} in all')
+                        f'trained {done}; a run cannot be shortened: give at least {trained + bool(into_next)} in all')
     if trained == total:
         return (f'nothing to train: {run_dir} has finished its {counted(trained, "epoch")}; to extend it, resume with '
                 f'more --n_epochs or --n_epochs_decay')
@@ -327,8 +330,10 @@ def train_epoch(trainer, split, losses, writer, stop):
     return False, trained, data_seconds
 
 
-def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
-    """Validation, the lr schedules, TensorBoard, the epoch's line, then the checkpoints (latest.pt last)."""
+def end_epoch(trainer, val, writer, run_dir, timing, last_epoch, losses):
+    """Validation, the lr schedules, TensorBoard, the epoch's line, then the checkpoints (latest.pt last). The job's
+    last epoch also logs the losses since the last log step and, at the run's end, the hparams: before latest.pt,
+    since a kill after it leaves a resume nothing to train, and so nothing that would write them."""
     opt, epoch = trainer.opt, trainer.epoch + 1  # the epoch that has just trained
     total = total_epochs(vars(opt))
     seconds, trained, data_seconds = timing
@@ -349,6 +354,8 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
     elif validated:
         trainer.sched_G.step(metrics[opt.best_metric])
         trainer.sched_D.step(metrics[opt.best_metric])
+    if epoch == last_epoch and losses.count:  # the curves reach the job's last iteration (on every rank: a collective)
+        losses.log(trainer, writer, None)
     if writer:
         log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
                   trained / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
@@ -369,6 +376,8 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
             save_checkpoint(os.path.join(run_dir, f'epoch_{epoch}.pt'), state)
         if is_best:
             save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
+        if epoch == total:
+            write_hparams(writer, opt, trainer, run_dir)
         # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
         save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
 
@@ -376,14 +385,12 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch):
 def finish_run(writer, trainer, run_dir, last_epoch):
     opt = trainer.opt
     total = total_epochs(vars(opt))
+    writer.close()
     if last_epoch < total:
-        writer.close()
         print(f'stopped after epoch {last_epoch} of {total} (--stop_epoch): continue with --resume; '
               f'{describe_best(trainer)} so far')
-        return
-    write_hparams(writer, opt, trainer, run_dir)
-    writer.close()
-    print(f'done: {run_dir} ({describe_best(trainer)}); tensorboard --logdir {opt.runs_dir}')
+    else:
+        print(f'done: {run_dir} ({describe_best(trainer)}); tensorboard --logdir {opt.runs_dir}')
 
 
 def resume_from(trainer, path):
@@ -431,7 +438,7 @@ def train(opt, stop, held, command=()):
     if opt.resume:
         resume_from(trainer, os.path.join(run_dir, 'latest.pt'))
         if trainer.epoch >= last_epoch:  # before the run folder is touched: nothing in it changes
-            message = nothing_to_train(trainer.epoch, total, last_epoch, run_dir)  # or an error, on every rank
+            message = nothing_to_train(trainer, total, last_epoch, run_dir)  # or an error, on every rank
             if rank == 0:
                 print(message)
             return 0
@@ -459,14 +466,13 @@ def train(opt, stop, held, command=()):
             return stop_exit_status(stop)
         if device.type == 'cuda':
             torch.cuda.synchronize()
-        end_epoch(trainer, val, writer, run_dir, (time.perf_counter() - started, trained, data_seconds), last_epoch)
+        end_epoch(trainer, val, writer, run_dir, (time.perf_counter() - started, trained, data_seconds), last_epoch,
+                  losses)
         # a stop during the last epoch's end finishes the run: the hparams and the end message are its last steps
         if trainer.epoch < last_epoch and (stopping or stop_everywhere(stop, world_size, device)):
             if rank == 0:
                 print(saved_for_resume(run_dir, trainer))
             return stop_exit_status(stop)
-    if losses.count:  # the steps since the last log step: the curves reach the run's last iteration
-        losses.log(trainer, writer, None)
     if writer:
         finish_run(writer, trainer, run_dir, last_epoch)
     return 0

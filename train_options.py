@@ -10,7 +10,7 @@ import sys
 import torch
 
 import networks
-from dataset import check_crop_and_batch_fit, check_val_fits
+from dataset import check_crop_and_batch_fit, check_seed, check_val_fits
 from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json
 
 # Options that define the networks or the shape of the data they take: a resumed run must keep them.
@@ -264,8 +264,7 @@ def check_options(opt):
     name = os.path.normpath(opt.name)
     if name in ('.', '..') or name.startswith('..' + os.sep) or os.path.isabs(name):
         raise UserError(f'--name {opt.name!r}: must name a folder inside --runs_dir')
-    if not abs(opt.seed) < 2 ** 40:  # dataset.EpochPlan seeds a torch generator with seed * 1_000_003 + epoch
-        raise UserError(f'--seed must be within ±2**40, got {opt.seed}')
+    check_seed(opt.seed)
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)
     if problem:
         raise UserError(f'--crop_size {opt.crop_size}: {problem}'

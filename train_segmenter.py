@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import networks
-from dataset import (EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, check_val_fits,
-                     load_split, place_split)
+from dataset import (EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, check_seed,
+                     check_val_fits, load_split, place_split)
 from metrics import building_scores
 from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, check_positive, make_writable_dir,
                    pick_device, run_cli, save_checkpoint)
@@ -48,12 +48,16 @@ def build_parser():
 def check_options(opt):
     check_counts(opt, ('batch_size', 'n_epochs', 'ngf', 'crop_size'))
     check_positive(opt, ('lr',))
+    check_seed(opt.seed)
     problem = networks.generator_size_problem(opt.netG, opt.crop_size)
     if problem:
         raise UserError(f'--crop_size {opt.crop_size}: {problem}')
     if not os.path.isdir(opt.dataroot):
         raise UserError(f'{opt.dataroot}: --dataroot not found')
-    if os.path.isdir(opt.out) or opt.out.endswith(os.sep):  # a folder, or one to be made: after training, too late
+    # each found only when the checkpoint is saved, after training, otherwise
+    if not opt.out:
+        raise UserError("--out '': give the checkpoint file name, e.g. runs/segmenter/segmenter.pt")
+    if os.path.isdir(opt.out) or opt.out.endswith(os.sep):
         raise UserError(f'{opt.out}: --out is a folder; give the checkpoint file name, e.g. {opt.out}/segmenter.pt')
 
 

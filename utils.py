@@ -11,6 +11,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -252,7 +253,7 @@ def make_writable_dir(path, option):
         raise UserError(f'{path}: is a file, not a folder; choose another {option}')
     try:
         os.makedirs(path, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix='.write-test-', suffix='.tmp', dir=path)
+        fd, probe = tempfile.mkstemp(prefix='.write-test.', suffix='.tmp', dir=path)
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):  # already cleared by a process writing there too
             os.remove(probe)
@@ -341,9 +342,10 @@ def write_text_atomic(path, text):
 
 
 def remove_stale_temp_files(directory):
-    """Delete temp files left by a process killed mid-write (see atomic_open)."""
+    """Delete temp files left by a process killed mid-write (see atomic_open): named as mkstemp names them there,
+    .<file>.<8 characters>.tmp, so another program's hidden .tmp files in a shared --out stay."""
     for name in os.listdir(directory):
-        if name.startswith('.') and name.endswith('.tmp'):
+        if re.fullmatch(r'\..+\.[a-z0-9_]{8}\.tmp', name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, name))
 

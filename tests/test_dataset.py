@@ -219,6 +219,16 @@ def test_masks_and_images_that_do_not_pair_up_are_one_line(tmp_path, image_shape
         load_split(str(tmp_path), 'train')
 
 
+@pytest.mark.parametrize('channels', [2, 4])
+def test_masks_of_neither_one_nor_three_channels_are_one_line(tmp_path, channels):
+    """2-channel masks trained a whole epoch, then the first image grid was a traceback."""
+    write_array_dataset(str(tmp_path), 'train', [np.zeros((20, 20, channels), np.uint8)] * 2,
+                        [np.zeros((20, 20, 3), np.uint8)] * 2)
+    with pytest.raises(UserError, match=re.escape(f'{tmp_path / "train"}/masks: {channels} channels; masks are '
+                                                  'building masks (1 channel) or label maps (3)')):
+        load_split(str(tmp_path), 'train')
+
+
 def test_training_arrays_that_are_not_square_are_one_line(tmp_path):
     """Crops are drawn over the width: 20×24 arrays took --crop_size 22 and failed in the first batch."""
     write_array_dataset(str(tmp_path), 'train', [np.zeros((20, 24), np.uint8)] * 2,

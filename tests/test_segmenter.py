@@ -151,6 +151,10 @@ def test_bad_options_are_user_errors(transformed_root, tmp_path):
         train_segmenter.main(seg_args(transformed_root, str(tmp_path / 'new_folder') + os.sep))
     with pytest.raises(UserError, match='--out is a folder'):
         train_segmenter.main(seg_args(transformed_root, tmp_path))
+    with pytest.raises(UserError, match=r"^--out '': give the checkpoint file name"):  # was found after training
+        train_segmenter.main(seg_args(transformed_root, ''))
+    with pytest.raises(UserError, match=r'--seed must be within ±2\*\*40, got 100000000000000'):  # a traceback
+        train_segmenter.main(seg_args(transformed_root, tmp_path / 's.pt', '--seed', str(10 ** 14)))
     (tmp_path / 'a_file').write_text('x')
     with pytest.raises(UserError, match=r'a_file: is a file, not a folder; choose another --out'):
         train_segmenter.main(seg_args(transformed_root, tmp_path / 'a_file' / 's.pt'))

@@ -355,6 +355,46 @@ def test_messages_tell_a_stopped_run_from_a_finished_one(transformed_root, tmp_p
     assert run_files(tmp_path / 'run') == before
 
 
+def test_a_run_stopped_inside_an_epoch_past_a_shortened_schedule_is_not_finished(transformed_root, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """latest.pt holds 2 of epoch 2's 5 batches: with --n_epochs 1 it read "has finished its 1 epoch", exit 0."""
+    step = pix2pix_model.Trainer.train_step
+
+    def sigterm_in_epoch_2(self, mask, real):
+        if self.epoch == 1 and self.next_batch == 1:  # during epoch 2's second step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, mask, real)
+    monkeypatch.setattr(pix2pix_model.Trainer, 'train_step', sigterm_in_epoch_2)
+    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs_decay', '0')
+    assert train.main([*args, '--n_epochs', '2']) == 0
+    assert torch.load(tmp_path / 'run' / 'latest.pt', weights_only=True)['next_batch'] == 2
+    before = run_files(tmp_path / 'run')
+    line = cli_error([*args, '--n_epochs', '1', '--resume'], capsys)
+    assert line == (f'error: --resume: --n_epochs + --n_epochs_decay make 1 epoch, but {tmp_path / "run"} has '
+                    'trained 1 and 2 batches of epoch 2; a run cannot be shortened: give at least 2 in all')
+    assert run_files(tmp_path / 'run') == before
+
+
+def test_a_kill_after_the_last_latest_pt_leaves_the_run_finished(transformed_root, tmp_path, monkeypatch):
+    """The hparams were written after the last latest.pt: killed in between, a resume had nothing to train and
+    never wrote them. Now everything the run's end writes comes before it."""
+    class Killed(Exception):
+        pass
+    save = train.save_checkpoint
+
+    def then_killed(path, state):
+        save(path, state)
+        if os.path.basename(path) == 'latest.pt' and state['epoch'] == 2:
+            raise Killed
+    monkeypatch.setattr(train, 'save_checkpoint', then_killed)
+    args = tiny(transformed_root, tmp_path, 'run', '--n_epochs', '2', '--n_epochs_decay', '0', '--log_freq', '3')
+    with pytest.raises(Killed):
+        train.main(args)
+    hparams = events(tmp_path / 'run' / 'hparams')
+    assert hparams.Scalars('hparam/best_epoch')[0].value == 2
+    assert [e.step for e in events(tmp_path / 'run').Scalars('loss/G_L1')] == [3, 6, 9, 10]  # the last: 1 step
+
+
 @pytest.mark.parametrize('name', ['run', 'run[1]'])  # a glob of 'run[1]/hparams/*' finds nothing: it was not escaped
 def test_an_extended_run_shows_its_new_options_in_the_hparams_table(transformed_root, tmp_path, name):
     args = tiny(transformed_root, tmp_path, name, '--n_epochs_decay', '0')

@@ -314,7 +314,7 @@ def test_interrupted_run_is_completed_exactly(tmp_path):
     os.remove(out / 'train' / 'sources' / 'austin6.json')
     os.remove(out / 'train' / 'images' / 'austin6.npy')
     for folder, name in (('train/images', 'austin6.npy'), ('train', 'manifest.json'), ('.', 'transform.json')):
-        (out / folder / f'.{name}.x1.tmp').write_bytes(b'partial')
+        (out / folder / f'.{name}.x1c2d3e4.tmp').write_bytes(b'partial')
     untouched = os.stat(out / 'train' / 'images' / 'chicago7.npy').st_mtime_ns
     run(root, out, '--size', '32')
     assert os.stat(out / 'train' / 'images' / 'chicago7.npy').st_mtime_ns == untouched

@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -483,10 +484,12 @@ def test_a_file_system_without_locks_is_written_unguarded(tmp_path, monkeypatch)
 
 
 def test_only_our_own_hidden_temp_files_are_cleared(tmp_path):
-    for name in ('.latest.pt.k2x8.tmp', 'notes.tmp', 'latest.pt'):
+    fd, _ = tempfile.mkstemp(prefix='.latest.pt.', suffix='.tmp', dir=tmp_path)  # as atomic_open makes them
+    os.close(fd)
+    for name in ('notes.tmp', '.notes.tmp', '.swap.k2x8.tmp', 'latest.pt'):  # another program's, or not temp files
         (tmp_path / name).write_text('x')
     utils.remove_stale_temp_files(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ['latest.pt', 'notes.tmp']
+    assert sorted(os.listdir(tmp_path)) == ['.notes.tmp', '.swap.k2x8.tmp', 'latest.pt', 'notes.tmp']
 
 
 def test_a_binary_file_read_as_json_is_one_line(tmp_path):
