@@ -245,8 +245,15 @@ def peak_window_bytes(G, input_nc, size, device):
 
 
 def available_bytes(device):
+    """Free GPU memory, or the RAM this process may still take: the machine's, or less where its memory cgroup (a
+    container's or a SLURM job's limit) would have the kernel kill it first."""
     if device.type == 'cuda':
         return torch.cuda.mem_get_info(device)[0]
+    room = cgroup_room_bytes()
+    return host_available_bytes() if room is None else min(host_available_bytes(), room)
+
+
+def host_available_bytes():
     with contextlib.suppress(OSError, ValueError):
         with open('/proc/meminfo') as f:
             for line in f:
@@ -255,3 +262,41 @@ def available_bytes(device):
     with contextlib.suppress(OSError, ValueError):
         return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
     return os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')  # macOS counts no available pages: all of RAM
+
+
+# (folder under /sys/fs/cgroup, limit, usage, the reclaimable page cache in memory.stat) for cgroup v2 and v1
+CGROUP_MEMORY_FILES = {'v2': ('', 'memory.max', 'memory.current', 'inactive_file'),
+                       'v1': ('memory', 'memory.limit_in_bytes', 'memory.usage_in_bytes', 'total_inactive_file')}
+
+
+def cgroup_room_bytes(proc_cgroup='/proc/self/cgroup', root='/sys/fs/cgroup'):
+    """limit - usage + inactive page cache, the least over this process's memory cgroup and those above it (a
+    job's limit is often set on a parent); None where no limit is set or none can be read (not Linux)."""
+    rooms = []
+    with contextlib.suppress(OSError, ValueError):
+        with open(proc_cgroup) as f:
+            for line in f:
+                _, controllers, path = line.rstrip('\n').split(':', 2)
+                version = 'v2' if controllers == '' else 'v1' if 'memory' in controllers.split(',') else None
+                if version:
+                    rooms += cgroup_rooms(root, version, path)
+    return min(rooms, default=None)
+
+
+def cgroup_rooms(root, version, path):
+    folder, limit_file, usage_file, cache_key = CGROUP_MEMORY_FILES[version]
+    parts = [part for part in path.split('/') if part]
+    rooms = []
+    for depth in range(len(parts), -1, -1):  # the process's own cgroup, then each one above it
+        where = os.path.join(root, folder, *parts[:depth])
+        with contextlib.suppress(OSError, ValueError):
+            with open(os.path.join(where, limit_file)) as f:
+                limit = f.read().strip()
+            if limit == 'max' or int(limit) >= 2 ** 60:  # v2's and v1's "no limit"
+                continue
+            with open(os.path.join(where, usage_file)) as f:
+                usage = int(f.read())
+            with open(os.path.join(where, 'memory.stat')) as f:
+                cache = next((int(line.split()[1]) for line in f if line.split()[0] == cache_key), 0)
+            rooms.append(max(0, int(limit) - usage + cache))
+    return rooms

@@ -164,3 +164,31 @@ def test_sliding_windows_cover_the_border_pixels_as_often_as_interior_ones(lengt
     assert after >= 0 and starts[-1] + WINDOW == before + length + after
     coverage = [sum(start <= p < start + WINDOW for start in starts) for p in range(before, before + length)]
     assert min(coverage) >= WINDOW // stride, coverage
+
+
+def write_files(folder, files):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_a_memory_limit_of_the_processs_cgroup_or_one_above_it_bounds_the_ram_it_may_take(tmp_path, monkeypatch):
+    """In a container or a SLURM job the host's free RAM can be far above the job's limit: the memory check passed and
+    the kernel killed test.py mid-run. The limit is often set on a parent cgroup, with the job's own at 'max'."""
+    gib = 2 ** 30
+    (tmp_path / 'v2').write_text('0::/job/step\n')  # cgroup v2: limit 8 GiB on the job, 3 used, 1 of it cache
+    write_files(tmp_path / 'fs' / 'job', {'memory.max': f'{8 * gib}\n', 'memory.current': f'{3 * gib}\n',
+                                          'memory.stat': f'anon 1\ninactive_file {gib}\nactive_file 5\n'})
+    write_files(tmp_path / 'fs' / 'job' / 'step', {'memory.max': 'max\n', 'memory.current': '7\n', 'memory.stat': ''})
+    assert generation.cgroup_room_bytes(str(tmp_path / 'v2'), str(tmp_path / 'fs')) == 6 * gib
+    # cgroup v1's memory controller beside v2's empty root (hybrid), unlimited: v1's "no limit" is 2**63 - 4096
+    (tmp_path / 'v1').write_text('4:memory:/a\n3:cpuset:/\n0::/\n')
+    write_files(tmp_path / 'fs1' / 'memory' / 'a', {'memory.limit_in_bytes': '9223372036854771712\n',
+                                                    'memory.usage_in_bytes': '100\n', 'memory.stat': ''})
+    assert generation.cgroup_room_bytes(str(tmp_path / 'v1'), str(tmp_path / 'fs1')) is None
+    (tmp_path / 'fs1' / 'memory' / 'a' / 'memory.limit_in_bytes').write_text(f'{2 * gib}\n')
+    (tmp_path / 'fs1' / 'memory' / 'a' / 'memory.stat').write_text(f'inactive_file 9\ntotal_inactive_file {gib}\n')
+    assert generation.cgroup_room_bytes(str(tmp_path / 'v1'), str(tmp_path / 'fs1')) == 3 * gib - 100
+    assert generation.cgroup_room_bytes(str(tmp_path / 'none'), str(tmp_path / 'fs')) is None  # not Linux
+    monkeypatch.setattr(generation, 'cgroup_room_bytes', lambda: gib)
+    assert generation.available_bytes(torch.device('cpu')) == min(gib, generation.host_available_bytes())
