@@ -15,10 +15,12 @@ Data share = the time making the same augmented batches takes alone, as a share 
 on the training device; --data_in_ram leaves it in RAM). MFU = achieved FLOP/s ÷ the device's bf16 peak
 (--peak_tflops; known for H100/H200), with FLOPs counted by torch's FlopCounterMode on one step. Peak MB = on a GPU,
 torch.cuda.max_memory_allocated over the timed steps plus what the row's CUDA graphs' private pools hold (which it
-reads as free); on the CPU, the process's peak RSS.
+reads as free); on the CPU, the process's peak RSS during the row's timed steps (on Linux).
 """
+import contextlib
 import os
 import resource
+import sys
 import tempfile
 import time
 from types import SimpleNamespace
@@ -88,10 +90,27 @@ def card_peak_tflops(name):
     return next((tflops for model, tflops in BF16_PEAK_TFLOPS if model in name), None)
 
 
+def reset_peak_memory(device):
+    """Start the peak again from what is in use now: each row's own peak, not the highest of every row before it
+    (ru_maxrss never goes down). On the CPU, Linux resets the process's peak RSS (VmHWM) on this write."""
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+
+
 def peak_memory_mb(device):
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS so far
+    with contextlib.suppress(OSError, ValueError):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):  # kB, since the last reset_peak_memory
+                    return int(line.split()[1]) / 1024
+    # elsewhere the process's peak so far (macOS counts bytes, Linux kB)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == 'darwin' else 1024)
 
 
 def private_pools(device):
@@ -166,8 +185,7 @@ def bench_train_row(device, overrides, batch, iters, warmup, data, with_profile=
     train_steps = looped(lambda i: trainer.train_step(*make_batch(i)))
     make_batches = looped(make_batch)
     seconds_of(train_steps, warmup, device)  # cuDNN's autotuning and compilation
-    if device.type == 'cuda':  # the steady step's memory
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)  # the steady step's memory
     seconds = seconds_of(train_steps, iters, device)
     graphs_mb = sum(size for pool, size in private_pools(device).items() if pool not in pools_before) / 2**20
     row = {'ms_per_iter': 1000 * seconds / iters, 'images_per_s': batch * iters / seconds,
@@ -461,8 +479,7 @@ def bench_generate(opt, device):
     # generate_sliding for many masks pays once. A CPU has no such cost, and one call takes minutes.
     calls = ('first call', 'second call') if device.type == 'cuda' else ('one call',)
     for call in calls:
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opt.gen_amp):
             out = generation.generate_sliding(G, mask, 256, opt.gen_overlap, opt.gen_batch, device)

@@ -1,4 +1,5 @@
 """bench.py's table (its numbers are reported, never asserted): which rows run and what they are compared with."""
+import os
 import re
 from types import SimpleNamespace
 
@@ -228,3 +229,14 @@ def test_the_cuda_graphs_row_asked_for_on_the_cpu_is_refused():
                                         ('NVIDIA A100-SXM4-80GB', None), ('CPU', None)])
 def test_mfu_uses_the_cards_own_peak(name, peak):
     assert bench.card_peak_tflops(name) == peak
+
+
+@pytest.mark.skipif(not os.access('/proc/self/clear_refs', os.W_OK), reason='Linux resets the peak RSS there')
+def test_a_cpu_rows_peak_memory_is_its_own_not_the_highest_of_the_rows_before_it():
+    """ru_maxrss never goes down: every CPU row reported the peak of all rows before it too (1936 → 2953 MB)."""
+    cpu = torch.device('cpu')
+    earlier_row = torch.ones(300 * 2 ** 20 // 4)  # 300 MB, then freed
+    del earlier_row
+    before = bench.peak_memory_mb(cpu)
+    bench.reset_peak_memory(cpu)
+    assert bench.peak_memory_mb(cpu) < before - 250
