@@ -46,6 +46,9 @@ def run(script, *args):
         print(f'demo interrupted during {script}: run the same demo command again to go on', file=sys.stderr)
         terminated = signal.SIGTERM in asked or returncode in (143, -signal.SIGTERM)
         sys.exit(143 if terminated else 130)
+    if returncode < 0:  # a signal other than Ctrl-C's or SIGTERM: the script could print nothing
+        why = ' (as the kernel does when memory runs out)' if returncode == -signal.SIGKILL else ''
+        sys.exit(f'demo stopped: {script} was killed by {signal.Signals(-returncode).name}{why}')
     if returncode != 0:
         sys.exit(f'demo stopped: {script} failed (see its message above)')
 

@@ -193,3 +193,14 @@ def test_a_script_that_fails_stops_the_demo_with_one_line_after_its_own_message(
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and 'went on' not in out
     assert err.splitlines() == ['error: bad.tif: not a TIFF', 'demo stopped: child.py failed (see its message above)']
+
+
+def test_a_script_killed_by_the_kernel_stops_the_demo_saying_so(tmp_path):
+    """SIGKILL (the kernel's, out of memory) leaves the script no message: "see its message above" pointed at none."""
+    proc = demo_step(tmp_path, '''
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    ''')
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and 'went on' not in out
+    assert err.splitlines() == ['demo stopped: child.py was killed by SIGKILL (as the kernel does when memory runs out)']
