@@ -203,4 +203,5 @@ def test_a_script_killed_by_the_kernel_stops_the_demo_saying_so(tmp_path):
     ''')
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and 'went on' not in out
-    assert err.splitlines() == ['demo stopped: child.py was killed by SIGKILL (as the kernel does when memory runs out)']
+    assert err.splitlines() == ['demo stopped: child.py was killed by SIGKILL (as the kernel does when memory '
+                                'runs out)']

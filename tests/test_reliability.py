@@ -122,7 +122,7 @@ def test_a_training_started_twice_stops_before_touching_the_running_one(many_til
     first = start(TRAIN + tiny(many_tiles_root, tmp_path, 'twice', '--n_epochs', '100', '--n_epochs_decay', '0'))
     try:
         assert wait_for(lambda: (run_dir / 'latest.pt').exists(), timeout=120, step=0.05)
-        in_flight = run_dir / '.epoch_9.pt.k2x8ab_9.tmp'  # a checkpoint the first one is writing (as atomic_open names it)
+        in_flight = run_dir / '.epoch_9.pt.k2x8ab_9.tmp'  # a checkpoint the first one is writing, named as atomic_open
         in_flight.write_bytes(b'half a checkpoint')
         with pytest.raises(UserError, match=rf'twice: another process \(pid {first.pid}\) is writing there; wait for '
                                             rf'it to end, or choose another --runs_dir or --name$'):
