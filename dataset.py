@@ -17,7 +17,7 @@ def load_split(root, split):
     split_dir = os.path.join(root, split)
     manifest_path = os.path.join(split_dir, 'manifest.json')
     if not os.path.isdir(split_dir):
-        raise UserError(f'{split_dir}: split folder not found; run transform_dataset.py to make {split}/')
+        raise UserError(f'{split_dir}: split folder not found; {missing_split_hint(root, split)}')
     if not os.path.exists(manifest_path):
         if os.path.exists(os.path.join(root, 'transform.json')):  # manifests come last: the transform stopped
             raise UserError(f'{manifest_path}: not found: transform_dataset.py has not finished {split}/ here; run '
@@ -53,6 +53,18 @@ def load_split(root, split):
                         f'label maps (3), as transform_dataset.py writes them')
     to_nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
     return to_nchw(masks), to_nchw(images), names
+
+
+def missing_split_hint(root, split):
+    if os.path.exists(os.path.join(root, 'manifest.json')):
+        return f'{root} is itself a split: give its parent, {os.path.dirname(os.path.abspath(root))}'
+    made = [name + '/' for name in ('train', 'val') if os.path.isdir(os.path.join(root, name, 'masks'))]
+    if made:  # e.g. --split test for facades, whose test/ the transform took as val/
+        return f'transform_dataset.py makes train/ and val/ only; {root} holds {" and ".join(made)}'
+    if os.path.isdir(os.path.join(root, 'gt')) or os.path.isdir(os.path.join(root, 'images')):
+        return ('raw Inria-layout images: transform them with transform_dataset.py (or give test.py the mask files '
+                'with --masks)')
+    return f'run transform_dataset.py to make {split}/'
 
 
 def check_building_mask(mask, path):

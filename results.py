@@ -152,7 +152,8 @@ def write_index_html(path, title, rows, mean):
              '<table><tr><th>name</th><th>mask</th><th>generated</th><th>real</th><th>grid</th><th>metrics</th></tr>']
     for row in rows:
         files = row['files']
-        metrics = '<br>'.join(html.escape(f'{k}: {format_score(v)}') for k, v in row['metrics'].items())
+        metrics = '<br>'.join(html.escape(f'{k}: {format_score(v)}') for k, v in row['metrics'].items()
+                              if v is not None)  # not computed (a seam score of a mask under one window): not shown
         lines.append(f'<tr><td>{html.escape(row["name"])}</td>{img(files["mask"])}{img(files["generated"])}'
                      f'{img(files.get("real"))}{img(files["grid"])}<td>{metrics}</td></tr>')
     lines.append('</table></body></html>\n')

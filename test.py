@@ -93,6 +93,12 @@ def check_options(opt):
         check_counts(opt, ('load_size',))
     if opt.overlap is not None and opt.mode != 'sliding':
         raise UserError('--overlap only applies to --mode sliding (the other modes generate without overlap)')
+    # options the run would otherwise ignore in silence
+    if opt.mode == 'sliding' and opt.tiles != build_parser().get_default('tiles'):
+        raise UserError('--tiles does not apply to --mode sliding (it cuts tiles mode\'s tiles and places full and '
+                        'crop\'s seam score; sliding scores its window edges)')
+    if opt.masks and opt.split != build_parser().get_default('split'):
+        raise UserError('--split picks a split of --dataroot; raw --masks have none')
     if opt.mode == 'sliding':
         opt.overlap = 0.5 if opt.overlap is None else opt.overlap
         if not 0 <= opt.overlap < 1:
@@ -196,6 +202,8 @@ def collect_inputs(opt, cfg):
             if len(os.fsencode(name)) > MAX_NAME_BYTES:
                 raise UserError(f'{path}: file name too long for its outputs (OriginalResized-<name>.png and a temp '
                                 f'suffix must fit in 255 bytes); rename it')
+            if name in seen and os.path.realpath(path) == os.path.realpath(seen[name]):
+                raise UserError(f'{path}: given twice in --masks')
             if name in seen:
                 raise UserError(f'{path}: same name as {seen[name]}; outputs would overwrite each other')
             seen[name] = path
@@ -237,7 +245,8 @@ def resolve_scale(opt, state, ckpt, inputs, size):
         if recorded is None:
             raise UserError(f'{ckpt}: --scale train: the checkpoint records no training scale (trained before '
                             f'train.py recorded it, on data transformed before transform_dataset.py did, or on '
-                            f'sources of different sizes); give it as a number: --size / source piece side')
+                            f'sources of different sizes or not square, resized by different factors); give it as '
+                            f'a number: --size / the source pieces\' side (of the axis that matters most to you)')
         print(f'--scale train: {recorded:.4g}, the factor the training tiles were resized by')
         return recorded
     if opt.scale is None:
@@ -292,14 +301,15 @@ def check_memory(opt, G, cfg, size, inputs, device, segmenter=None):
         band, host = 0, 3 * height * width * 2
     limit = opt.max_memory_gb * 2 ** 30 if opt.max_memory_gb else available_bytes(device)
     refuse_over_limit(f'{largest}: {width}×{height} mask', min(opt.batch_size, windows), size, per_window,
-                      (band, host), limit, device, '--scale or --load_size')
+                      (band, host), limit, device, '--scale or --load_size', bool(opt.max_memory_gb))
     if segmenter:
         model, window, _ = segmenter
         judged = (size, size) if opt.mode in ('full', 'crop') else (h, w)  # what image_scores gives it
         windows, band, host = sliding_needs(*judged, window, 0.5, 3, 1)
         per_window = measured_window_bytes(model, 3, window, device, "the segmenter's --crop_size")
         refuse_over_limit(f'{largest}: the segmenter on its {judged[1]}×{judged[0]} generated image',
-                          min(opt.batch_size, windows), window, per_window, (band, host), limit, device, '--scale')
+                          min(opt.batch_size, windows), window, per_window, (band, host), limit, device, '--scale',
+                          bool(opt.max_memory_gb))
 
 
 def measured_window_bytes(model, input_nc, size, device, given):
@@ -321,9 +331,9 @@ def sliding_needs(h, w, window, overlap, input_nc, output_nc):
     return len(padded[0][2]) * len(padded[1][2]), band, host
 
 
-def refuse_over_limit(what, batch, size, per_window, band_and_host, limit, device, shrinks):
-    """Refuse `batch` windows of per_window bytes beside the band (device) and host bytes when they exceed limit;
-    on a CPU the host's bytes are the device's too."""
+def refuse_over_limit(what, batch, size, per_window, band_and_host, limit, device, shrinks, given_limit):
+    """Refuse `batch` windows of per_window bytes beside the band (device) and host bytes when they exceed limit
+    (--max_memory_gb's where given_limit); on a CPU the host's bytes are the device's too."""
     band, host = band_and_host
     fixed = band + (host if device.type == 'cpu' else 0)
     needed = batch * per_window + fixed
@@ -331,8 +341,10 @@ def refuse_over_limit(what, batch, size, per_window, band_and_host, limit, devic
         fits = int((limit - fixed) // per_window)
         advice = (f'lower --batch_size (about {fits} fits)' if fits >= 1
                   else f'even one window does not fit: lower {shrinks}, or free memory')
+        available = f'--max_memory_gb allows {limit / 2 ** 30:.3g} GB' if given_limit else \
+            f'{limit / 2 ** 30:.2f} GB is available'
         raise UserError(f'{what}, {batch} windows of {size}² at once: needs ~{needed / 2 ** 30:.2f} GB of '
-                        f'{device.type} memory but {limit / 2 ** 30:.2f} GB is available; {advice}')
+                        f'{device.type} memory but {available}; {advice}')
 
 
 # ---------------------------------------------------------------- generation

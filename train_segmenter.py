@@ -25,8 +25,8 @@ import networks
 from dataset import (EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, check_seed,
                      check_val_fits, load_split, place_split)
 from metrics import building_scores
-from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, check_positive, make_writable_dir,
-                   pick_device, run_cli, save_checkpoint)
+from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, check_positive, load_checkpoint,
+                   make_writable_dir, pick_device, run_cli, save_checkpoint)
 
 
 def build_parser():
@@ -59,6 +59,16 @@ def check_options(opt):
         raise UserError("--out '': give the checkpoint file name, e.g. runs/segmenter/segmenter.pt")
     if os.path.isdir(opt.out) or opt.out.endswith(os.sep):
         raise UserError(f'{opt.out}: --out is a folder; give the checkpoint file name, e.g. {opt.out}/segmenter.pt')
+    if os.path.exists(opt.out) and not is_segmenter_checkpoint(opt.out):  # e.g. a run's latest.pt, mistyped
+        raise UserError(f'{opt.out}: exists and is not a segmenter checkpoint; train_segmenter.py replaces only its '
+                        f'own: choose another --out')
+
+
+def is_segmenter_checkpoint(path):
+    try:
+        return load_checkpoint(path).get('role') == 'segmenter'
+    except UserError:  # not a checkpoint of ours, or none at all
+        return False
 
 
 def load_data(opt):
@@ -164,4 +174,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, stopped='nothing was saved: the segmenter is saved once it has trained every epoch'))

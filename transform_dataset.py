@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument('--format', choices=('inria', 'aligned'), default='inria',
                    help='inria: images/ + gt/ pairs by file name; aligned: A|B side by side in one file')
     p.add_argument('--direction', choices=('AtoB', 'BtoA'), default='BtoA',
-                   help='aligned only: which half is the input mask. Facades are photo|labels, so BtoA')
+                   help='aligned only: which half is the input, the label map or mask (resized nearest; the other '
+                        'half, the photo, bilinear). Facades are photo|labels, so BtoA')
     p.add_argument('--size', type=int, default=286, help='side of the output arrays (train crops 256 from 286)')
     p.add_argument('--crop_size', type=int, default=256,
                    help='the crop train.py will take (its --crop_size): --size must be at least this')
@@ -76,7 +77,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+SYNTHETIC_OPTIONS = ('make_synthetic', 'n_tiles', 'tile_size', 'seed')
+
+
+def check_options_apply(opt):
+    """An option that does not apply to this run would be ignored in silence: a --size beside --make_synthetic
+    makes no arrays, and --direction on Inria data would only lock the --out folder."""
+    defaults = vars(parse_args([]))
+    given = [key for key, value in vars(opt).items() if value != defaults[key]]
+    if opt.make_synthetic:
+        stray = [key for key in given if key not in SYNTHETIC_OPTIONS]
+        if stray:
+            raise UserError(f'{" ".join("--" + key for key in stray)}: not used by --make_synthetic, which only writes '
+                            f'the tiles; transform them in a second run (--dataroot {opt.make_synthetic})')
+        return
+    stray = [key for key in given if key in SYNTHETIC_OPTIONS]
+    if stray:
+        raise UserError(f'{" ".join("--" + key for key in stray)}: only used with --make_synthetic DIR')
+    if 'direction' in given and opt.format != 'aligned':
+        raise UserError('--direction only applies to --format aligned (Inria masks are always the input)')
+
+
 def check_options(opt):
+    check_options_apply(opt)
     if opt.make_synthetic:
         if opt.n_tiles < 1 or opt.tile_size < 16 or opt.seed < 0:
             raise UserError('--make_synthetic needs --n_tiles >= 1, --tile_size >= 16 and --seed >= 0')

@@ -122,9 +122,10 @@ def check_fractions(opt, keys):
             raise UserError(f'--{key} {getattr(opt, key)}: must be a fraction between 0 and 1')
 
 
-def run_cli(main):
+def run_cli(main, stopped='what was finished is kept'):
     """Run a script's main(); turn UserError into one clear line on stderr and exit status 2, and Ctrl-C or
-    SIGTERM into one line and 130 or 143 (every output is written atomically, so nothing is left half-written)."""
+    SIGTERM into one line, saying what of the work is `stopped`, and 130 or 143 (every output is written atomically,
+    so nothing is left half-written)."""
     in_main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
     previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread else None
     try:
@@ -138,10 +139,10 @@ def run_cli(main):
         # names it, which is all the user needs; a traceback would only bury that line
         exit_with_error(f'{err.filename}: {err.strerror}')
     except Terminated:
-        print('terminated (SIGTERM): what was finished is kept', file=sys.stderr)
+        print(f'terminated (SIGTERM): {stopped}', file=sys.stderr)
         sys.exit(143)  # 128 + 15, what a shell reports for a process SIGTERM killed
     except KeyboardInterrupt:
-        print('interrupted (Ctrl-C): what was finished is kept', file=sys.stderr)
+        print(f'interrupted (Ctrl-C): {stopped}', file=sys.stderr)
         sys.exit(130)
     except Exception as err:
         tell_torchrun({'message': f'{type(err).__name__}: {err}',

@@ -184,7 +184,7 @@ def test_empty_split_is_a_clear_error(tmp_path):
 
 
 def test_missing_split_and_missing_manifest_entry(tmp_path):
-    with pytest.raises(UserError, match='split folder not found'):
+    with pytest.raises(UserError, match='split folder not found; run transform_dataset.py to make val/$'):
         PairedDataset(str(tmp_path), 'val')
     masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
     write_array_dataset(str(tmp_path), 'train', masks, images)
@@ -199,6 +199,21 @@ def test_missing_split_and_missing_manifest_entry(tmp_path):
     with pytest.raises(UserError, match=r'train/manifest\.json: not found: transform_dataset\.py has not finished '
                                         r'train/ here; run it again with the same options'):
         load_split(str(tmp_path), 'train')
+
+
+def test_a_missing_split_says_what_the_folder_given_is(tmp_path):
+    """Each said "run transform_dataset.py to make <split>/", which had been run, or would not make it."""
+    masks, images = mask_derived_from_image(np.random.default_rng(0), 2, 20)
+    write_array_dataset(str(tmp_path / 'arrays'), 'val', masks, images)
+    with pytest.raises(UserError, match=re.escape(f'val/val: split folder not found; {tmp_path / "arrays" / "val"} '
+                                                  f'is itself a split: give its parent, {tmp_path / "arrays"}')):
+        load_split(str(tmp_path / 'arrays' / 'val'), 'val')
+    with pytest.raises(UserError, match=re.escape('arrays/test: split folder not found; transform_dataset.py makes '
+                                                  f'train/ and val/ only; {tmp_path / "arrays"} holds val/')):
+        load_split(str(tmp_path / 'arrays'), 'test')  # facades' test/ became val/
+    os.makedirs(tmp_path / 'inria' / 'gt')
+    with pytest.raises(UserError, match=r'inria/val: split folder not found; raw Inria-layout images: transform them '):
+        load_split(str(tmp_path / 'inria'), 'val')
 
 
 def test_arrays_of_two_sizes_name_the_odd_file(tmp_path):

@@ -124,6 +124,6 @@ def test_index_html_escapes_names_quotes_links_and_links_a_geotiff_without_showi
     assert first[0]['text'] == 'a&b <i>' and second[0]['text'] == 'c#d 100%'
     assert first[2]['tags'] == [('a', {'href': 'Generated-a%26b%20%3Ci%3E.tif'})]  # a link only: no <img> of a TIFF
     assert first[3] == {'text': '—', 'tags': []}  # no real image
-    assert first[5]['text'] == 'PSNR: 18.12L1: 0.1235seam_score: '  # <br> between them
+    assert first[5]['text'] == 'PSNR: 18.12L1: 0.1235'  # <br> between them; its seam score, not computed, left out
     link = 'OriginalResized-c%23d%20100%25.png'
     assert second[3]['tags'] == [('a', {'href': link}), ('img', {'src': link, 'alt': 'OriginalResized-c#d 100%.png'})]

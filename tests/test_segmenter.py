@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -234,3 +235,34 @@ def test_cli_reports_one_line_and_exit_2(tmp_path):
                              str(tmp_path / 'nowhere')], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f'error: {tmp_path / "nowhere"}: --dataroot not found']
+
+
+def test_an_out_that_is_not_a_segmenter_checkpoint_is_refused_before_training(trained, transformed_root, tmp_path):
+    """--out runs/r1/latest.pt (a mistyped path) replaced a training run's checkpoint, and a text file became a zip."""
+    generator = tmp_path / 'latest.pt'
+    torch.save({'format': CHECKPOINT_FORMAT, 'config': {}, 'G': {}}, generator)  # role: generator by default
+    (tmp_path / 'notes.md').write_text('results')
+    for path in (generator, tmp_path / 'notes.md'):
+        before = path.read_bytes()
+        with pytest.raises(UserError, match=rf'{path.name}: exists and is not a segmenter checkpoint; '
+                                            'train_segmenter.py replaces only its own: choose another --out$'):
+            short_run(transformed_root, path)
+        assert path.read_bytes() == before
+    mine = tmp_path / 'seg.pt'
+    mine.write_bytes(trained.read_bytes())
+    assert short_run(transformed_root, mine) == 0  # its own checkpoint: replaced
+    assert load_checkpoint(mine)['epoch'] == 2
+
+
+def test_ctrl_c_says_nothing_was_saved(transformed_root, tmp_path):
+    """It said "what was finished is kept": no epoch is saved before the last one ends."""
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'train_segmenter.py'),
+                             *seg_args(transformed_root, tmp_path / 's.pt', '--n_epochs', '1000')],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert proc.stdout.readline().startswith('epoch 1/1000')
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130
+    assert stderr.splitlines()[-1] == ('interrupted (Ctrl-C): nothing was saved: the segmenter is saved once it has '
+                                       'trained every epoch')
+    assert not os.path.exists(tmp_path / 's.pt')

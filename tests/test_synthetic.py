@@ -170,6 +170,9 @@ def test_a_rerun_completes_a_killed_one_and_other_settings_are_refused(tmp_path)
 @pytest.mark.parametrize('options, message', [
     (['--seed', '-1'], '--seed >= 0'),
     (['--tile_size', '8'], '--tile_size >= 16'),
+    # transform options were ignored in silence: no arrays made, nothing said
+    (['--out', 'arrays', '--size', '72'], r'^--out --size: not used by --make_synthetic, which only writes the tiles; '
+                                          r'transform them in a second run \(--dataroot \S+syn\)$'),
 ])
 def test_bad_make_synthetic_options_are_one_line_errors(tmp_path, options, message):
     with pytest.raises(UserError, match=message):

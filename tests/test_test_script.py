@@ -466,6 +466,8 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'dataset root as masks': (lambda run, tmp: ['--run', run, '--masks', os.path.join(DATA, 'inria_samples')],
                               'inria_samples: no mask images (.tif, .png, .jpg) in this folder; its masks are in gt/: give '),
     'masks sharing a name': (masks_sharing_a_name, 'a.tif: same name as '),
+    'a mask given twice': (lambda run, tmp: bad_mask('m.png', BLOCK)(run, tmp) + [str(tmp / 'm.png')],
+                           'm.png: given twice in --masks'),  # it said "same name as" itself
     'label maps for a mask model': (split_of_label_maps, 'facades/val: masks have 3 channels, the model takes 1'),
     # 0/1 masks generated as empty ones in full mode; the other modes stopped with a traceback
     'split of 0/1 masks': (split_of_masks((0, 1)), 'val/masks/s0.npy: a building mask must hold 0 and 255 only, got '
@@ -483,7 +485,7 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'generator as segmenter': (lambda run, tmp: ['--run', run, '--segmenter', os.path.join(run, 'latest.pt')],
                                'a generator checkpoint, not a segmenter'),
     'memory: batch too big': (options('--mode', 'sliding', '--batch_size', '64', '--max_memory_gb', '0.004'),
-                              'lower --batch_size (about'),
+                              'memory but --max_memory_gb allows 0.004 GB; lower --batch_size (about'),
     'memory: not one window': (options('--mode', 'sliding', '--max_memory_gb', '1e-6'),
                                'even one window does not fit'),
     'mask smaller than the crop': (bad_mask('small.png', BLOCK[:40, :50], '--mode', 'crop'),
@@ -494,6 +496,10 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'bad overlap': (options('--mode', 'sliding', '--overlap', '1'), '--overlap 1.0'),
     'overlap without sliding': (options('--mode', 'tiles', '--overlap', '0.25'), '--overlap only applies to --mode '
                                                                                   'sliding'),
+    # these two were ignored in silence
+    'tiles with sliding': (options('--mode', 'sliding', '--tiles', '3'), '--tiles does not apply to --mode sliding'),
+    'split with masks': (bad_mask('m.png', BLOCK, '--split', 'train'), '--split picks a split of --dataroot; raw '
+                                                                       '--masks have none'),
     'load size 0': (options('--load_size', '0'), '--load_size must be >= 1, got 0'),
     'absurd scale': (options('--mode', 'sliding', '--scale', '1e9'), "--scale 1000000000.0 makes the 72×72 mask "
                                                                       "72000000000×72000000000, more than this"),
@@ -723,8 +729,8 @@ def test_memory_check_counts_a_batch_the_band_of_rows_and_the_host_as_on_the_dev
     tall, wide = ('tall', 'tall.png', None, None, (3000, 64)), ('wide', 'wide.png', None, None, (64, 100_000))
     opt.max_memory_gb = 0.1
     with pytest.raises(UserError, match=r'^wide\.png: 100000×64 mask, 64 windows of 64² at once: needs ~0\.13 GB of '
-                                        r'cuda memory but 0\.10 GB is available; lower --batch_size \(about 29 '
-                                        r'fits\)$'):
+                                        r'cuda memory but --max_memory_gb allows 0\.1 GB; lower --batch_size '
+                                        r'\(about 29 fits\)$'):
         ts.check_memory(opt, None, cfg, 64, [tall, wide], gpu)
 
 
@@ -739,7 +745,8 @@ def test_memory_check_counts_the_segmenter_on_the_image_it_judges(monkeypatch):
     mask = ('m', 'm.png', None, None, (1000, 800))
     ts.check_memory(opt, G, cfg, 64, [mask], cpu)  # G's 1 MB windows fit
     with pytest.raises(UserError, match=r'^m\.png: the segmenter on its 400×500 generated image, 8 windows of 32² at '
-                                        r'once: needs ~0\.1\d GB of cpu memory but 0\.10 GB is available; lower '
+                                        r'once: needs ~0\.1\d GB of cpu memory but --max_memory_gb allows 0\.1 GB; '
+                                        r'lower '
                                         r'--batch_size \(about 6 fits\)$'):
         ts.check_memory(opt, G, cfg, 64, [mask], cpu, (segmenter, 32, cpu))
     opt.batch_size = 4  # 64 MB of windows

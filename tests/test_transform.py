@@ -510,6 +510,18 @@ def test_the_largest_split_and_size_are_accepted(tmp_path):
                                                                       option, value]))
 
 
+@pytest.mark.parametrize('options, message', [
+    (['--n_tiles', '3'], '^--n_tiles: only used with --make_synthetic DIR$'),  # ignored in silence before
+    # ignored, yet recorded: a re-run with it was refused as "made with other options (--direction BtoA)"
+    (['--direction', 'AtoB'], r'^--direction only applies to --format aligned \(Inria masks are always the input\)$'),
+])
+def test_options_that_do_not_apply_to_the_run_are_one_line(tmp_path, options, message):
+    root = make_inria_dir(tmp_path / 'in')
+    with pytest.raises(UserError, match=message):
+        run(root, tmp_path / 'out', '--size', '32', *options)
+    assert not os.path.exists(tmp_path / 'out')
+
+
 def test_an_aligned_image_of_odd_width_is_refused_before_any_output(tmp_path):
     (tmp_path / 'in').mkdir()
     for name, width in (('1', 64), ('2', 65)):
