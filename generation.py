@@ -18,8 +18,8 @@ test.py is the command line over these; they are also the Python API for growing
 `image` is H×W×3 uint8, exactly the mask's size (image_io.save_png writes it atomically): test.py --mode sliding
 --scale train --batch_size 16 makes the same pixels. The scaling is for masks at the source data's resolution
 (a forged 5000² Inria tile); without it the buildings come out at a scale the model never saw. Masks already at
-the model's resolution skip it. Runs trained before checkpoints recorded the factor have none (None): compute it
-as transform_dataset.py's --size / the side of the source pieces.
+the model's resolution skip it. Runs trained before checkpoints recorded the factor give None: compute it as
+transform_dataset.py's --size / the side of the source pieces.
 """
 import contextlib
 import math
@@ -297,6 +297,6 @@ def cgroup_rooms(root, version, path):
             with open(os.path.join(where, usage_file)) as f:
                 usage = int(f.read())
             with open(os.path.join(where, 'memory.stat')) as f:
-                cache = next((int(line.split()[1]) for line in f if line.split()[0] == cache_key), 0)
+                cache = next((int(line.split()[1]) for line in f if line.split()[:1] == [cache_key]), 0)
             rooms.append(max(0, int(limit) - usage + cache))
     return rooms

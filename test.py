@@ -94,10 +94,11 @@ def check_options(opt):
     if opt.overlap is not None and opt.mode != 'sliding':
         raise UserError('--overlap only applies to --mode sliding (the other modes generate without overlap)')
     # options the run would otherwise ignore in silence
-    if opt.mode == 'sliding' and opt.tiles != build_parser().get_default('tiles'):
+    defaults = build_parser()
+    if opt.mode == 'sliding' and opt.tiles != defaults.get_default('tiles'):
         raise UserError('--tiles does not apply to --mode sliding (it cuts tiles mode\'s tiles and places full and '
                         'crop\'s seam score; sliding scores its window edges)')
-    if opt.masks and opt.split != build_parser().get_default('split'):
+    if opt.masks and opt.split != defaults.get_default('split'):
         raise UserError('--split picks a split of --dataroot; raw --masks have none')
     if opt.mode == 'sliding':
         opt.overlap = 0.5 if opt.overlap is None else opt.overlap
