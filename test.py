@@ -153,11 +153,17 @@ def check_model_size(cfg, size):
         raise UserError(f'--load_size {size}: {problem}')
 
 
-def load_segmenter(path, cfg, device):
-    """(segmenter, its window side, device) for mask fidelity; it judges binary building masks only."""
+def load_segmenter(path, cfg, device, generator_scale):
+    """(segmenter, its window side, device) for mask fidelity; it judges binary building masks only, and at the
+    resolution it was trained at: a warning when the generator's training data was resized by another factor."""
     if cfg['input_nc'] != 1:
         raise UserError('--segmenter: mask fidelity needs a model of binary building masks (input_nc 1)')
-    model, seg_cfg, _ = load_generator(path, device, role='segmenter')
+    model, seg_cfg, seg_state = load_generator(path, device, role='segmenter')
+    seg_scale = seg_state.get('data_scale')  # None: trained before segmenters recorded it, or on mixed sources
+    if seg_scale and generator_scale and not 1 / 1.02 < seg_scale / generator_scale < 1.02:
+        print(f'warning: {path}: the segmenter was trained on data resized by {seg_scale:.4g}, the generator on '
+              f'data resized by {generator_scale:.4g}: it judges buildings at a size it never saw, so mask fidelity '
+              f'reads low; train it on the generator\'s --dataroot', file=sys.stderr)
     return model, seg_cfg['crop_size'], device
 
 
@@ -430,7 +436,7 @@ def main(argv=None):
     ckpt = checkpoint_path(opt.run, opt.epoch)
     G, cfg, state = load_generator(ckpt, device)
     trained_epochs = state.get('epoch')
-    segmenter = load_segmenter(opt.segmenter, cfg, device) if opt.segmenter else None
+    segmenter = load_segmenter(opt.segmenter, cfg, device, state.get('data_scale')) if opt.segmenter else None
     size = opt.load_size or cfg.get('crop_size')
     check_model_size(cfg, size)
     inputs = collect_inputs(opt, cfg)

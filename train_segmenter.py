@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 import networks
 from dataset import (EpochPlan, batch_on_device, center_crop_batch, check_crop_and_batch_fit, check_seed,
-                     check_val_fits, load_split, place_split)
+                     check_val_fits, load_split, place_split, training_scale)
 from metrics import building_scores
 from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, check_positive, load_checkpoint,
                    make_writable_dir, pick_device, run_cli, save_checkpoint)
@@ -87,7 +87,7 @@ def segmenter_config(opt):
     """The keys train.py's generator checkpoints carry (so one loader builds either), plus provenance."""
     return {'netG': opt.netG, 'input_nc': 3, 'output_nc': 1, 'ngf': opt.ngf, 'norm': 'instance',
             'no_dropout': True, 'init_type': 'normal', 'init_gain': 0.02, 'upsample': 'transpose',
-            'crop_size': opt.crop_size, 'dataroot': opt.dataroot,
+            'crop_size': opt.crop_size, 'dataroot': os.path.abspath(opt.dataroot),
             'batch_size': opt.batch_size, 'n_epochs': opt.n_epochs, 'lr': opt.lr, 'seed': opt.seed}
 
 
@@ -158,7 +158,8 @@ def train(opt):
         print(f'epoch {epoch + 1}/{opt.n_epochs}: BCE {mean_loss:.4f}, {time.perf_counter() - started:.1f} s')
     scores, trivial = evaluate(model, val_masks, val_images, opt.crop_size, device, max(opt.batch_size, 8))
     save_checkpoint(opt.out, {'format': CHECKPOINT_FORMAT, 'role': 'segmenter', 'config': config,
-                              'G': model.state_dict(), 'epoch': opt.n_epochs, 'val_real': scores})
+                              'G': model.state_dict(), 'epoch': opt.n_epochs, 'val_real': scores,
+                              'data_scale': training_scale(opt.dataroot)})  # test.py compares the generator's
     print(f'val, real images ({len(val_masks)} centre {opt.crop_size}² crops): IoU {scores["IoU"]:.3f} '
           f'F1 {scores["F1"]:.3f} (predicting building everywhere: IoU {trivial["IoU"]:.3f} '
           f'F1 {trivial["F1"]:.3f})')

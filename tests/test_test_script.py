@@ -146,7 +146,7 @@ def test_num_test_and_the_notes_at_their_edges_for_mask_files(run_dir, tmp_path,
 
 def test_a_segmenter_judges_building_masks_only(tmp_path):
     with pytest.raises(UserError, match=r'--segmenter: mask fidelity needs a model of binary building masks'):
-        ts.load_segmenter(str(tmp_path / 'never_read.pt'), {'input_nc': 3}, torch.device('cpu'))
+        ts.load_segmenter(str(tmp_path / 'never_read.pt'), {'input_nc': 3}, torch.device('cpu'), None)
 
 
 # ---------------------------------------------------------------- sliding windows
@@ -653,23 +653,34 @@ def test_cli_error_is_one_line_with_exit_status_2(tmp_path):
     assert proc.stderr.strip().splitlines() == [f'error: {tmp_path / "nope"}: run folder not found (--run)']
 
 
-def test_mask_fidelity_with_a_segmenter(run_dir, transformed_root, tmp_path):
+def test_mask_fidelity_with_a_segmenter(run_dir, transformed_root, tmp_path, capsys):
     import train_segmenter
     segmenter = tmp_path / 'segmenter.pt'
     train_segmenter.main(['--dataroot', transformed_root, '--out', str(segmenter), '--ngf', '8', '--crop_size', '64',
                           '--batch_size', '1', '--n_epochs', '2', '--lr', '1e-3'])
+    capsys.readouterr()
     metrics = generate(run_dir, tmp_path / 'out', '--mode', 'sliding', '--segmenter', str(segmenter))
     for image in metrics['images']:
         for key in ('fidelity_IoU', 'fidelity_F1', 'fidelity_IoU_real', 'fidelity_F1_real'):
             assert 0.0 <= image['metrics'][key] <= 1.0, key
     assert 'fidelity_IoU' in metrics['mean'] and 'fidelity_IoU_real' in metrics['mean']
+    assert 'warning' not in capsys.readouterr().err  # both trained on the same arrays
+    # a segmenter trained on other data (2×2 tiles where the generator had whole ones) read buildings of another
+    # size without a word: its fidelity scores were low for a reason the user could not see
+    state = torch.load(segmenter, weights_only=True)
+    state['data_scale'] *= 2
+    torch.save(state, segmenter)
+    generate(run_dir, tmp_path / 'out2', '--mode', 'sliding', '--segmenter', str(segmenter))
+    assert (f'warning: {segmenter}: the segmenter was trained on data resized by 0.6, the generator on data resized '
+            'by 0.3: it judges buildings at a size it never saw') in capsys.readouterr().err
 
 
 def test_mask_fidelity_is_judged_at_the_scale_generated(run_dir, tmp_path, monkeypatch):
     """With --scale the segmenter, trained like the generator on the transformed arrays, sees the generated
     image at that scale, not resized back to the input's resolution."""
     seen = []
-    monkeypatch.setattr(ts, 'load_segmenter', lambda path, cfg, device: (torch.nn.Conv2d(3, 1, 1), 64, device))
+    monkeypatch.setattr(ts, 'load_segmenter',
+                        lambda path, cfg, device, scale: (torch.nn.Conv2d(3, 1, 1), 64, device))
     monkeypatch.setattr(ts, 'mask_fidelity', lambda segmenter, image, mask, batch_size: seen.append(
         (image.shape, mask.shape)) or {'IoU': 1.0, 'F1': 1.0})
     Image.fromarray(ramp_mask(90, 110, 2)).save(tmp_path / 'm.png')
