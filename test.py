@@ -162,8 +162,8 @@ def load_segmenter(path, cfg, device, generator_scale):
     seg_scale = seg_state.get('data_scale')  # None: trained before segmenters recorded it, or on mixed sources
     if seg_scale and generator_scale and not 1 / 1.02 < seg_scale / generator_scale < 1.02:
         print(f'warning: {path}: the segmenter was trained on data resized by {seg_scale:.4g}, the generator on '
-              f'data resized by {generator_scale:.4g}: it judges buildings at a size it never saw, so mask fidelity '
-              f'reads low; train it on the generator\'s --dataroot', file=sys.stderr)
+              f'data resized by {generator_scale:.4g}: it judges buildings at a size it never saw, and mask fidelity '
+              f'may read low; train it on the generator\'s --dataroot', file=sys.stderr)
     return model, seg_cfg['crop_size'], device
 
 
