@@ -59,7 +59,7 @@ def missing_split_hint(root, split):
     if os.path.exists(os.path.join(root, 'manifest.json')):
         return f'{root} is itself a split: give its parent, {os.path.dirname(os.path.abspath(root))}'
     made = [name + '/' for name in ('train', 'val') if os.path.isdir(os.path.join(root, name, 'masks'))]
-    if made:  # e.g. --split test for facades, whose test/ the transform took as val/
+    if made and split not in ('train', 'val'):  # e.g. --split test for facades, whose test/ the transform took as val/
         return f'transform_dataset.py makes train/ and val/ only; {root} holds {" and ".join(made)}'
     if os.path.isdir(os.path.join(root, 'gt')) or os.path.isdir(os.path.join(root, 'images')):
         return ('raw Inria-layout images: transform them with transform_dataset.py (or give test.py the mask files '

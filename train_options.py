@@ -10,7 +10,7 @@ import sys
 import torch
 
 import networks
-from dataset import check_crop_and_batch_fit, check_seed, check_val_fits
+from dataset import check_crop_and_batch_fit, check_seed, check_val_fits, missing_split_hint
 from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json
 
 # Options that define the networks or the shape of the data they take: a resumed run must keep them.
@@ -285,9 +285,7 @@ def check_options(opt):
         raise UserError(f'{opt.dataroot}: --dataroot not found{moved}{read_on_every_node()}')
     for split in ('train', 'val'):
         if not os.path.isdir(os.path.join(opt.dataroot, split)):
-            hint = (f'give its parent, {os.path.dirname(opt.dataroot)}' if os.path.basename(opt.dataroot) in
-                    ('train', 'val') else 'make the dataset with transform_dataset.py')
-            raise UserError(f'{opt.dataroot}: no {split}/ folder; {hint}')
+            raise UserError(f'{opt.dataroot}: no {split}/ folder; {missing_split_hint(opt.dataroot, split)}')
 
 
 def data_identity(dataroot):

@@ -185,7 +185,16 @@ def test_dataroot_is_required_for_a_new_run_and_a_split_folder_gets_a_hint(trans
                                                             '(see --help)')
     for split in ('train', 'val'):
         line = cli_error(tiny(os.path.join(transformed_root, split), tmp_path, 'x'), capsys)
-        assert line == f'error: {transformed_root}/{split}: no train/ folder; give its parent, {transformed_root}'
+        assert line == (f'error: {transformed_root}/{split}: no train/ folder; {transformed_root}/{split} is itself a '
+                        f'split: give its parent, {transformed_root}')
+    raw = tmp_path / 'AerialImageDataset'  # Inria's own layout, not transformed yet
+    (raw / 'gt').mkdir(parents=True)
+    line = cli_error(tiny(str(raw), tmp_path, 'raw'), capsys)
+    assert line.startswith(f'error: {raw}: no train/ folder; raw Inria-layout images: transform them')
+    only_train = tmp_path / 'half'
+    (only_train / 'train' / 'masks').mkdir(parents=True)
+    line = cli_error(tiny(str(only_train), tmp_path, 'half'), capsys)
+    assert line == f'error: {only_train}: no val/ folder; run transform_dataset.py to make val/'
 
 
 def test_mid_epoch_resume_keeps_the_batch_size(transformed_root, tmp_path, capsys, monkeypatch):
