@@ -19,6 +19,7 @@ FID/KID only with --inception_weights.
 import argparse
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -458,22 +459,24 @@ def main(argv=None):
         try:
             rows = generate_all(opt, G, cfg, size, device, inputs, staging, segmenter, fid_kid,
                                 f'{opt.mode} {run_name}')
+            mean = mean_scores(rows)
+            set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
+            train_mode = ' · G in train mode (--no_eval)' if opt.no_eval else ''
+            title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained){train_mode}'
+            write_index_html(os.path.join(staging, 'index.html'), title, rows, {**mean, **set_metrics})
+            write_metrics_csv(os.path.join(staging, 'metrics.csv'), rows, mean)
+            write_json_atomic(os.path.join(staging, 'metrics.json'), {
+                'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs,
+                'mode': opt.mode, 'eval_mode': not opt.no_eval, 'tiles': opt.tiles, 'overlap': opt.overlap,
+                'scale': opt.scale, 'load_size': size, 'samples': len(rows), 'mean': mean, **set_metrics,
+                'images': rows})
         except KeyboardInterrupt:
             print(f'note: {results_dir}: the results of an earlier run there are unchanged; what this run finished '
                   f'is in {staging} until the next run', file=sys.stderr)
             raise
-
-        mean = mean_scores(rows)
-        set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
-        train_mode = ' · G in train mode (--no_eval)' if opt.no_eval else ''
-        title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained){train_mode}'
-        write_index_html(os.path.join(staging, 'index.html'), title, rows, {**mean, **set_metrics})
-        write_metrics_csv(os.path.join(staging, 'metrics.csv'), rows, mean)
-        write_json_atomic(os.path.join(staging, 'metrics.json'), {
-            'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs, 'mode': opt.mode,
-            'eval_mode': not opt.no_eval,
-            'tiles': opt.tiles, 'overlap': opt.overlap, 'scale': opt.scale, 'load_size': size, 'samples': len(rows),
-            'mean': mean, **set_metrics, 'images': rows})
+        except Exception:  # a bad mask or a full disk: partial outputs would only hold disk space until the next run
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         publish_results(results_dir, staging, inputs)
     summary = ', '.join(f'{k} {format_score(v)}' for k, v in {**mean, **set_metrics}.items())
     print(f'{counted(len(rows), "result")} in {results_dir}' + (f' ({summary})' if summary else ''))

@@ -637,13 +637,19 @@ def test_read_only_masks_are_taken_without_a_warning():
         assert run_generator(G, masks, torch.device('cpu')).shape == (1, 3, 8, 8)
 
 
-def test_a_failed_image_write_is_one_clear_error(run_dir, tmp_path, monkeypatch):
+def test_a_failed_write_is_one_clear_error_and_leaves_no_partial_outputs(run_dir, tmp_path, monkeypatch):
     def disk_full(path, array):
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(results, 'save_png', disk_full)
     with pytest.raises(UserError, match=r'out/\.unfinished: cannot write the outputs of .*\.npy \(No space left on '
                                         r'device; \d+ MB free there\)'):
         ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--num_test', '1'])
+    assert not (tmp_path / 'out' / results.STAGING).exists()  # what was written before would hold the space
+    monkeypatch.undo()
+    monkeypatch.setattr(ts, 'write_metrics_csv', lambda path, rows, mean: disk_full(path, None))
+    with pytest.raises(OSError, match='No space left'):  # after every image was written
+        ts.main(['--run', run_dir, '--results_dir', str(tmp_path / 'out'), '--num_test', '1'])
+    assert not (tmp_path / 'out' / results.STAGING).exists()
 
 
 def test_cli_error_is_one_line_with_exit_status_2(tmp_path):
