@@ -76,7 +76,8 @@ def build_scheduler(opt, optimizer):
 
 
 def linear_factor(config, epoch):
-    """The official pix2pix rule: constant for n_epochs, then linearly to 0 over n_epochs_decay (0-based epoch)."""
+    """Constant for n_epochs, then linearly towards 0 over n_epochs_decay (0-based epoch): the official formula,
+    stepped one epoch later than the official code steps it (README: "Where results can differ")."""
     return 1.0 - max(0, epoch + 1 - config['n_epochs']) / float(config['n_epochs_decay'] + 1)
 
 
