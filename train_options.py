@@ -99,7 +99,9 @@ def build_parser(description=None):
            '(lowest). The seed found PSNR does not track visual quality')
     a('--psnr_drop_warn', type=float, default=3.0,
       help='warn when val PSNR falls this many dB below its best (the seed\'s collapse canary)')
-    a('--resume', action='store_true', help='continue from <runs_dir>/<name>/latest.pt with the saved options')
+    a('--resume', action='store_true',
+      help='continue from <runs_dir>/<name>/latest.pt with the saved options (a run that saved nothing yet starts '
+           'from epoch 1)')
     a('--init_from', default=None, metavar='CHECKPOINT',
       help='start a new run from the G and D weights of another run\'s checkpoint (fine-tuning, e.g. on a new city), '
            'with fresh optimisers, lr schedule and epoch count; its weights must fit the networks of this run')
@@ -146,13 +148,12 @@ def resolve_options(parser, argv):
             raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
         return opt
     config_path = os.path.join(run_dir, 'config.json')
-    if not os.path.exists(config_path):
-        raise UserError(f'{config_path}: run config not found (nothing to --resume){read_on_every_node()}')
-    saved = read_json(config_path, 'run config')
-    check_saved_config(parser, saved, config_path)
-    saved = with_defaults(parser, saved)
     if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
-        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from{read_on_every_node()}')
+        return start_instead_of_resuming(parser, argv, opt, run_dir)
+    if not os.path.exists(config_path):
+        raise UserError(f'{config_path}: run config not found beside latest.pt; --resume needs both (restore it, or '
+                        f'start a new --name){read_on_every_node()}')
+    saved = load_saved_config(parser, config_path)
     resumed = dict(saved)
     for key in explicit_options(parser, argv) - set(RUN_CONTROL_OPTIONS):
         was = saved[key]
@@ -163,6 +164,35 @@ def resolve_options(parser, argv):
     check_cosine_length(run_dir, saved, resumed)
     resumed.update({key: getattr(opt, key) for key in RUN_CONTROL_OPTIONS})
     return argparse.Namespace(**{**vars(opt), **resumed})
+
+
+def start_instead_of_resuming(parser, argv, opt, run_dir):
+    """--resume of a run that saved nothing yet (killed before its first checkpoint, or a requeued job's first start)
+    starts it from epoch 1: with its config.json's options, where an attempt wrote one, and the command's on top.
+    Within one machine only: there, every process sees the same run folder."""
+    config_path = os.path.join(run_dir, 'config.json')
+    if read_on_every_node():  # across machines, a node that cannot see the run's files would start while others resume
+        if not os.path.exists(config_path):
+            raise UserError(f'{config_path}: run config not found (nothing to --resume){read_on_every_node()}')
+        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from{read_on_every_node()}')
+    if os.path.exists(config_path):
+        saved = load_saved_config(parser, config_path)
+        given = explicit_options(parser, argv) | set(RUN_CONTROL_OPTIONS)
+        opt = argparse.Namespace(**{**vars(opt), **saved, **{key: getattr(opt, key) for key in given}})
+    elif opt.dataroot is None:
+        raise UserError(f'{config_path}: run config not found (nothing to --resume, and no --dataroot to start the '
+                        f'run with){read_on_every_node()}')
+    if int(os.environ.get('RANK', 0)) == 0:
+        print(f'note: {run_dir} holds no checkpoint yet (never started, or stopped before its first save): --resume '
+              f'starts it from epoch 1')
+    opt.resume = False
+    return opt
+
+
+def load_saved_config(parser, config_path):
+    saved = read_json(config_path, 'run config')
+    check_saved_config(parser, saved, config_path)
+    return with_defaults(parser, saved)
 
 
 def saved_value_fits(action, value):

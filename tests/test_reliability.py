@@ -75,10 +75,10 @@ def test_train_killed_at_random_moments_resumes_bit_identically(many_tiles_root,
     run_dir = str(tmp_path / 'killed')
     rng = random.Random(0)
     kills_during_write = 0
-    resume = lambda: ['--resume'] if os.path.exists(os.path.join(run_dir, 'latest.pt')) else []
     for attempt in range(10):
         events_before = len(glob.glob(os.path.join(run_dir, 'events.out.*')))
-        proc = start(TRAIN + tiny(many_tiles_root, tmp_path, 'killed', *schedule, *resume()))
+        # always --resume, as a requeue script does: also after a kill before the first save
+        proc = start(TRAIN + tiny(many_tiles_root, tmp_path, 'killed', *schedule, '--resume'))
         if attempt % 2:  # aim at a checkpoint write: kill as soon as a temp file shows up
             kills_during_write += wait_for(checkpoint_temp_file_in(run_dir), timeout=60)
         else:  # a random moment once training has started (its event file appears)
@@ -89,7 +89,7 @@ def test_train_killed_at_random_moments_resumes_bit_identically(many_tiles_root,
         if finished_epochs(run_dir) == 6:  # a resumed finished run writes nothing: no moment left to kill
             break
     epochs_before_last_run = finished_epochs(run_dir)
-    proc = subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'killed', *schedule, *resume()),
+    proc = subprocess.run(TRAIN + tiny(many_tiles_root, tmp_path, 'killed', *schedule, '--resume'),
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not glob.glob(os.path.join(run_dir, '*.tmp'))

@@ -236,9 +236,24 @@ def test_unknown_netG_is_rejected_by_the_parser(transformed_root, tmp_path, caps
     assert exit_info.value.code == 2 and "invalid choice: 'unet_512'" in capsys.readouterr().err
 
 
-def test_resume_without_checkpoint(transformed_root, tmp_path):
-    with pytest.raises(UserError, match='nothing to --resume'):
-        train.main(tiny(transformed_root, tmp_path, 'never_ran', '--resume'))
+def test_resume_before_anything_was_saved_starts_the_run(transformed_root, tmp_path, capsys):
+    """A requeued job's command carries --resume from its first start on: killed before its first checkpoint, it
+    was refused for good ("no checkpoint to --resume from")."""
+    with pytest.raises(UserError, match='nothing to --resume, and no --dataroot to start the run with'):
+        train.main(['--runs_dir', str(tmp_path), '--name', 'never_ran', '--resume'])
+    schedule = ('--n_epochs', '1', '--n_epochs_decay', '1')
+    train.main(tiny(transformed_root, tmp_path, 'plain', *schedule))
+    assert train.main(tiny(transformed_root, tmp_path, 'requeued', *schedule, '--resume')) == 0
+    assert 'holds no checkpoint yet (never started, or stopped before its first save)' in capsys.readouterr().out
+    plain = torch.load(tmp_path / 'plain' / 'latest.pt', weights_only=True)['G']
+    assert all(torch.equal(plain[k], v) for k, v in torch.load(tmp_path / 'requeued' / 'latest.pt',
+                                                                 weights_only=True)['G'].items())
+    for name in os.listdir(tmp_path / 'requeued'):  # as a kill before the first save leaves it: config.json, logs
+        if name.endswith('.pt'):
+            os.remove(tmp_path / 'requeued' / name)
+    assert train.main(['--runs_dir', str(tmp_path), '--name', 'requeued', '--resume']) == 0  # from config.json
+    again = torch.load(tmp_path / 'requeued' / 'latest.pt', weights_only=True)
+    assert again['epoch'] == 2 and all(torch.equal(plain[k], v) for k, v in again['G'].items())
 
 
 def test_a_checkpoint_from_another_run_or_edited_is_one_line(transformed_root, tmp_path, capsys):
