@@ -70,8 +70,9 @@ def start_staging(path):
 def publish_results(path, staging, inputs):
     """Replace the previous run's reports and images with this run's, all at once at the end: an interrupted run
     leaves the earlier results whole, and a run on other masks leaves no old image beside the new ones.
-    metrics.json goes first and comes back last: a folder holding it holds one whole run. Renames only, so a
-    Ctrl-C or SIGTERM waits for them (raised in the middle, it left half of each run there)."""
+    Renames only, so a Ctrl-C or SIGTERM waits for them (raised in the middle, it left half of each run there).
+    A kill -9 within them (milliseconds) can leave a mix: metrics.json goes first and comes back last, so a folder
+    holding it holds one whole run, and the next run puts it right."""
     old = replaceable_outputs(path, inputs)
     with stop_signals_noted() as asked:
         for name in sorted(old, key=lambda name: name != 'metrics.json'):

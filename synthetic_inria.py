@@ -15,7 +15,8 @@ import tifffile
 from tqdm import tqdm
 
 from image_io import write_tiff_atomic
-from utils import UserError, make_writable_dir, one_line_write_errors, read_json, write_json_atomic
+from utils import (UserError, make_writable_dir, one_line_write_errors, read_json, remove_stale_temp_files,
+                   write_json_atomic, writing_alone)
 
 CITIES = ('austin', 'chicago', 'kitsap', 'tyrol-w', 'vienna')
 SETTINGS_FILE = 'synthetic.json'  # beside images/ and gt/: what the tiles were made with
@@ -212,19 +213,20 @@ def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):
     """Write n_tiles synthetic pairs as <out_dir>/images/<name>.tif (RGB, uncompressed) and
     <out_dir>/gt/<name>.tif (uint8 {0,255}, LZW), both with GeoTIFF tags; returns the names written. Re-run with the
     same settings, it writes only the tiles missing (a killed run is completed)."""
-    claim_folder(out_dir, {'n_tiles': n_tiles, 'size': size, 'seed': seed})
-    written = []
-    for i, name in enumerate(tqdm(synthetic_tile_names(n_tiles), desc='synthetic tiles', disable=not progress)):
-        image_path, mask_path = (os.path.join(out_dir, sub, f'{name}.tif') for sub in ('images', 'gt'))
-        if os.path.exists(image_path) and os.path.exists(mask_path):  # written atomically: complete
-            continue
-        written.append(name)
-        mask, image = synthetic_pair(size, tile_seed(seed, i))
-        tags = geotiff_tags(i, size)
-        with one_line_write_errors(image_path):
-            write_tiff_atomic(image_path, image, photometric='rgb', extratags=tags)
-        with one_line_write_errors(mask_path):
-            write_tiff_atomic(mask_path, mask, photometric='minisblack', compression='lzw', extratags=tags)
+    with writing_alone(out_dir, '--make_synthetic'):  # a second maker would delete this one's temp files
+        claim_folder(out_dir, {'n_tiles': n_tiles, 'size': size, 'seed': seed})
+        written = []
+        for i, name in enumerate(tqdm(synthetic_tile_names(n_tiles), desc='synthetic tiles', disable=not progress)):
+            image_path, mask_path = (os.path.join(out_dir, sub, f'{name}.tif') for sub in ('images', 'gt'))
+            if os.path.exists(image_path) and os.path.exists(mask_path):  # written atomically: complete
+                continue
+            written.append(name)
+            mask, image = synthetic_pair(size, tile_seed(seed, i))
+            tags = geotiff_tags(i, size)
+            with one_line_write_errors(image_path):
+                write_tiff_atomic(image_path, image, photometric='rgb', extratags=tags)
+            with one_line_write_errors(mask_path):
+                write_tiff_atomic(mask_path, mask, photometric='minisblack', compression='lzw', extratags=tags)
     return written
 
 
@@ -249,4 +251,5 @@ def claim_folder(out_dir, settings):
                                 f'a new or empty folder')
     for sub in ('images', 'gt'):
         make_writable_dir(os.path.join(out_dir, sub), 'folder for the synthetic tiles')
+        remove_stale_temp_files(os.path.join(out_dir, sub))  # tiles a kill cut short
     write_json_atomic(record, settings)

@@ -26,7 +26,7 @@ from dataset import (EpochPlan, batch_on_device, center_crop_batch, check_crop_a
                      check_val_fits, load_split, place_split, training_scale)
 from metrics import building_scores
 from utils import (CHECKPOINT_FORMAT, ArgumentParser, UserError, check_counts, check_positive, load_checkpoint,
-                   make_writable_dir, pick_device, run_cli, save_checkpoint)
+                   make_writable_dir, pick_device, remove_stale_temp_files, run_cli, save_checkpoint)
 
 
 def build_parser():
@@ -130,6 +130,7 @@ def train(opt):
     torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
     train_masks, train_images, val_masks, val_images = load_data(opt)
     make_writable_dir(os.path.dirname(opt.out) or '.', '--out')  # fail on an unwritable --out before training
+    remove_stale_temp_files(os.path.dirname(opt.out) or '.', os.path.basename(opt.out))  # a save cut short by a kill
     config = segmenter_config(opt)
     torch.manual_seed(opt.seed)  # the same initial weights every run
     model = networks.define_G_from_config(config).to(device)

@@ -226,8 +226,8 @@ def atomic_open(path, mode='wb'):
     path = os.fspath(path)
     directory = os.path.dirname(path) or '.'
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
-    os.close(fd)  # reopen by name: writers such as tifffile read f.name, which an fd-opened file lacks
-    try:
+    try:  # from here on: a Ctrl-C or SIGTERM at the close was outside the clean-up and left the temp file
+        os.close(fd)  # reopen by name: writers such as tifffile read f.name, which an fd-opened file lacks
         with open(tmp, mode) as f:
             yield f
             f.flush()
@@ -342,11 +342,13 @@ def write_text_atomic(path, text):
         f.write(text)
 
 
-def remove_stale_temp_files(directory):
+def remove_stale_temp_files(directory, of_file=None):
     """Delete temp files left by a process killed mid-write (see atomic_open): named as mkstemp names them there,
-    .<file>.<8 characters>.tmp, so another program's hidden .tmp files in a shared --out stay."""
+    .<file>.<8 characters>.tmp, so another program's hidden .tmp files in a shared --out stay. `of_file`: only those
+    of this file name (a folder this process does not hold alone, where others may be writing)."""
+    file_pattern = re.escape(of_file) if of_file else '.+'
     for name in os.listdir(directory):
-        if re.fullmatch(r'\..+\.[a-z0-9_]{8}\.tmp', name):
+        if re.fullmatch(rf'\.{file_pattern}\.[a-z0-9_]{{8}}\.tmp', name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(directory, name))
 

@@ -196,6 +196,14 @@ def test_the_same_seed_trains_the_same_weights(transformed_root, tmp_path):
     assert_same_weights(*weights)
 
 
+def test_a_save_cut_short_by_a_kill_is_cleared_by_the_next_run_and_only_its_own(transformed_root, tmp_path):
+    # a checkpoint-sized temp file per kill piled up beside --out; another file's (a run training there) stays
+    for name in ('.a.pt.hk0grri_.tmp', '.latest.pt.k6p_zh9l.tmp'):
+        (tmp_path / name).write_bytes(b'PK')
+    short_run(transformed_root, tmp_path / 'a.pt')
+    assert sorted(name for name in os.listdir(tmp_path) if name.endswith('.tmp')) == ['.latest.pt.k6p_zh9l.tmp']
+
+
 def test_the_printed_loss_is_the_epochs_mean_and_a_nan_stops_the_run(transformed_root, tmp_path, monkeypatch,
                                                                         capsys):
     monkeypatch.setattr(train_segmenter, 'segmentation_loss', lambda z, mask: z.sum() * 0 + 0.25)

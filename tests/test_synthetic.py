@@ -106,7 +106,7 @@ def _read(path):
 def test_make_synthetic_inria_layout_and_formats(tmp_path):
     names = make_synthetic_inria(str(tmp_path), n_tiles=5, size=200, seed=0, progress=False)
     assert names == ['austin1', 'chicago1', 'kitsap1', 'tyrol-w1', 'vienna1']
-    assert sorted(os.listdir(tmp_path)) == ['gt', 'images', 'synthetic.json']
+    assert sorted(os.listdir(tmp_path)) == ['.lock', 'gt', 'images', 'synthetic.json']  # .lock: one maker at a time
     for sub in ('images', 'gt'):  # no temp files left behind
         assert sorted(os.listdir(tmp_path / sub)) == sorted(f'{n}.tif' for n in names)
     for i, name in enumerate(names):
@@ -154,8 +154,10 @@ def test_a_rerun_completes_a_killed_one_and_other_settings_are_refused(tmp_path)
     make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False)
     complete = {p: p.read_bytes() for p in sorted(tmp_path.glob('syn/*/*.tif'))}
     os.remove(tmp_path / 'syn' / 'gt' / 'kitsap1.tif')  # as a kill between a tile's two files leaves it
+    (tmp_path / 'syn' / 'gt' / '.kitsap1.tif.k6p_zh9l.tmp').write_bytes(b'II*\0')  # and the write it cut short
     assert make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=32, seed=0, progress=False) == ['kitsap1']
     assert {p: p.read_bytes() for p in sorted(tmp_path.glob('syn/*/*.tif'))} == complete
+    assert not list(tmp_path.glob('syn/*/.*.tmp'))  # was left for good (a 5000² tile's is up to 75 MB)
     with pytest.raises(UserError, match=r"syn: holds synthetic tiles made with other settings \(--tile_size 32, not "
                                         r"64, --seed 0, not 1\); use a new folder$"):
         make_synthetic_inria(str(tmp_path / 'syn'), n_tiles=3, size=64, seed=1, progress=False)
@@ -182,7 +184,7 @@ def test_bad_make_synthetic_options_are_one_line_errors(tmp_path, options, messa
 
 def test_make_synthetic_onto_a_file_is_one_line_error(tmp_path):
     (tmp_path / 'afile').write_text('not a folder')
-    with pytest.raises(UserError, match=f'{tmp_path / "afile" / "images"}: cannot write there'):
+    with pytest.raises(UserError, match=f'{tmp_path / "afile"}: is a file, not a folder; choose another --make_synthetic'):
         transform_dataset.main(['--make_synthetic', str(tmp_path / 'afile')])
     assert (tmp_path / 'afile').read_text() == 'not a folder'
 

@@ -492,6 +492,21 @@ def test_only_our_own_hidden_temp_files_are_cleared(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['.notes.tmp', '.swap.k2x8.tmp', 'latest.pt', 'notes.tmp']
 
 
+def test_a_stop_at_the_temp_files_close_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A SIGTERM raised between mkstemp and the clean-up's try left the temp file for good."""
+    real_close = os.close
+
+    def interrupted_once(fd):
+        monkeypatch.setattr(os, 'close', real_close)
+        real_close(fd)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, 'close', interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        with utils.atomic_open(tmp_path / 'latest.pt') as f:
+            f.write(b'x')
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_binary_file_read_as_json_is_one_line(tmp_path):
     (tmp_path / 'config.json').write_bytes(b'\xff\xfe\x00binary')
     with pytest.raises(UserError, match=r'config\.json: run config is not valid JSON'):
