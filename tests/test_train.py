@@ -634,6 +634,19 @@ def test_validation_means_are_over_samples_not_batch_slots(transformed_root, tmp
     assert got == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize('layout, strides', [((), (64 * 64, 64 * 64, 64, 1)), (('--channels_last',), (64 * 64, 1, 64, 1))])
+def test_validation_runs_G_in_the_models_layout_as_test_py_does(transformed_root, tmp_path, layout, strides):
+    """A centre crop of a 1-channel mask has NHWC strides: G was validated in channels_last while test.py's crop mode
+    ran it NCHW, and the metrics that should be the same differed (val 16.79 dB, test.py 17.06, in a review's run)."""
+    trainer = tiny_trainer(transformed_root, tmp_path, *layout)
+    val_masks, val_images, _ = load_split(transformed_root, 'val')
+    seen = []
+    trainer.G.register_forward_pre_hook(lambda module, args: seen.append(args[0].stride()))
+    train.validate(trainer, val_masks, val_images, 8)
+    train.image_grid(trainer, val_masks, val_images, 2)
+    assert seen == [strides, strides]
+
+
 def test_a_perfect_copy_is_left_out_of_the_validation_psnr_not_made_its_mean(transformed_root, tmp_path):
     """One val image reproduced exactly made the mean PSNR inf: best.pt was frozen at that epoch for good."""
     trainer = tiny_trainer(transformed_root, tmp_path)
