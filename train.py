@@ -26,22 +26,41 @@ from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, p
 from metrics import image_metrics
 from pix2pix_model import (LOSS_NAMES, Trainer, in_layout, init_from_checkpoint, linear_factor, memory_format,
                            seed_dropout_noise)
-from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, check_checkpoint_is_this_runs, check_mid_epoch_resume,
-                           check_options_fit, check_same_data, data_identity, parse_options, total_epochs)
+from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, build_parser, check_checkpoint_is_this_runs,
+                           check_mid_epoch_resume, check_options_fit, check_same_data, data_identity, parse_options,
+                           read_on_every_node, total_epochs)
 from utils import (StopRequest, UserError, counted, first_line, git_commit, load_checkpoint, pick_device, read_json,
                    remove_stale_temp_files, run_cli, save_checkpoint, write_json_atomic, write_text_atomic,
                    writing_alone)
 
 # ---------------------------------------------------------------- setup
 
-def setup_distributed(device):
+def setup_distributed(device, failed_here=None):
     """(rank, world_size) under torchrun, (0, 1) otherwise. NCCL only for GPU training: it takes no CPU tensors,
-    so `--device cpu` on a GPU machine uses gloo."""
+    so `--device cpu` on a GPU machine uses gloo. Every process then says whether its checks before this point
+    failed (`failed_here`, a message), and all stop with the first such message: across machines a node that cannot
+    see a path fails alone, and the others waited for it here, silently, for the whole timeout (10 min NCCL,
+    30 min gloo)."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
     if world_size == 1:
         return 0, 1
     dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    failures = [None] * world_size
+    dist.all_gather_object(failures, failed_here)
+    failed = [message for message in failures if message]
+    if failed:
+        raise UserError(failed[0])
     return dist.get_rank(), world_size
+
+
+def stop_every_node(err, argv):
+    """A check failed before the processes met (an option or path): within one machine every process sees the same
+    files and fails alike; across machines this one joins the others to tell them, then stops."""
+    if read_on_every_node():
+        device = setup_device(build_parser().parse_known_args(argv)[0])  # the device the others train on
+        with contextlib.suppress(UserError):  # its own line, where several failed
+            setup_distributed(device, failed_here=str(err))
+    raise err
 
 
 def setup_device(opt):
@@ -480,8 +499,11 @@ def train(opt, stop, held, command=()):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    opt = parse_options(argv, description=__doc__)
     try:
+        try:
+            opt = parse_options(argv, description=__doc__)
+        except UserError as err:
+            stop_every_node(err, argv)
         with StopRequest() as stop, contextlib.ExitStack() as held:
             return train(opt, stop, held, argv)
     finally:

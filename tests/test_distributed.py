@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -145,6 +146,9 @@ def test_a_path_missing_on_one_node_is_said_to_be_needed_on_every_node(transform
     monkeypatch.setenv('WORLD_SIZE', str(2 * nodes))
     monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')
     monkeypatch.setenv('GROUP_RANK', '1')
+    joined = []  # across machines the failing process joins the others to tell them (the test below runs that)
+    monkeypatch.setattr(train.dist, 'init_process_group', joined.append)
+    monkeypatch.setattr(train.dist, 'all_gather_object', lambda gathered, mine: gathered.__setitem__(0, mine))
     hint = ' on node 1: every node needs it at this path (a shared file system, or a copy)' if nodes > 1 else ''
     nowhere = tmp_path / 'nowhere'
     with pytest.raises(UserError) as missing_data:
@@ -153,6 +157,7 @@ def test_a_path_missing_on_one_node_is_said_to_be_needed_on_every_node(transform
         pix2pix_model.init_from_checkpoint(None, str(nowhere / 'best.pt'))  # read after the processes have met
     assert str(missing_data.value) == f'{nowhere}: --dataroot not found{hint}'
     assert str(missing_init.value) == f'{nowhere}/best.pt: --init_from checkpoint not found{hint}'
+    assert joined == (['gloo'] if nodes > 1 else [])
     if nodes == 1:  # within one machine, --resume of a run that saved nothing starts it (test_train_options.py)
         return
     # across machines a node without the run's files must not start afresh while the others resume
@@ -165,6 +170,39 @@ def test_a_path_missing_on_one_node_is_said_to_be_needed_on_every_node(transform
         train.main(tiny(transformed_root, tmp_path / 'runs', 'copied', '--resume'))
     assert str(missing_config.value) == f'{run_dir}/config.json: run config not found (nothing to --resume){hint}'
     assert str(missing_checkpoint.value) == f'{run_dir}/latest.pt: no checkpoint to --resume from{hint}'
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize('failing_node', [1, 0])  # node 0 also hosts the rendezvous
+def test_a_path_missing_on_one_node_stops_every_node_with_its_line(transformed_root, tmp_path, failing_node):
+    """Two machines, one process each (env:// rendezvous, as torchrun sets it): one cannot see --dataroot. It said
+    so and stopped, and the other waited for it in init_process_group, silently, for gloo's 30 minutes (a review's
+    run: 1,857 s, then a DistStoreError naming no cause)."""
+    missing = tmp_path / 'nowhere'
+    port, procs = free_port(), []
+    for node in (0, 1):
+        env = {**os.environ, 'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port), 'WORLD_SIZE': '2',
+               'RANK': str(node), 'LOCAL_RANK': '0', 'LOCAL_WORLD_SIZE': '1', 'GROUP_RANK': str(node)}
+        root = missing if node == failing_node else transformed_root
+        procs.append(subprocess.Popen([sys.executable, os.path.join(REPO, 'train.py'),
+                                       *tiny(root, tmp_path / f'node{node}', 'run', *OPTIONS)],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True))
+    try:
+        errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail('a node was still waiting after 120 s')
+    line = (f'error: {missing}: --dataroot not found on node {failing_node}: every node needs it at this path (a '
+            f'shared file system, or a copy)')
+    assert [proc.returncode for proc in procs] == [2, 2]
+    assert [error.strip().splitlines()[-1] for error in errors] == [line, line]
 
 
 def test_each_process_draws_its_own_dropout_noise():
@@ -187,6 +225,7 @@ def test_nccl_only_for_gpu_training(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(train.dist, 'init_process_group', backends.append)
     monkeypatch.setattr(train.dist, 'get_rank', lambda: 0)
+    monkeypatch.setattr(train.dist, 'all_gather_object', lambda gathered, mine: None)  # no other process: no failure
     monkeypatch.setenv('WORLD_SIZE', '2')
     assert train.setup_distributed(torch.device('cpu')) == (0, 2)
     assert train.setup_distributed(torch.device('cuda', 0)) == (0, 2)
