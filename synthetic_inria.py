@@ -213,8 +213,13 @@ def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):
     """Write n_tiles synthetic pairs as <out_dir>/images/<name>.tif (RGB, uncompressed) and
     <out_dir>/gt/<name>.tif (uint8 {0,255}, LZW), both with GeoTIFF tags; returns the names written. Re-run with the
     same settings, it writes only the tiles missing (a killed run is completed)."""
+    settings = {'n_tiles': n_tiles, 'size': size, 'seed': seed}
+    check_folder_takes_them(out_dir, settings)  # before anything, the lock file too, is written there
     with writing_alone(out_dir, '--make_synthetic'):  # a second maker would delete this one's temp files
-        claim_folder(out_dir, {'n_tiles': n_tiles, 'size': size, 'seed': seed})
+        for sub in ('images', 'gt'):
+            make_writable_dir(os.path.join(out_dir, sub), 'folder for the synthetic tiles')
+            remove_stale_temp_files(os.path.join(out_dir, sub))  # tiles a kill cut short
+        write_json_atomic(os.path.join(out_dir, SETTINGS_FILE), settings)
         written = []
         for i, name in enumerate(tqdm(synthetic_tile_names(n_tiles), desc='synthetic tiles', disable=not progress)):
             image_path, mask_path = (os.path.join(out_dir, sub, f'{name}.tif') for sub in ('images', 'gt'))
@@ -230,8 +235,8 @@ def make_synthetic_inria(out_dir, n_tiles=20, size=1000, seed=0, progress=True):
     return written
 
 
-def claim_folder(out_dir, settings):
-    """A new or empty folder, or one this function filled with the same settings (recorded in SETTINGS_FILE).
+def check_folder_takes_them(out_dir, settings):
+    """A new or empty folder, or one make_synthetic_inria filled with the same settings (recorded in SETTINGS_FILE).
     The tiles have real Inria names: in a folder of real (or other synthetic) tiles they would replace some and
     mix with the rest."""
     record = os.path.join(out_dir, SETTINGS_FILE)
@@ -249,7 +254,3 @@ def claim_folder(out_dir, settings):
             if os.path.isdir(folder) and any(not name.startswith('.') for name in os.listdir(folder)):
                 raise UserError(f'{folder}: already holds files; synthetic tiles (named as real Inria ones) go into '
                                 f'a new or empty folder')
-    for sub in ('images', 'gt'):
-        make_writable_dir(os.path.join(out_dir, sub), 'folder for the synthetic tiles')
-        remove_stale_temp_files(os.path.join(out_dir, sub))  # tiles a kill cut short
-    write_json_atomic(record, settings)

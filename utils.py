@@ -226,7 +226,7 @@ def atomic_open(path, mode='wb'):
     path = os.fspath(path)
     directory = os.path.dirname(path) or '.'
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
-    try:  # from here on: a Ctrl-C or SIGTERM at the close was outside the clean-up and left the temp file
+    try:  # the close inside: a Ctrl-C or SIGTERM raised at it left the temp file behind
         os.close(fd)  # reopen by name: writers such as tifffile read f.name, which an fd-opened file lacks
         with open(tmp, mode) as f:
             yield f

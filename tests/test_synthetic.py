@@ -140,9 +140,11 @@ def test_make_synthetic_inria_is_deterministic_and_prefix_stable(tmp_path):
 def test_a_folder_that_holds_tiles_is_refused_and_left_as_it_was(tmp_path):
     make_synthetic_inria(str(tmp_path / 'real'), n_tiles=1, size=32, seed=0, progress=False)
     os.remove(tmp_path / 'real' / 'synthetic.json')  # now it stands in for real Inria tiles
+    os.remove(tmp_path / 'real' / '.lock')
     before = (tmp_path / 'real' / 'images' / 'austin1.tif').read_bytes()
     with pytest.raises(UserError, match=f'{tmp_path / "real" / "images"}: already holds files; synthetic tiles'):
         make_synthetic_inria(str(tmp_path / 'real'), n_tiles=2, size=32, seed=0, progress=False)
+    assert sorted(os.listdir(tmp_path / 'real')) == ['gt', 'images']  # no lock file left in the user's folder
     assert (tmp_path / 'real' / 'images' / 'austin1.tif').read_bytes() == before
     assert sorted(os.listdir(tmp_path / 'real' / 'images')) == ['austin1.tif']
     (tmp_path / 'new' / 'images').mkdir(parents=True)
