@@ -5,6 +5,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 
 import torch
@@ -143,13 +144,17 @@ def resolve_options(parser, argv):
         if getattr(opt, path_option) is not None:
             setattr(opt, path_option, os.path.abspath(getattr(opt, path_option)))
     run_dir = os.path.join(opt.runs_dir, opt.name)
+    checkpoints = saved_checkpoints(run_dir)
     if not opt.resume:
-        if os.path.exists(os.path.join(run_dir, 'latest.pt')):
+        if checkpoints:
             raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
         return opt
     config_path = os.path.join(run_dir, 'config.json')
-    if not os.path.exists(os.path.join(run_dir, 'latest.pt')):
+    if not checkpoints:
         return start_instead_of_resuming(parser, argv, opt, run_dir)
+    if 'latest.pt' not in checkpoints:  # deleted by hand: starting afresh would overwrite best.pt and the others
+        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from, but the run holds {checkpoints[0]}: '
+                        f'copy the checkpoint to continue from to latest.pt{read_on_every_node()}')
     if not os.path.exists(config_path):
         raise UserError(f'{config_path}: run config not found beside latest.pt; --resume needs both (restore it, or '
                         f'start a new --name){read_on_every_node()}')
@@ -164,6 +169,12 @@ def resolve_options(parser, argv):
     check_cosine_length(run_dir, saved, resumed)
     resumed.update({key: getattr(opt, key) for key in RUN_CONTROL_OPTIONS})
     return argparse.Namespace(**{**vars(opt), **resumed})
+
+
+def saved_checkpoints(run_dir):
+    """The checkpoint files train.py saved in a run folder (latest.pt, best.pt, epoch_<N>.pt), sorted."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    return sorted(name for name in names if re.fullmatch(r'latest\.pt|best\.pt|epoch_\d+\.pt', name))
 
 
 def start_instead_of_resuming(parser, argv, opt, run_dir):

@@ -254,6 +254,12 @@ def test_resume_before_anything_was_saved_starts_the_run(transformed_root, tmp_p
     assert train.main(['--runs_dir', str(tmp_path), '--name', 'requeued', '--resume']) == 0  # from config.json
     again = torch.load(tmp_path / 'requeued' / 'latest.pt', weights_only=True)
     assert again['epoch'] == 2 and all(torch.equal(plain[k], v) for k, v in again['G'].items())
+    os.remove(tmp_path / 'plain' / 'latest.pt')  # by hand: a start from epoch 1 would overwrite best.pt
+    line = cli_error(tiny(transformed_root, tmp_path, 'plain', *schedule, '--resume'), capsys)
+    assert line == (f'error: {tmp_path}/plain/latest.pt: no checkpoint to --resume from, but the run holds best.pt: '
+                    f'copy the checkpoint to continue from to latest.pt')
+    line = cli_error(tiny(transformed_root, tmp_path, 'plain', *schedule), capsys)
+    assert line.startswith(f'error: {tmp_path}/plain already holds a trained run')
 
 
 def test_a_checkpoint_from_another_run_or_edited_is_one_line(transformed_root, tmp_path, capsys):
