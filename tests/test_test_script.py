@@ -6,6 +6,7 @@ import argparse
 import html.parser
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -448,7 +449,7 @@ BAD_INPUTS = {  # case: (argv maker, expected message)
     'missing epoch': (options('--epoch', '7'), 'epoch_7.pt: checkpoint not found; '),
     'run in its first epoch': (options(run=first_epoch_run), f'{os.sep}started holds no checkpoint yet (train.py '
                                'writes the first at the end of epoch 1, or when stopped)'),
-    'corrupt checkpoint': (options(run=lambda run, tmp: broken_run(tmp, os.urandom(2000))),
+    'corrupt checkpoint': (options(run=lambda run, tmp: broken_run(tmp, random.Random(0).randbytes(2000))),
                            'not a loadable checkpoint'),
     'other architecture': (options(run=wrong_architecture), 'does not match --netG resnet_9blocks'),
     'weights not a dict': (options(run=edited_checkpoint(lambda state: state.update(G=[1]))),
