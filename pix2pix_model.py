@@ -228,9 +228,12 @@ class Trainer:
         self.D.requires_grad_(False)
         with self.autocast():
             loss_G_GAN = self.gan_loss(self.D_frozen(mask, fake)[0], True, for_discriminator=False)
-            loss_G_L1 = torch.nn.functional.l1_loss(fake, real) if 'l1' in self.opt.content_loss else fake.new_zeros(())
+            train_l1 = 'l1' in self.opt.content_loss
+            # logged without L1 in the loss too (detached): a flat 0 on its curve read as a perfect reconstruction
+            loss_G_L1 = torch.nn.functional.l1_loss(fake if train_l1 else fake.detach(), real)
             loss_G_VGG = self.vgg_loss(fake, real) if self.vgg_loss is not None else fake.new_zeros(())
-            loss_G = loss_G_GAN + self.opt.lambda_L1 * loss_G_L1 + self.opt.lambda_VGG * loss_G_VGG
+            l1_term = self.opt.lambda_L1 * loss_G_L1 if train_l1 else 0.0
+            loss_G = loss_G_GAN + l1_term + self.opt.lambda_VGG * loss_G_VGG
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.backward()
         self.opt_G.step()

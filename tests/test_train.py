@@ -230,6 +230,12 @@ def test_vgg_content_loss_with_local_weights(transformed_root, tmp_path):
                     '--vgg_weights', str(weights), '--n_epochs', '1', '--n_epochs_decay', '0'))
     vgg = [e.value for e in events(tmp_path / 'vgg').Scalars('loss/G_VGG')]
     assert vgg and all(v > 0 for v in vgg)
+    for name, lambda_L1 in (('vgg_only', '100'), ('vgg_only_b', '1')):
+        train.main(tiny(transformed_root, tmp_path, name, '--content_loss', 'vgg', '--lambda_VGG', '10', '--lambda_L1',
+                        lambda_L1, '--vgg_weights', str(weights), '--n_epochs', '1', '--n_epochs_decay', '0'))
+    l1 = [e.value for e in events(tmp_path / 'vgg_only').Scalars('loss/G_L1')]
+    assert l1 and all(v > 0 for v in l1)  # logged as a flat 0, which read as a perfect reconstruction
+    assert_same_weights(generator_weights(tmp_path / 'vgg_only'), generator_weights(tmp_path / 'vgg_only_b'))
 
 
 def test_vgg_without_weights_is_a_clear_error(transformed_root, tmp_path, monkeypatch, capsys):
