@@ -186,7 +186,8 @@ def test_bad_make_synthetic_options_are_one_line_errors(tmp_path, options, messa
 
 def test_make_synthetic_onto_a_file_is_one_line_error(tmp_path):
     (tmp_path / 'afile').write_text('not a folder')
-    with pytest.raises(UserError, match=f'{tmp_path / "afile"}: is a file, not a folder; choose another --make_synthetic'):
+    with pytest.raises(UserError, match=f'{tmp_path / "afile"}: is a file, not a folder; choose another '
+                                        f'--make_synthetic'):
         transform_dataset.main(['--make_synthetic', str(tmp_path / 'afile')])
     assert (tmp_path / 'afile').read_text() == 'not a folder'
 

@@ -640,7 +640,8 @@ def test_validation_means_are_over_samples_not_batch_slots(transformed_root, tmp
     assert got == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.mark.parametrize('layout, strides', [((), (64 * 64, 64 * 64, 64, 1)), (('--channels_last',), (64 * 64, 1, 64, 1))])
+@pytest.mark.parametrize('layout, strides', [((), (64 * 64, 64 * 64, 64, 1)),
+                                             (('--channels_last',), (64 * 64, 1, 64, 1))])
 def test_validation_runs_G_in_the_models_layout_as_test_py_does(transformed_root, tmp_path, layout, strides):
     """A centre crop of a 1-channel mask has NHWC strides: G was validated in channels_last while test.py's crop mode
     ran it NCHW, and the metrics that should be the same differed (val 16.79 dB, test.py 17.06, in a review's run)."""
