@@ -35,7 +35,7 @@ from metrics import building_scores, compute_fid_kid, image_metrics, make_fid_ki
 from results import (MAX_NAME_BYTES, check_outputs_spare_inputs, check_results_dir_is_ours, format_score, mean_scores,
                      publish_results, save_outputs, start_staging, write_index_html, write_metrics_csv)
 from utils import (ArgumentParser, UserError, amp_enabled, check_counts, check_fractions, counted, first_line,
-                   pick_device, run_cli, write_json_atomic, writing_alone)
+                   pick_device, run_cli, saved_checkpoints, write_json_atomic, writing_alone)
 
 MODES = ('full', 'tiles', 'sliding', 'crop')
 
@@ -138,7 +138,7 @@ def checkpoint_path(run_dir, epoch):
         raise UserError(f'--epoch {epoch!r}: use latest, best or an epoch number')
     path = os.path.join(run_dir, name)
     if not os.path.isfile(path):
-        available = sorted(n for n in os.listdir(run_dir) if n.endswith('.pt'))
+        available = saved_checkpoints(run_dir)
         if not available and os.path.isfile(os.path.join(run_dir, 'config.json')):  # train.py has started there
             raise UserError(f'{path}: checkpoint not found; {run_dir} holds no checkpoint yet (train.py writes the '
                             f'first at the end of epoch 1, or when stopped)')

@@ -5,14 +5,13 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import sys
 
 import torch
 
 import networks
 from dataset import check_crop_and_batch_fit, check_seed, check_val_fits, missing_split_hint
-from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json
+from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json, saved_checkpoints
 
 # Options that define the networks or the shape of the data they take: a resumed run must keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
@@ -169,12 +168,6 @@ def resolve_options(parser, argv):
     check_cosine_length(run_dir, saved, resumed)
     resumed.update({key: getattr(opt, key) for key in RUN_CONTROL_OPTIONS})
     return argparse.Namespace(**{**vars(opt), **resumed})
-
-
-def saved_checkpoints(run_dir):
-    """The checkpoint files train.py saved in a run folder (latest.pt, best.pt, epoch_<N>.pt), sorted."""
-    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-    return sorted(name for name in names if re.fullmatch(r'latest\.pt|best\.pt|epoch_\d+\.pt', name))
 
 
 def start_instead_of_resuming(parser, argv, opt, run_dir):

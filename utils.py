@@ -385,6 +385,12 @@ def amp_enabled(choice, device):
 CHECKPOINT_FORMAT = 'pix2pix-inria-checkpoint-v1'
 
 
+def saved_checkpoints(run_dir):
+    """The checkpoint files train.py saved in a run folder (latest.pt, best.pt, epoch_<N>.pt), sorted."""
+    names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
+    return sorted(name for name in names if re.fullmatch(r'latest\.pt|best\.pt|epoch_\d+\.pt', name))
+
+
 def save_checkpoint(path, state):
     """Atomic torch.save: a full disk or a kill mid-write leaves the previous file as it was."""
     import torch
