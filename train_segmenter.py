@@ -129,8 +129,9 @@ def train(opt):
     device = pick_device(opt.device)
     torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
     train_masks, train_images, val_masks, val_images = load_data(opt)
-    make_writable_dir(os.path.dirname(opt.out) or '.', '--out')  # fail on an unwritable --out before training
-    remove_stale_temp_files(os.path.dirname(opt.out) or '.', os.path.basename(opt.out))  # a save cut short by a kill
+    out_dir = os.path.dirname(opt.out) or '.'
+    make_writable_dir(out_dir, '--out')  # fail on an unwritable --out before training
+    remove_stale_temp_files(out_dir, os.path.basename(opt.out))  # a save cut short by a kill
     config = segmenter_config(opt)
     torch.manual_seed(opt.seed)  # the same initial weights every run
     model = networks.define_G_from_config(config).to(device)
