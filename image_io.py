@@ -2,6 +2,7 @@
 uint8 arrays, the checks that make a file a usable building mask or photo, resizing without grey mask edges, and
 atomic PNG/TIFF writes. Imports only utils.py of ours.
 """
+import contextlib
 import os
 
 import numpy as np
@@ -42,13 +43,26 @@ def list_images(folder):
                   and os.path.isfile(os.path.join(folder, n)))
 
 
+@contextlib.contextmanager
+def reading(path, what):
+    """Any decoder error while reading `path` as one UserError naming the file: decoders raise many types for
+    truncated or foreign files."""
+    check_nonempty_file(path)
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f'{path}: cannot {what} ({first_line(err)}); the file may be truncated or not an '
+                        f'image') from None
+
+
 def decode_image(path, transparency_as_alpha=False):
     """(array H×W or H×W×C, lossy) from a TIFF/PNG/JPEG, or UserError naming the file. `lossy`: the compression
     changed pixel values (JPEG, or a JPEG-compressed TIFF), whatever the file's extension. transparency_as_alpha:
     a PNG's transparent colour (tRNS) becomes an alpha channel (for masks; images keep their colours)."""
     path = os.fspath(path)
-    check_nonempty_file(path)
-    try:
+    with reading(path, 'decode image'):
         if path.lower().endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]  # the image itself; later pages are overviews, thumbnails or other images
@@ -64,11 +78,6 @@ def decode_image(path, transparency_as_alpha=False):
             elif im.mode in ('P', 'CMYK', 'YCbCr'):
                 im = im.convert('RGB')
             return np.asarray(im), lossy
-    except UserError:
-        raise
-    except Exception as err:  # decoders raise many types for truncated or foreign files
-        raise UserError(f'{path}: cannot decode image ({first_line(err)}); the file may be truncated or not an '
-                        f'image') from None
 
 
 def read_image_file(path):
@@ -111,8 +120,7 @@ def without_opaque_alpha(label_map, path):
 def read_image_header(path):
     """(height, width, channels, dtype) without decoding pixels, to validate a whole dataset up front."""
     path = os.fspath(path)
-    check_nonempty_file(path)
-    try:
+    with reading(path, 'read image header'):
         if path.lower().endswith(TIFF_SUFFIXES):
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]  # from tags, so band-interleaved files read like pixel-interleaved ones
@@ -121,9 +129,6 @@ def read_image_header(path):
             channels = {'L': 1, '1': 1, 'P': 3, 'RGB': 3, 'RGBA': 4, 'LA': 2, 'I;16': 1, 'I': 1, 'F': 1}.get(im.mode, 3)
             dtype = {'I;16': np.uint16, 'I': np.int32, 'F': np.float32}.get(im.mode, np.uint8)
             return im.height, im.width, channels, np.dtype(dtype)
-    except Exception as err:
-        raise UserError(f'{path}: cannot read image header ({first_line(err)}); the file may be truncated or not an '
-                        f'image') from None
 
 
 def check_rgb_format(channels, dtype, path):

@@ -55,17 +55,17 @@ SEAM_REACH = 8  # seam_score_at compares each line with this many parallel lines
 FID_RELIABLE_SAMPLES = 50
 
 
-def seam_score(image, n, reach=SEAM_REACH):
+def seam_score(image, n):
     """seam_score_at the inner lines of an n×n grid (tile_bounds): where tiles mode stitches its tiles."""
     height, width = image.shape[:2]
     if n < 2 or n > min(height, width) - 1:
         return None
-    return seam_score_at(image, tile_bounds(height, n)[1:-1], tile_bounds(width, n)[1:-1], reach)
+    return seam_score_at(image, tile_bounds(height, n)[1:-1], tile_bounds(width, n)[1:-1])
 
 
-def seam_score_at(image, rows, cols, reach=SEAM_REACH):
+def seam_score_at(image, rows, cols):
     """Mean |difference| of neighbouring pixels across the given lines (a row y: between rows y - 1 and y) ÷ the
-    same on the `reach` parallel lines either side. ≈1: the lines are invisible; > 1: seams. The reference is
+    same on the SEAM_REACH parallel lines either side. ≈1: the lines are invisible; > 1: seams. The reference is
     local so that texture varying across the image (dense city vs fields) does not read as a seam. None without
     lines, or without other lines near them. Rows are read in chunks: a 5000² image needs no full-size copy."""
     height, width = image.shape[:2]
@@ -81,7 +81,8 @@ def seam_score_at(image, rows, cols, reach=SEAM_REACH):
     totals = np.zeros(4)  # pixel-weighted: seam sum, seam pixels, reference sum, reference pixels
     for diff, length, line_length, lines in ((row_diff, height, width, set(rows)),
                                              (col_diff, width, height, set(cols))):
-        near = [i for i in {b + d for b in lines for d in range(-reach, reach + 1)} - lines if 1 <= i < length]
+        around = {b + d for b in lines for d in range(-SEAM_REACH, SEAM_REACH + 1)}
+        near = [i for i in around - lines if 1 <= i < length]
         totals += line_length * np.array([diff[sorted(lines)].sum(), len(lines), diff[near].sum(), len(near)])
     if totals[1] == 0 or totals[3] == 0:
         return None

@@ -374,36 +374,19 @@ class PixelDiscriminator(nn.Module):
         return self.model(x)
 
 
-def _build_D(netD, input_nc, ndf, n_layers_D, norm):
-    _check_choice('netD', netD, DISCRIMINATORS)
-    if netD == 'pixel':
-        return PixelDiscriminator(input_nc, ndf, norm)
-    n_layers = 3 if netD == 'basic' else n_layers_D
-    if n_layers < 1:
-        raise ValueError(f"--n_layers_D must be >= 1, got {n_layers}")
-    return NLayerDiscriminator(input_nc, ndf, n_layers, norm)
-
-
 def define_D(netD, input_nc=4, ndf=64, n_layers_D=3, norm='instance', init_type='normal', init_gain=0.02):
     """Build and initialise a conditional discriminator by its --netD name.
 
     Its input is cat(mask, image) on channels, so input_nc = G's input_nc + output_nc.
     It returns a map of raw logits (no sigmoid: GANLoss works on logits).
     """
-    return init_weights(_build_D(netD, input_nc, ndf, n_layers_D, norm), init_type, init_gain)
-
-
-def patch_receptive_field(netD, n_layers_D=3):
-    """Side in pixels of the input patch that one output logit sees.
-
-    Walks the discriminator's conv chain backwards: rf_in = (rf_out - 1) * stride + kernel.
-    (The net is built tiny, from the same code as define_D, so the two cannot disagree.)
-    """
-    net = _build_D(netD, input_nc=1, ndf=1, n_layers_D=n_layers_D, norm='none')
-    rf = 1
-    for conv in reversed([m for m in net.modules() if isinstance(m, nn.Conv2d)]):
-        rf = (rf - 1) * conv.stride[0] + conv.kernel_size[0]
-    return rf
+    _check_choice('netD', netD, DISCRIMINATORS)
+    if netD == 'pixel':
+        return init_weights(PixelDiscriminator(input_nc, ndf, norm), init_type, init_gain)
+    n_layers = 3 if netD == 'basic' else n_layers_D
+    if n_layers < 1:
+        raise ValueError(f"--n_layers_D must be >= 1, got {n_layers}")
+    return init_weights(NLayerDiscriminator(input_nc, ndf, n_layers, norm), init_type, init_gain)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -415,12 +398,10 @@ class GANLoss(nn.Module):
     hinge: D minimises mean(relu(1 - D(real))) + mean(relu(1 + D(fake))), G minimises -mean(D(fake)).
     """
 
-    def __init__(self, gan_mode='vanilla', target_real_label=1.0, target_fake_label=0.0):
+    def __init__(self, gan_mode='vanilla'):
         super().__init__()
         _check_choice('gan_mode', gan_mode, GAN_MODES)
         self.gan_mode = gan_mode
-        self.real_label = float(target_real_label)
-        self.fake_label = float(target_fake_label)
         self.loss = {'vanilla': nn.BCEWithLogitsLoss(), 'lsgan': nn.MSELoss(), 'hinge': None}[gan_mode]
 
     def forward(self, prediction, target_is_real, for_discriminator=True):
@@ -434,7 +415,7 @@ class GANLoss(nn.Module):
             margin = 1.0 - prediction if target_is_real else 1.0 + prediction
             return F.relu(margin).mean()
         # Filled on prediction's device and dtype: no host tensor, no sync.
-        label = self.real_label if target_is_real else self.fake_label
+        label = 1.0 if target_is_real else 0.0
         return self.loss(prediction, torch.full_like(prediction, label))
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 import networks
-from train_options import (BEST_METRICS, WEIGHT_SHAPE_OPTIONS, differing_options, read_on_every_node,
+from train_options import (BEST_METRICS, WEIGHT_SHAPE_OPTIONS, differing_options, every_node_advice,
                            total_epochs)
 from utils import (CHECKPOINT_FORMAT, UserError, amp_enabled, load_checkpoint, load_error, rng_states, set_rng_states,
                    state_dict_mismatch)
@@ -267,7 +267,7 @@ def init_from_checkpoint(trainer, path):
     """--init_from: G and D start from another run's weights; the optimisers, schedule, epochs and validation history
     start fresh (every process loads the same file: the replicas stay identical)."""
     if not os.path.isfile(path):
-        raise UserError(f'{path}: --init_from checkpoint not found{read_on_every_node()}')
+        raise UserError(f'{path}: --init_from checkpoint not found{every_node_advice()}')
     state = load_checkpoint(path)
     saved = state.get('config')
     if state.get('role', 'generator') != 'generator' or not isinstance(saved, dict) or not {'G', 'D'} <= state.keys():

@@ -26,9 +26,9 @@ from dataset import EpochPlan, batch_on_device, center_crop_batch, load_split, p
 from metrics import image_metrics
 from pix2pix_model import (LOSS_NAMES, Trainer, in_layout, init_from_checkpoint, linear_factor, memory_format,
                            seed_dropout_noise)
-from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, build_parser, check_checkpoint_is_this_runs,
-                           check_mid_epoch_resume, check_options_fit, check_same_data, data_identity, parse_options,
-                           read_on_every_node, total_epochs)
+from train_options import (BEST_METRICS, RUN_CONTROL_OPTIONS, across_machines, build_parser,
+                           check_checkpoint_is_this_runs, check_mid_epoch_resume, check_options_fit, check_same_data,
+                           data_identity, parse_options, total_epochs)
 from utils import (StopRequest, UserError, counted, first_line, git_commit, load_checkpoint, pick_device, read_json,
                    remove_stale_temp_files, run_cli, save_checkpoint, write_json_atomic, write_text_atomic,
                    writing_alone)
@@ -56,7 +56,7 @@ def setup_distributed(device, failed_here=None):
 def stop_every_node(err, argv):
     """A check failed before the processes met (an option or path): within one machine every process sees the same
     files and fails alike; across machines this one joins the others to tell them, then stops."""
-    if read_on_every_node():
+    if across_machines():
         device = setup_device(build_parser().parse_known_args(argv)[0])  # the device the others train on
         with contextlib.suppress(UserError):  # its own line, where several failed
             setup_distributed(device, failed_here=str(err))
@@ -198,22 +198,22 @@ def hparam_metrics(trainer):
     return metrics | {f'hparam/best_{k}': v for k, v in best.items()}
 
 
-def write_hparams(writer, opt, trainer, run_dir):
+def write_hparams(writer, trainer, run_dir):
     """The run's options and final metrics for TensorBoard's HParams table, in `<run>/hparams/`. TensorBoard keeps
     the first hparams it reads in a folder, so an extended run would be listed with its first finish's options
     beside its new metrics: the earlier file goes once the new one is written."""
     earlier = glob.glob(os.path.join(glob.escape(run_dir), 'hparams', 'events.out.tfevents.*'))
-    hparams = {k: v for k, v in vars(opt).items() if isinstance(v, (int, float, str, bool))}
+    hparams = {k: v for k, v in vars(trainer.opt).items() if isinstance(v, (int, float, str, bool))}
     writer.add_hparams(hparams, hparam_metrics(trainer), run_name='hparams')  # written and closed on return
     for path in earlier:
         os.remove(path)
 
 
-def check_collapse(trainer, metrics, opt):
+def check_collapse(trainer, metrics):
     """PSNR whatever --best_metric is: its fall off a cliff was the seed's collapse canary."""
     best = best_validation(trainer.history, 'PSNR')
     drop = best['PSNR'] - metrics['PSNR'] if best else 0.0
-    if drop > opt.psnr_drop_warn:
+    if drop > trainer.opt.psnr_drop_warn:
         print(f'warning: val PSNR {metrics["PSNR"]:.2f} dB is {drop:.1f} dB below its best '
               f'({best["PSNR"]:.2f} at epoch {best["epoch"]}); the run may be collapsing '
               f'(the seed saw this with --lr 2e-3): consider a lower --lr', file=sys.stderr)
@@ -349,6 +349,45 @@ def train_epoch(trainer, split, losses, writer, stop):
     return False, trained, data_seconds
 
 
+def validate_epoch(trainer, val, epoch, last_epoch):
+    """(metrics or None, validated, report_only, is_best) of the epoch that has just trained. A job ended by
+    --stop_epoch between validations reports one, kept out of the history, best.pt and the plateau schedule: those
+    see the validations of the uninterrupted run."""
+    opt = trainer.opt
+    validated = epoch % opt.val_freq == 0 or epoch == total_epochs(vars(opt))
+    report_only = not validated and epoch == last_epoch
+    metrics = validate(trainer, *val, max(opt.batch_size, 8)) if validated or report_only else None
+    is_best = False
+    if validated:
+        check_collapse(trainer, metrics)
+        trainer.history.append({'epoch': epoch, **metrics})
+        is_best = best_validation(trainer.history, opt.best_metric) is trainer.history[-1]
+    return metrics, validated, report_only, is_best
+
+
+def step_schedulers(trainer, metrics, validated):
+    opt = trainer.opt
+    if opt.lr_policy != 'plateau':
+        trainer.sched_G.step()
+        trainer.sched_D.step()
+    elif validated:
+        trainer.sched_G.step(metrics[opt.best_metric])
+        trainer.sched_D.step(metrics[opt.best_metric])
+
+
+def save_epoch_checkpoints(trainer, writer, run_dir, state, is_best):
+    """Rank 0's files of the epoch: epoch_<N>.pt, best.pt, the hparams at the run's end, then latest.pt."""
+    opt, epoch = trainer.opt, trainer.epoch
+    if epoch % opt.save_epoch_freq == 0:
+        save_checkpoint(os.path.join(run_dir, f'epoch_{epoch}.pt'), state)
+    if is_best:
+        save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
+    if epoch == total_epochs(vars(opt)):
+        write_hparams(writer, trainer, run_dir)
+    # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
+    save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
+
+
 def end_epoch(trainer, val, writer, run_dir, timing, last_epoch, losses):
     """Validation, the lr schedules, TensorBoard, the epoch's line, then the checkpoints (latest.pt last). The job's
     last epoch also logs the losses since the last log step and, at the run's end, the hparams: before latest.pt,
@@ -357,22 +396,8 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch, losses):
     total = total_epochs(vars(opt))
     seconds, trained, data_seconds = timing
     trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
-    validated = epoch % opt.val_freq == 0 or epoch == total
-    # a job ended by --stop_epoch between validations reports one, kept out of the history, best.pt and the
-    # plateau schedule: those see the validations of the uninterrupted run
-    report_only = not validated and epoch == last_epoch
-    metrics = validate(trainer, *val, max(opt.batch_size, 8)) if validated or report_only else None
-    is_best = False
-    if validated:
-        check_collapse(trainer, metrics, opt)
-        trainer.history.append({'epoch': epoch, **metrics})
-        is_best = best_validation(trainer.history, opt.best_metric) is trainer.history[-1]
-    if opt.lr_policy != 'plateau':
-        trainer.sched_G.step()
-        trainer.sched_D.step()
-    elif validated:
-        trainer.sched_G.step(metrics[opt.best_metric])
-        trainer.sched_D.step(metrics[opt.best_metric])
+    metrics, validated, report_only, is_best = validate_epoch(trainer, val, epoch, last_epoch)
+    step_schedulers(trainer, metrics, validated)
     if epoch == last_epoch and losses.count:  # the curves reach the job's last iteration (on every rank: a collective)
         losses.log(trainer, writer, None)
     if writer:
@@ -391,14 +416,7 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch, losses):
     state = trainer.state()  # on every rank: it gathers their RNG states
     if trainer.rank == 0:
         print(summary)
-        if epoch % opt.save_epoch_freq == 0:
-            save_checkpoint(os.path.join(run_dir, f'epoch_{epoch}.pt'), state)
-        if is_best:
-            save_checkpoint(os.path.join(run_dir, 'best.pt'), state)
-        if epoch == total:
-            write_hparams(writer, opt, trainer, run_dir)
-        # latest last: a kill before it redoes this epoch (bit-identically) and rewrites the others
-        save_checkpoint(os.path.join(run_dir, 'latest.pt'), state)
+        save_epoch_checkpoints(trainer, writer, run_dir, state, is_best)
 
 
 def finish_run(writer, trainer, run_dir, last_epoch):

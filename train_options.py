@@ -13,7 +13,8 @@ import networks
 from dataset import check_crop_and_batch_fit, check_seed, check_val_fits, missing_split_hint
 from utils import ArgumentParser, UserError, check_counts, check_positive, counted, read_json, saved_checkpoints
 
-# Options that define the networks or the shape of the data they take: a resumed run must keep them.
+# Options that define the networks, the shape of the data they take or the losses they train on: a resumed run must
+# keep them.
 ARCHITECTURE_OPTIONS = ('netG', 'netD', 'ngf', 'ndf', 'n_layers_D', 'norm', 'no_dropout', 'upsample', 'input_nc',
                         'output_nc', 'gan_mode', 'crop_size', 'init_type', 'init_gain', 'content_loss')
 # The options that shape G's and D's weights: named when the weights of an --init_from checkpoint do not fit.
@@ -122,10 +123,15 @@ def explicit_options(parser, argv):
     return given
 
 
-def read_on_every_node():
-    """A not-found error's advice under torchrun across machines (more processes in all than on this one): every
-    process reads the data, the run config and the checkpoints itself, at the paths its node's command names."""
-    if int(os.environ.get('WORLD_SIZE', 1)) <= int(os.environ.get('LOCAL_WORLD_SIZE', 1)):
+def across_machines():
+    """Whether torchrun runs more processes in all than on this machine."""
+    return int(os.environ.get('WORLD_SIZE', 1)) > int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+
+
+def every_node_advice():
+    """A not-found error's advice under torchrun across machines: every process reads the data, the run config and
+    the checkpoints itself, at the paths its node's command names."""
+    if not across_machines():
         return ''
     node = os.environ.get('GROUP_RANK', '?')
     return f' on node {node}: every node needs it at this path (a shared file system, or a copy)'
@@ -153,10 +159,10 @@ def resolve_options(parser, argv):
         return start_instead_of_resuming(parser, argv, opt, run_dir)
     if 'latest.pt' not in checkpoints:  # deleted by hand: starting afresh would overwrite best.pt and the others
         raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from, but the run holds {checkpoints[0]}: '
-                        f'copy the checkpoint to continue from to latest.pt{read_on_every_node()}')
+                        f'copy the checkpoint to continue from to latest.pt{every_node_advice()}')
     if not os.path.exists(config_path):
         raise UserError(f'{config_path}: run config not found beside latest.pt; --resume needs both (restore it, or '
-                        f'start a new --name){read_on_every_node()}')
+                        f'start a new --name){every_node_advice()}')
     saved = load_saved_config(parser, config_path)
     resumed = dict(saved)
     for key in explicit_options(parser, argv) - set(RUN_CONTROL_OPTIONS):
@@ -175,17 +181,17 @@ def start_instead_of_resuming(parser, argv, opt, run_dir):
     starts it from epoch 1: with its config.json's options, where an attempt wrote one, and the command's on top.
     Within one machine only: there, every process sees the same run folder."""
     config_path = os.path.join(run_dir, 'config.json')
-    if read_on_every_node():  # across machines, a node that cannot see the run's files would start while others resume
+    if across_machines():  # across machines, a node that cannot see the run's files would start while others resume
         if not os.path.exists(config_path):
-            raise UserError(f'{config_path}: run config not found (nothing to --resume){read_on_every_node()}')
-        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from{read_on_every_node()}')
+            raise UserError(f'{config_path}: run config not found (nothing to --resume){every_node_advice()}')
+        raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from{every_node_advice()}')
     if os.path.exists(config_path):
         saved = load_saved_config(parser, config_path)
         given = explicit_options(parser, argv) | set(RUN_CONTROL_OPTIONS)
         opt = argparse.Namespace(**{**vars(opt), **saved, **{key: getattr(opt, key) for key in given}})
     elif opt.dataroot is None:
         raise UserError(f'{config_path}: run config not found (nothing to --resume, and no --dataroot to start the '
-                        f'run with){read_on_every_node()}')
+                        f'run with){every_node_advice()}')
     if int(os.environ.get('RANK', 0)) == 0:
         print(f'note: {run_dir} holds no checkpoint yet (never started, or stopped before its first save): --resume '
               f'starts it from epoch 1')
@@ -316,7 +322,7 @@ def check_options(opt):
         raise UserError(f'--resume: {opt.runs_dir}/{opt.name}/config.json names no --dataroot; give --dataroot')
     if not os.path.isdir(opt.dataroot):
         moved = ' (with --resume: the folder the run trained on; give --dataroot if it has moved)' if opt.resume else ''
-        raise UserError(f'{opt.dataroot}: --dataroot not found{moved}{read_on_every_node()}')
+        raise UserError(f'{opt.dataroot}: --dataroot not found{moved}{every_node_advice()}')
     for split in ('train', 'val'):
         if not os.path.isdir(os.path.join(opt.dataroot, split)):
             raise UserError(f'{opt.dataroot}: no {split}/ folder; {missing_split_hint(opt.dataroot, split)}')

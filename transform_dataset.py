@@ -218,13 +218,12 @@ def check_headers(sources, opt):
     stretched = []  # (path, 'W×H') of sources that are not square
     for stem, image_path, mask_path, split in tqdm(sources, desc='checking headers', leave=False, disable=len(sources) < 50):
         height, width, channels, dtype = read_image_header(image_path)
+        check_rgb_format(channels, dtype, image_path)
         if opt.format == 'aligned':
-            check_rgb_format(channels, dtype, image_path)
             if width % 2:
                 raise UserError(f'{image_path}: aligned A|B image must have an even width, got {width}')
             width //= 2
         else:
-            check_rgb_format(channels, dtype, image_path)
             mask_h, mask_w, _, mask_dtype = read_image_header(mask_path)
             check_mask_format(mask_dtype, mask_path)  # found now, not after decoding every source before it
             if (mask_h, mask_w) != (height, width):
@@ -255,12 +254,11 @@ def check_headers(sources, opt):
 def load_pair(source, opt):
     """Decode one source once: (mask H×W or H×W×3, image H×W×3), both uint8, validated."""
     stem, image_path, mask_path, _ = source
-    if opt.format == 'aligned':
-        both = check_rgb_image(read_image_file(image_path), image_path)
-        half = both.shape[1] // 2
-        left, right = both[:, :half], both[:, half:]
-        return (left, right) if opt.direction == 'AtoB' else (right, left)
     image = check_rgb_image(read_image_file(image_path), image_path)
+    if opt.format == 'aligned':
+        half = image.shape[1] // 2
+        left, right = image[:, :half], image[:, half:]
+        return (left, right) if opt.direction == 'AtoB' else (right, left)
     mask = read_binary_mask(mask_path, opt.mask_tolerance)
     if mask.shape != image.shape[:2]:
         raise UserError(f'{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image is '
@@ -330,7 +328,8 @@ def is_done(source, opt):
 # ---------------------------------------------------------------- whole dataset
 
 def output_settings(opt):
-    """What the arrays are made from: the options and the input folder (is_done matches sources by name only)."""
+    """What the arrays are made from: the options and the input folder (is_done matches sources by their path
+    under --dataroot, not by the folder itself)."""
     return dict({k: getattr(opt, k) for k in OUTPUT_DEFINING_OPTIONS}, dataroot=os.path.realpath(opt.dataroot))
 
 

@@ -15,8 +15,8 @@ import torchvision
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import networks  # noqa: E402
 from networks import (DISCRIMINATORS, GAN_MODES, GENERATORS, NORMS, GANLoss, VGGLoss,  # noqa: E402
-                      define_D, define_G, get_norm_layer, init_weights, patch_receptive_field,
-                      generator_size_problem, generator_side_multiple)
+                      define_D, define_G, generator_side_multiple, generator_size_problem, get_norm_layer,
+                      init_weights)
 
 
 @pytest.fixture(autouse=True)
@@ -275,13 +275,6 @@ def test_unknown_netD_raises():
     assert "'multiscale'" in msg and all(name in msg for name in DISCRIMINATORS)
 
 
-@pytest.mark.parametrize('netD,n_layers_D,expected', [
-    ('basic', 3, 70), ('pixel', 3, 1),
-    ('n_layers', 1, 16), ('n_layers', 2, 34), ('n_layers', 3, 70), ('n_layers', 4, 142)])
-def test_patch_receptive_field_values(netD, n_layers_D, expected):
-    assert patch_receptive_field(netD, n_layers_D) == expected
-
-
 def measured_receptive_field(netD, n_layers_D, size):
     """Backprop from one central output logit; return the (rows, cols) extent of non-zero
     input gradient and whether it stayed clear of the image border (so it is not clipped)."""
@@ -297,12 +290,13 @@ def measured_receptive_field(netD, n_layers_D, size):
     return (rows.max() - rows.min() + 1).item(), (cols.max() - cols.min() + 1).item(), inside
 
 
-@pytest.mark.parametrize('netD,n_layers_D,size', [
-    ('basic', 3, 128), ('n_layers', 2, 64), ('n_layers', 4, 256), ('pixel', 3, 16)])
-def test_receptive_field_matches_measurement(netD, n_layers_D, size):
+@pytest.mark.parametrize('netD,n_layers_D,size,expected', [  # the PatchGAN sides of the pix2pix paper and code
+    ('basic', 3, 128, 70), ('pixel', 3, 16, 1), ('n_layers', 1, 64, 16), ('n_layers', 2, 64, 34),
+    ('n_layers', 3, 128, 70), ('n_layers', 4, 256, 142)])
+def test_each_logit_sees_the_patch_side_the_paper_gives(netD, n_layers_D, size, expected):
     h, w, inside = measured_receptive_field(netD, n_layers_D, size)
     assert inside
-    assert h == w == patch_receptive_field(netD, n_layers_D)
+    assert h == w == expected
 
 
 def test_pixel_discriminator_cells_are_independent():
