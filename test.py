@@ -430,6 +430,21 @@ def generate_all(opt, G, cfg, size, device, inputs, folder, segmenter, fid_kid, 
 
 # ---------------------------------------------------------------- main
 
+def write_reports(staging, opt, run_name, ckpt, trained_epochs, size, rows, fid_kid):
+    """index.html, metrics.csv and metrics.json of the generated rows; returns the mean scores and FID/KID."""
+    mean = mean_scores(rows)
+    set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
+    train_mode = ' · G in train mode (--no_eval)' if opt.no_eval else ''
+    title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained){train_mode}'
+    write_index_html(os.path.join(staging, 'index.html'), title, rows, {**mean, **set_metrics})
+    write_metrics_csv(os.path.join(staging, 'metrics.csv'), rows, mean)
+    write_json_atomic(os.path.join(staging, 'metrics.json'), {
+        'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs,
+        'mode': opt.mode, 'eval_mode': not opt.no_eval, 'tiles': opt.tiles, 'overlap': opt.overlap,
+        'scale': opt.scale, 'load_size': size, 'samples': len(rows), 'mean': mean, **set_metrics, 'images': rows})
+    return {**mean, **set_metrics}
+
+
 def main(argv=None):
     opt = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     check_options(opt)
@@ -459,17 +474,7 @@ def main(argv=None):
         try:
             rows = generate_all(opt, G, cfg, size, device, inputs, staging, segmenter, fid_kid,
                                 f'{opt.mode} {run_name}')
-            mean = mean_scores(rows)
-            set_metrics = compute_fid_kid(fid_kid, sum('real' in row['files'] for row in rows))
-            train_mode = ' · G in train mode (--no_eval)' if opt.no_eval else ''
-            title = f'{run_name} · {opt.mode} · epoch {opt.epoch} ({trained_epochs} trained){train_mode}'
-            write_index_html(os.path.join(staging, 'index.html'), title, rows, {**mean, **set_metrics})
-            write_metrics_csv(os.path.join(staging, 'metrics.csv'), rows, mean)
-            write_json_atomic(os.path.join(staging, 'metrics.json'), {
-                'run': opt.run, 'checkpoint': ckpt, 'epoch': opt.epoch, 'trained_epochs': trained_epochs,
-                'mode': opt.mode, 'eval_mode': not opt.no_eval, 'tiles': opt.tiles, 'overlap': opt.overlap,
-                'scale': opt.scale, 'load_size': size, 'samples': len(rows), 'mean': mean, **set_metrics,
-                'images': rows})
+            scores = write_reports(staging, opt, run_name, ckpt, trained_epochs, size, rows, fid_kid)
         except KeyboardInterrupt:
             print(f'note: {results_dir}: the results of an earlier run there are unchanged; what this run finished '
                   f'is in {staging} until the next run', file=sys.stderr)
@@ -478,7 +483,7 @@ def main(argv=None):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         publish_results(results_dir, staging, inputs)
-    summary = ', '.join(f'{k} {format_score(v)}' for k, v in {**mean, **set_metrics}.items())
+    summary = ', '.join(f'{k} {format_score(v)}' for k, v in scores.items())
     print(f'{counted(len(rows), "result")} in {results_dir}' + (f' ({summary})' if summary else ''))
     return 0
 
