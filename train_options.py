@@ -67,10 +67,11 @@ def build_parser(description=None):
       help='linear: epochs at the initial learning rate; cosine, step, plateau: only the total n_epochs + '
            'n_epochs_decay counts (epochs to train)')
     a('--n_epochs_decay', type=int, default=100,
-      help='linear: epochs of linear decay to 0 after --n_epochs; cosine: the cosine from --lr to 0 spans '
+      help='linear: epochs of linear decay towards 0 after --n_epochs; cosine: the cosine from --lr to 0 spans '
            'n_epochs + n_epochs_decay; step, plateau: more epochs on the same rule')
     a('--lr_policy', default='linear', choices=('linear', 'step', 'plateau', 'cosine'),
-      help='linear: --lr for --n_epochs, then linearly to 0; step: ×0.1 every --lr_decay_iters epochs; plateau: '
+      help='linear: --lr for --n_epochs, then linearly towards 0 (the last epoch at lr/(n_epochs_decay + 1)); '
+           'step: ×0.1 every --lr_decay_iters epochs; plateau: '
            'halved after 6 validations in a row without a >1 %% relative improvement of the val --best_metric; '
            'cosine: from --lr to 0 over all epochs')
     a('--lr_decay_iters', type=int, default=50, help='step policy: multiply lr by 0.1 every this many epochs')
