@@ -56,6 +56,20 @@ def many_tiles_root(synthetic_root, tmp_path_factory):
     return str(out)
 
 
+WINDOW = 64  # run_dir's --crop_size: test.py's full mode outputs this size, and it is the sliding window
+
+
+@pytest.fixture(scope='session')
+def run_dir(transformed_root, tmp_path_factory):
+    """One tiny run (ResNet, ngf 8, 64² crops, 1 epoch) for test.py's tests, trained once per test session: they
+    only read its folder (copies go to tmp_path), so test_test_script.py and test_test_script_errors.py share it."""
+    runs = tmp_path_factory.mktemp('runs')
+    train.main(['--dataroot', transformed_root, '--name', 'tiny', '--runs_dir', str(runs), '--netG', 'resnet_6blocks',
+                '--ngf', '8', '--ndf', '8', '--crop_size', str(WINDOW), '--n_epochs', '1', '--n_epochs_decay', '0',
+                '--batch_size', '2', '--log_freq', '1', '--save_epoch_freq', '1'])
+    return str(runs / 'tiny')
+
+
 def assert_same_weights(a, b):
     """Two state_dicts hold the same tensors, bit for bit (the failing key is named)."""
     assert a.keys() == b.keys()
