@@ -240,6 +240,15 @@ class Trainer:
         self.D.requires_grad_(True)
         return torch.stack([loss_G_GAN, loss_G_L1, loss_G_VGG, loss_D_real, loss_D_fake]).detach().float()
 
+    def step_schedulers(self, val_metrics):
+        """After each epoch; plateau only after a validation that counts (val_metrics, else None)."""
+        if self.opt.lr_policy != 'plateau':
+            self.sched_G.step()
+            self.sched_D.step()
+        elif val_metrics is not None:
+            self.sched_G.step(val_metrics[self.opt.best_metric])
+            self.sched_D.step(val_metrics[self.opt.best_metric])
+
     def nonfinite_models(self):
         """['G'], ['D'], both or none: the models whose weights or buffers (batch-norm statistics) hold NaN/inf
         (one host sync)."""

@@ -365,16 +365,6 @@ def validate_epoch(trainer, val, epoch, last_epoch):
     return metrics, validated, report_only, is_best
 
 
-def step_schedulers(trainer, metrics, validated):
-    opt = trainer.opt
-    if opt.lr_policy != 'plateau':
-        trainer.sched_G.step()
-        trainer.sched_D.step()
-    elif validated:
-        trainer.sched_G.step(metrics[opt.best_metric])
-        trainer.sched_D.step(metrics[opt.best_metric])
-
-
 def save_epoch_checkpoints(trainer, writer, run_dir, state, is_best):
     """Rank 0's files of the epoch: epoch_<N>.pt, best.pt, the hparams at the run's end, then latest.pt."""
     opt, epoch = trainer.opt, trainer.epoch
@@ -397,7 +387,7 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch, losses):
     seconds, trained, data_seconds = timing
     trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
     metrics, validated, report_only, is_best = validate_epoch(trainer, val, epoch, last_epoch)
-    step_schedulers(trainer, metrics, validated)
+    trainer.step_schedulers(metrics if validated else None)
     if epoch == last_epoch and losses.count:  # the curves reach the job's last iteration (on every rank: a collective)
         losses.log(trainer, writer, None)
     if writer:
