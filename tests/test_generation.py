@@ -192,3 +192,32 @@ def test_a_memory_limit_of_the_processs_cgroup_or_one_above_it_bounds_the_ram_it
     assert generation.cgroup_room_bytes(str(tmp_path / 'none'), str(tmp_path / 'fs')) is None  # not Linux
     monkeypatch.setattr(generation, 'cgroup_room_bytes', lambda: gib)
     assert generation.available_bytes(torch.device('cpu')) == min(gib, generation.host_available_bytes())
+
+
+def test_a_unet_is_well_conditioned_on_windows_without_buildings():
+    """README (test.py, areas without buildings): such a window is one constant value. The U-Net's zero-padded first
+    convolution gives its feature maps real structure from the window's edges, so fp32 agrees with fp64 there as
+    on masks with buildings. (A resnet_* keeps such maps exactly constant, and its instance norms then amplify
+    rounding to the full output range; not asserted, as the rounding, and even whether there is any, differs by
+    platform and kernel.)"""
+    torch.manual_seed(0)
+    G = define_G('unet_256', ngf=8).eval()
+    G64 = define_G('unet_256', ngf=8).double().eval()
+    G64.load_state_dict(G.state_dict())
+    for value in (-1.0, 1.0):  # no building, all building
+        x = torch.full((1, 1, 256, 256), value)
+        with torch.no_grad():
+            assert (G(x).double() - G64(x.double())).abs().max() < 1e-4
+
+
+def test_sliding_repeats_one_windows_image_across_an_area_without_buildings():
+    """README: every window of an empty area is the same input, so a deterministic G (eval mode: no dropout) gives
+    each the same image, and the blend repeats it with the window stride."""
+    torch.manual_seed(0)
+    G = define_G('unet_128', ngf=4).eval()
+    mask = np.zeros((128, 768), np.uint8)
+    mask[40:80, 10:50] = 255  # one building, at the left edge
+    out = generate_sliding(G, mask, 128, 0.5, 4, torch.device('cpu')).astype(int)
+    inner = out[:, 256:768 - 128]  # windows here see no building
+    assert np.abs(inner[:, 64:] - inner[:, :-64]).max() <= 1  # rounding of the blend
+    assert np.abs(inner[:, 32:] - inner[:, :-32]).mean() > 1  # not merely flat
