@@ -15,8 +15,9 @@ test.py is the command line over these; they are also the Python API for growing
         image = generate_sliding(G, small, cfg['crop_size'], overlap=0.5, batch_size=16, device=device)
     image = resize_image(image, (height, width))
 
-`image` is H×W×3 uint8, exactly the mask's size (image_io.save_png writes it atomically): test.py --mode sliding
---scale train --batch_size 16 makes the same pixels. The scaling is for masks at the source data's resolution
+`image` is H×W×3 uint8, exactly the mask's size (image_io.save_png writes it atomically; image_io.save_geotiff(
+'out.tif', image, 'forged/austin1.tif') also copies the mask's georeferencing): test.py --mode sliding --scale train
+--batch_size 16 makes the same pixels. The scaling is for masks at the source data's resolution
 (a forged 5000² Inria tile); without it the buildings come out at a scale the model never saw. Masks already at
 the model's resolution skip it. Runs trained before checkpoints recorded the factor give None: compute it as
 transform_dataset.py's --size / the side of the source pieces.
