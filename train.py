@@ -385,19 +385,21 @@ def end_epoch(trainer, val, writer, run_dir, timing, last_epoch, losses):
     opt, epoch = trainer.opt, trainer.epoch + 1  # the epoch that has just trained
     total = total_epochs(vars(opt))
     seconds, trained, data_seconds = timing
+    images_per_s = trained / max(seconds, 1e-9)
     trained_lr = trainer.opt_G.param_groups[0]['lr']  # before the scheduler moves it on to the next epoch's
     metrics, validated, report_only, is_best = validate_epoch(trainer, val, epoch, last_epoch)
-    trainer.step_schedulers(metrics if validated else None)
+    counted_metrics = metrics if validated else None  # a report-only validation moves neither plateau nor curves
+    trainer.step_schedulers(counted_metrics)
     if epoch == last_epoch and losses.count:  # the curves reach the job's last iteration (on every rank: a collective)
         losses.log(trainer, writer, None)
     if writer:
-        log_epoch(writer, trainer, trained_lr, metrics if validated else None, seconds,
-                  trained / max(seconds, 1e-9), data_seconds / max(seconds, 1e-9))
+        log_epoch(writer, trainer, trained_lr, counted_metrics, seconds, images_per_s,
+                  data_seconds / max(seconds, 1e-9))
         if validated and ((epoch // opt.val_freq) % opt.display_freq == 0
                           or epoch == total):  # the final model's grid, whatever the freq
             writer.add_image('val/mask|generated|real', image_grid(trainer, *val, opt.n_display), trainer.iteration)
         writer.flush()
-    summary = f'epoch {epoch}/{total}: {seconds:.1f} s, {trained / max(seconds, 1e-9):.1f} img/s'
+    summary = f'epoch {epoch}/{total}: {seconds:.1f} s, {images_per_s:.1f} img/s'
     if metrics:
         summary += f', val PSNR {metrics["PSNR"]:.2f} dB SSIM {metrics["SSIM"]:.3f} L1 {metrics["L1"]:.4f}'
     if report_only:
