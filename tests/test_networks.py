@@ -2,17 +2,13 @@
 
 CPU only and small (ngf/ndf 8, batch 1 at 256²) so the file runs in well under a minute.
 """
-import os
-import sys
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import networks  # noqa: E402
-from networks import (DISCRIMINATORS, GENERATORS, NORMS, define_D, define_G, generator_side_multiple,  # noqa: E402
+import networks
+from networks import (DISCRIMINATORS, GENERATORS, NORMS, define_D, define_G, generator_side_multiple,
                       generator_size_problem, get_norm_layer, init_weights)
 
 
