@@ -155,9 +155,9 @@ def resolve_options(parser, argv):
         if checkpoints:
             raise UserError(f'{run_dir} already holds a trained run; use --resume to continue it or a new --name')
         return opt
-    config_path = os.path.join(run_dir, 'config.json')
     if not checkpoints:
         return start_instead_of_resuming(parser, argv, opt, run_dir)
+    config_path = os.path.join(run_dir, 'config.json')
     if 'latest.pt' not in checkpoints:  # deleted by hand: starting afresh would overwrite best.pt and the others
         raise UserError(f'{run_dir}/latest.pt: no checkpoint to --resume from, but the run holds {checkpoints[0]}: '
                         f'copy the checkpoint to continue from to latest.pt{every_node_advice()}')
