@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_device_option()
     p.add_argument('--batches', type=int, nargs='+', default=None, help='default: 1 16 64 on GPU, 1 4 on CPU')
     p.add_argument('--iters', type=int, default=None, help='timed iterations per row (default 30 GPU, 6 CPU)')
-    p.add_argument('--warmup', type=int, default=None, help='untimed iterations first, compilation included (default 10 GPU, 3 CPU)')
+    p.add_argument('--warmup', type=int, default=None,
+                   help='untimed iterations first, compilation included (default 10 GPU, 3 CPU)')
     p.add_argument('--rows', type=int, nargs='+', default=None, metavar='N',
                    help=f'which of the {len(STEPS)} cumulative rows to run, 1 = plain (default: all; row 6, CUDA '
                         f'graphs, on CUDA only); "1 5 6" = plain, every default optimisation and CUDA graphs')
@@ -66,9 +67,9 @@ def parse_args(argv=None):
     p.add_argument('--profile', action='store_true',
                    help="after the table, each row's torch.profiler table (what takes the device's or CPU's time), "
                         'its convolutions by shape and its copies by what made them')
-    p.add_argument('--d_first_conv', choices=('pad', 'space_to_depth'), default='pad',
-                   help="D's first conv on CUDA in channels_last: its 4 channels zero-padded to 8 (what training "
-                        'uses), or over 2×2 blocks as 16 channels (networks.InputConv2d.space_to_depth: an A/B, '
+    p.add_argument('--d_first_conv', choices=('space_to_depth', 'pad'), default='space_to_depth',
+                   help="D's first conv on CUDA in channels_last: over 2×2 blocks as 16 channels (what training "
+                        'uses, networks.InputConv2d.space_to_depth), or its 4 channels zero-padded to 8 (an A/B, '
                         'the same sums; compare the channels_last rows of both)')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
@@ -420,6 +421,35 @@ def outputs_zero_padded(conv, x, multiple=8):
     return y[:, :conv.out_channels]
 
 
+def per_tap_products(conv, x):
+    """Every weight tap's products at every input pixel, from one 1×1 conv: (N, kh·kw·out, H, W) for a Conv2d, taps
+    outermost; (N, out·kh·kw, H, W) for a ConvTranspose2d, channels outermost, as F.fold takes them."""
+    weight = conv.weight.permute(2, 3, 0, 1) if isinstance(conv, torch.nn.Conv2d) else conv.weight.permute(1, 2, 3, 0)
+    return F.conv2d(x, weight.reshape(-1, weight.shape[-1], 1, 1))
+
+
+def conv_as_shifted_tap_sums(conv, x):
+    """A stride-1 conv with few outputs as a 1×1 conv (in -> taps·out channels: one GEMM that reads the input once)
+    and the sums of the taps' shifted slices. The same sums."""
+    (kh, kw), pad = conv.kernel_size, conv.padding
+    taps = F.pad(per_tap_products(conv, x), (pad[1], pad[1], pad[0], pad[0]))
+    height, width = taps.shape[-2] - kh + 1, taps.shape[-1] - kw + 1
+    out_nc = conv.out_channels
+    y = sum(taps[:, (i * kw + j) * out_nc:(i * kw + j + 1) * out_nc, i:i + height, j:j + width]
+            for i in range(kh) for j in range(kw))
+    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+
+
+def conv_transpose_as_folded_taps(conv, x):
+    """A transposed conv with few outputs as a 1×1 conv (in -> out·taps) and F.fold (col2im), which adds each
+    input pixel's taps into the output window it covers. The same sums."""
+    height, width = ((size - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1 for size, stride, pad, dilation, kernel
+                     in zip(x.shape[-2:], conv.stride, conv.padding, conv.dilation, conv.kernel_size))
+    columns = per_tap_products(conv, x).flatten(2)
+    y = F.fold(columns, (height, width), conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+
+
 def conv_formulations(conv, shape):
     """{name: forward} for one layer on inputs of this shape: torch's, and for a layer with few channels (cuDNN's
     slow case) other formulations of the same sums."""
@@ -430,6 +460,11 @@ def conv_formulations(conv, shape):
         forms['over 2×2 blocks (space to depth)'] = conv.space_to_depth_forward
     if conv.out_channels % 8:
         forms['outputs zero-padded to 8k'] = lambda x: outputs_zero_padded(conv, x)
+        plain_shape = conv.groups == 1 and conv.dilation == (1, 1)
+        if isinstance(conv, torch.nn.ConvTranspose2d) and plain_shape and conv.output_padding == (0, 0):
+            forms['per-tap 1×1 conv, then fold'] = lambda x: conv_transpose_as_folded_taps(conv, x)
+        elif isinstance(conv, torch.nn.Conv2d) and plain_shape and conv.stride == (1, 1):
+            forms['per-tap 1×1 conv, then shifted sums'] = lambda x: conv_as_shifted_tap_sums(conv, x)
     return forms
 
 

@@ -298,17 +298,18 @@ def conv_over_zero_padded_channels(conv, x, multiple=8):
 
 class InputConv2d(nn.Conv2d):
     """D's first conv, on the (mask, image) pair. cuDNN convolves a few input channels (4) laid out channels_last
-    slowly; the same sums over channels zero-padded to a multiple of 8, with zero weights for them, run faster: an
-    H200's compiled channels_last training step at batch 64 took 20.5 ms with this conv, 20.8 ms without (under
-    torch.compile the padding is written with the pair, in one kernel). The padding is made per call, so the weights
-    and checkpoints keep their shape. Elsewhere (NCHW, CPU) it is torch's conv.
-
-    space_to_depth (off; `bench.py --d_first_conv space_to_depth` turns it on, an A/B not yet run on a GPU): the
-    same conv as a 2×2 stride-1 conv over the input's 2×2 blocks stacked as channels (4 -> 16, a multiple of 8 with
-    no zero channels, and a quarter of the positions per weight tap). The same sums up to float rounding."""
+    slowly. For a channels_last input on CUDA this conv runs as the same sums in channel counts cuDNN's fast kernels
+    take (the weights and checkpoints keep their shape; elsewhere, NCHW or CPU, it is torch's conv):
+    - space_to_depth (on by default): a 2×2 stride-1 conv over the input's 2×2 blocks stacked as channels (4 -> 16,
+      a multiple of 8 with no zero channels, and a quarter of the positions per weight tap). On an H100 the compiled
+      channels_last training step at batch 64 took 21.7 ms with it, 23.0 and 23.9 ms with the padding below, and
+      the GPU's kernels 21.0 against 21.8 ms per step (bench.py, 2026-11-27).
+    - otherwise, or where the input has no whole 2×2 blocks: the channels zero-padded to a multiple of 8, with zero
+      weights for them (an H200's step took 20.5 ms with it, 20.8 ms with torch's 4-channel conv).
+    Under torch.compile the padding was written with the pair in one kernel (H200 profile)."""
 
     pad_on_devices = ('cuda',)
-    space_to_depth = False
+    space_to_depth = True
 
     def forward(self, x):
         if x.device.type not in self.pad_on_devices or x.is_contiguous() \

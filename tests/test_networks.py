@@ -194,7 +194,9 @@ def test_a_channels_last_generator_and_discriminator_stay_channels_last_through_
 @pytest.mark.parametrize('input_nc', [4, 6, 8])
 def test_ds_first_conv_over_zero_padded_channels_computes_what_the_plain_conv_does(monkeypatch, input_nc):
     """The channels padded to a multiple of 8 for a channels_last input on CUDA (here on the CPU, which the class
-    otherwise leaves to torch): the same logits and gradients for the input and for the unpadded weights."""
+    otherwise leaves to torch, with the default 2×2 blocks turned off): the same logits and gradients for the input
+    and for the unpadded weights."""
+    monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', False)
     D = define_D('basic', input_nc=input_nc, ndf=8).to(memory_format=torch.channels_last)
     first = D.model[0]
     assert isinstance(first, networks.InputConv2d) and first.weight.shape == (8, input_nc, 4, 4)
@@ -222,11 +224,10 @@ def test_ds_first_conv_over_zero_padded_channels_computes_what_the_plain_conv_do
 
 @pytest.mark.parametrize('input_nc,size', [(4, 32), (3, 32), (4, 33)])
 def test_ds_first_conv_over_2x2_blocks_computes_what_the_plain_conv_does(monkeypatch, input_nc, size):
-    """InputConv2d.space_to_depth (bench.py's A/B): the 4×4 stride-2 conv as a 2×2 conv over pixel_unshuffle's
+    """InputConv2d.space_to_depth (the default on CUDA): the 4×4 stride-2 conv as a 2×2 conv over pixel_unshuffle's
     blocks gives the plain conv's logits and gradients (fp64: only rounding differs). An odd side has no whole
     blocks: it takes the padded-channels path."""
     monkeypatch.setattr(networks.InputConv2d, 'pad_on_devices', ('cpu',))
-    monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', True)
     unshuffled = []
     monkeypatch.setattr(F, 'pixel_unshuffle', lambda x, r: unshuffled.append(x.shape) or torch.pixel_unshuffle(x, r))
     D = define_D('basic', input_nc=input_nc, ndf=8).double()
