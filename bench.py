@@ -71,6 +71,10 @@ def parse_args(argv=None):
                    help="D's first conv on CUDA in channels_last: over 2×2 blocks as 16 channels (what training "
                         'uses, networks.InputConv2d.space_to_depth), or its 4 channels zero-padded to 8 (an A/B, '
                         'the same sums; compare the channels_last rows of both)')
+    p.add_argument('--last_convs', choices=('torch', 'per_tap'), default='torch',
+                   help="D's last conv and G's last layer (a U-Net's) on CUDA in channels_last: torch's, or one 1×1 "
+                        "conv over every weight tap's products, then their sums (networks.OutputConv2d.per_tap and "
+                        'OutputConvTranspose2d.per_tap: an A/B, the same sums; compare the channels_last rows)')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')
@@ -342,7 +346,7 @@ def bench_train(opt, device):
           + (f'{peak:.0f} TFLOP/s' if peak else 'n/a (give --peak_tflops)'))
     if gpu:
         print('the plain row runs as the official repo does: cudnn.benchmark on, cuDNN convolutions in TF32; '
-              f"D's first conv in channels_last: {opt.d_first_conv}")
+              f"in channels_last D's first conv: {opt.d_first_conv}, the last convs: {opt.last_convs}")
     print()
     print('| batch | configuration | ms/iter | images/s | speed-up | data share | peak MB | TFLOP/s | MFU |')
     print('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |')
@@ -421,50 +425,21 @@ def outputs_zero_padded(conv, x, multiple=8):
     return y[:, :conv.out_channels]
 
 
-def per_tap_products(conv, x):
-    """Every weight tap's products at every input pixel, from one 1×1 conv: (N, kh·kw·out, H, W) for a Conv2d, taps
-    outermost; (N, out·kh·kw, H, W) for a ConvTranspose2d, channels outermost, as F.fold takes them."""
-    weight = conv.weight.permute(2, 3, 0, 1) if isinstance(conv, torch.nn.Conv2d) else conv.weight.permute(1, 2, 3, 0)
-    return F.conv2d(x, weight.reshape(-1, weight.shape[-1], 1, 1))
-
-
-def conv_as_shifted_tap_sums(conv, x):
-    """A stride-1 conv with few outputs as a 1×1 conv (in -> taps·out channels: one GEMM that reads the input once)
-    and the sums of the taps' shifted slices. The same sums."""
-    (kh, kw), pad = conv.kernel_size, conv.padding
-    taps = F.pad(per_tap_products(conv, x), (pad[1], pad[1], pad[0], pad[0]))
-    height, width = taps.shape[-2] - kh + 1, taps.shape[-1] - kw + 1
-    out_nc = conv.out_channels
-    y = sum(taps[:, (i * kw + j) * out_nc:(i * kw + j + 1) * out_nc, i:i + height, j:j + width]
-            for i in range(kh) for j in range(kw))
-    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
-
-
-def conv_transpose_as_folded_taps(conv, x):
-    """A transposed conv with few outputs as a 1×1 conv (in -> out·taps) and F.fold (col2im), which adds each
-    input pixel's taps into the output window it covers. The same sums."""
-    height, width = ((size - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1 for size, stride, pad, dilation, kernel
-                     in zip(x.shape[-2:], conv.stride, conv.padding, conv.dilation, conv.kernel_size))
-    columns = per_tap_products(conv, x).flatten(2)
-    y = F.fold(columns, (height, width), conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
-
-
 def conv_formulations(conv, shape):
     """{name: forward} for one layer on inputs of this shape: torch's, and for a layer with few channels (cuDNN's
     slow case) other formulations of the same sums."""
-    forms = {'torch': (lambda x: torch.nn.Conv2d.forward(conv, x)) if isinstance(conv, torch.nn.Conv2d) else conv}
+    torch_class = torch.nn.Conv2d if isinstance(conv, torch.nn.Conv2d) else torch.nn.ConvTranspose2d
+    forms = {'torch': lambda x: torch_class.forward(conv, x)}  # whatever the layer's own forward would take
     if conv.in_channels % 8 and not isinstance(conv, torch.nn.ConvTranspose2d):
         forms['inputs zero-padded to 8k'] = lambda x: networks.conv_over_zero_padded_channels(conv, x)
     if isinstance(conv, networks.InputConv2d) and conv.fits_space_to_depth(shape[-2:]):
         forms['over 2×2 blocks (space to depth)'] = conv.space_to_depth_forward
     if conv.out_channels % 8:
         forms['outputs zero-padded to 8k'] = lambda x: outputs_zero_padded(conv, x)
-        plain_shape = conv.groups == 1 and conv.dilation == (1, 1)
-        if isinstance(conv, torch.nn.ConvTranspose2d) and plain_shape and conv.output_padding == (0, 0):
-            forms['per-tap 1×1 conv, then fold'] = lambda x: conv_transpose_as_folded_taps(conv, x)
-        elif isinstance(conv, torch.nn.Conv2d) and plain_shape and conv.stride == (1, 1):
-            forms['per-tap 1×1 conv, then shifted sums'] = lambda x: conv_as_shifted_tap_sums(conv, x)
+    if isinstance(conv, networks.OutputConvTranspose2d):
+        forms['per-tap 1×1 conv, then fold'] = lambda x: networks.conv_transpose_as_folded_taps(conv, x)
+    if isinstance(conv, networks.OutputConv2d):
+        forms['per-tap 1×1 conv, then shifted sums'] = lambda x: networks.conv_as_shifted_tap_sums(conv, x)
     return forms
 
 
@@ -577,6 +552,7 @@ def main(argv=None):
     if opt.threads is not None:
         torch.set_num_threads(opt.threads)
     networks.InputConv2d.space_to_depth = opt.d_first_conv == 'space_to_depth'
+    networks.OutputConv2d.per_tap = networks.OutputConvTranspose2d.per_tap = opt.last_convs == 'per_tap'
     device = train.setup_device(opt)
     cuda_rows = [position for position, (_, change) in enumerate(STEPS, 1) if needs_cuda(change)]
     if device.type != 'cuda' and set(opt.rows or ()) & set(cuda_rows):

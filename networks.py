@@ -108,9 +108,127 @@ def init_weights(net, init_type='normal', init_gain=0.02):
     return net
 
 
+# ----------------------------------------------------------------------------- convolutions with few channels
+# cuDNN runs a conv with few input or output channels slowly in channels_last. These layers keep nn.Conv2d's and
+# nn.ConvTranspose2d's parameters (checkpoints are unchanged) and compute the same sums another way, on CUDA for
+# channels_last inputs only; elsewhere (NCHW, CPU) they are torch's conv.
+
+def reformulates(x, devices):
+    """Whether a few-channel layer takes its other formulation on this input: channels_last (and not also NCHW, as a
+    1×1 map is) on one of these devices."""
+    return x.device.type in devices and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def conv_over_zero_padded_channels(conv, x, multiple=8):
+    """conv(x) in channels_last with the input channels, and the weight's, zero-padded to a multiple of `multiple`:
+    the same sums (zero weights for zero channels), in the channel counts cuDNN's fast kernels take."""
+    extra = -conv.in_channels % multiple
+    if not extra:
+        return nn.Conv2d.forward(conv, x)
+    x = F.pad(x, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
+    weight = F.pad(conv.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
+    return conv._conv_forward(x, weight, conv.bias)
+
+
+class InputConv2d(nn.Conv2d):
+    """D's first conv, on the (mask, image) pair. cuDNN convolves a few input channels (4) laid out channels_last
+    slowly. For a channels_last input on CUDA this conv runs as the same sums in channel counts cuDNN's fast kernels
+    take (the weights and checkpoints keep their shape; elsewhere, NCHW or CPU, it is torch's conv):
+    - space_to_depth (on by default): a 2×2 stride-1 conv over the input's 2×2 blocks stacked as channels (4 -> 16,
+      a multiple of 8 with no zero channels, and a quarter of the positions per weight tap). On an H100 the compiled
+      channels_last training step at batch 64 took 21.7 ms with it, 23.0 and 23.9 ms with the padding below, and
+      the GPU's kernels 21.0 against 21.8 ms per step (bench.py, 2026-11-27).
+    - otherwise, or where the input has no whole 2×2 blocks: the channels zero-padded to a multiple of 8, with zero
+      weights for them (an H200's step took 20.5 ms with it, 20.8 ms with torch's 4-channel conv).
+    Under torch.compile the padding was written with the pair in one kernel (H200 profile)."""
+
+    on_devices = ('cuda',)
+    space_to_depth = True
+
+    def forward(self, x):
+        if not reformulates(x, self.on_devices):
+            return super().forward(x)
+        if self.space_to_depth and self.fits_space_to_depth(x.shape[-2:]):
+            return self.space_to_depth_forward(x)
+        return conv_over_zero_padded_channels(self, x)
+
+    def fits_space_to_depth(self, size):
+        """Whether an input of this (height, width) has whole 2×2 blocks for this conv's shape."""
+        shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
+        return shape == ((4, 4), (2, 2), (1, 1), (1, 1), 1) and size[0] % 2 == 0 and size[1] % 2 == 0
+
+    def space_to_depth_forward(self, x):
+        out_nc, in_nc = self.weight.shape[:2]
+        # The 4×4 stride-2 window at output (i, j) covers 2×2 blocks (i + p, j + q), p, q in {0, 1}, of the padded
+        # input; pixel (a, b) of a block is channel 4c + 2a + b of pixel_unshuffle's output.
+        blocks = F.pixel_unshuffle(F.pad(x, (1, 1, 1, 1)), 2).contiguous(memory_format=torch.channels_last)
+        # weight[o, c, 2p + a, 2q + b] -> [o, 4c + 2a + b, p, q]
+        weight = self.weight.reshape(out_nc, in_nc, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4)
+        weight = weight.reshape(out_nc, 4 * in_nc, 2, 2).contiguous(memory_format=torch.channels_last)
+        return F.conv2d(blocks, weight, self.bias)
+
+
+def per_tap_products(conv, x):
+    """Every weight tap's products at every input pixel, from one 1×1 conv: (N, kh·kw·out, H, W) for a Conv2d, taps
+    outermost; (N, out·kh·kw, H, W) for a ConvTranspose2d, channels outermost, as F.fold takes them."""
+    weight = conv.weight.permute(2, 3, 0, 1) if isinstance(conv, nn.Conv2d) else conv.weight.permute(1, 2, 3, 0)
+    return F.conv2d(x, weight.reshape(-1, weight.shape[-1], 1, 1))
+
+
+def conv_as_shifted_tap_sums(conv, x):
+    """A stride-1 conv with few outputs as a 1×1 conv (in -> taps·out channels: one GEMM that reads the input once)
+    and the sums of the taps' shifted slices. The same sums."""
+    (kh, kw), pad = conv.kernel_size, conv.padding
+    taps = F.pad(per_tap_products(conv, x), (pad[1], pad[1], pad[0], pad[0]))
+    height, width = taps.shape[-2] - kh + 1, taps.shape[-1] - kw + 1
+    out_nc = conv.out_channels
+    y = sum(taps[:, (i * kw + j) * out_nc:(i * kw + j + 1) * out_nc, i:i + height, j:j + width]
+            for i in range(kh) for j in range(kw))
+    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+
+
+def conv_transpose_as_folded_taps(conv, x):
+    """A transposed conv with few outputs as a 1×1 conv (in -> out·taps) and F.fold (col2im), which adds each
+    input pixel's taps into the output window it covers. The same sums."""
+    output_size = [(n - 1) * s - 2 * p + d * (k - 1) + 1  # the transposed conv's, with no output_padding
+                   for n, s, p, d, k in zip(x.shape[-2:], conv.stride, conv.padding, conv.dilation, conv.kernel_size)]
+    columns = per_tap_products(conv, x).flatten(2)
+    y = F.fold(columns, output_size, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    return y if conv.bias is None else y + conv.bias.view(1, -1, 1, 1)
+
+
+class OutputConv2d(nn.Conv2d):
+    """D's last conv (512 -> 1 logit map, 4×4, stride 1). On an H100 cuDNN ran it at 4.8 TFLOP/s alone, and it took
+    0.60 + 0.49 ms of the D step and 0.32 ms forward in G's (batch 64, 2026-11-27). per_tap (off; `bench.py
+    --last_convs per_tap` turns it on with G's last layer, an A/B not yet run on a GPU): conv_as_shifted_tap_sums."""
+
+    on_devices = ('cuda',)
+    per_tap = False
+
+    def forward(self, x):
+        if self.per_tap and self.stride == (1, 1) and reformulates(x, self.on_devices):
+            return conv_as_shifted_tap_sums(self, x)
+        return super().forward(x)
+
+
+class OutputConvTranspose2d(nn.ConvTranspose2d):
+    """G's last layer in a U-Net (128 -> 3 channels, 4×4, stride 2). On an H100 it took 0.77 ms forward and 0.74 ms
+    backward of the step, 16 TFLOP/s alone (batch 64, 2026-11-27). per_tap (off; with D's last conv, above):
+    conv_transpose_as_folded_taps."""
+
+    on_devices = ('cuda',)
+    per_tap = False
+
+    def forward(self, x, output_size=None):
+        if self.per_tap and output_size is None and self.output_padding == (0, 0) \
+                and reformulates(x, self.on_devices):
+            return conv_transpose_as_folded_taps(self, x)
+        return super().forward(x, output_size)
+
+
 # ----------------------------------------------------------------------------- generators
 
-def _upsample_conv(in_nc, out_nc, upsample, bias, transpose_kernel=4):
+def _upsample_conv(in_nc, out_nc, upsample, bias, transpose_kernel=4, transpose_class=nn.ConvTranspose2d):
     """Layers that map (in_nc, H, W) to (out_nc, 2H, 2W).
 
     'transpose': ConvTranspose2d stride 2 (k4/p1 in the U-Net, k3/p1/output_padding 1 in
@@ -118,8 +236,8 @@ def _upsample_conv(in_nc, out_nc, upsample, bias, transpose_kernel=4):
     output pixel gets the same number of kernel taps, which avoids checkerboard artefacts.
     """
     if upsample == 'transpose':
-        return [nn.ConvTranspose2d(in_nc, out_nc, kernel_size=transpose_kernel, stride=2, padding=1,
-                                   output_padding=transpose_kernel % 2, bias=bias)]
+        return [transpose_class(in_nc, out_nc, kernel_size=transpose_kernel, stride=2, padding=1,
+                                output_padding=transpose_kernel % 2, bias=bias)]
     return [nn.Upsample(scale_factor=2, mode='nearest'),
             nn.Conv2d(in_nc, out_nc, kernel_size=3, stride=1, padding=1, bias=bias)]
 
@@ -149,7 +267,8 @@ class UnetSkipBlock(nn.Module):
 
         if outermost:
             down = [down_conv]
-            up = [nn.ReLU(True), *_upsample_conv(up_in_nc, outer_nc, upsample, bias=True), nn.Tanh()]
+            last = _upsample_conv(up_in_nc, outer_nc, upsample, bias=True, transpose_class=OutputConvTranspose2d)
+            up = [nn.ReLU(True), *last, nn.Tanh()]
         elif innermost:
             down = [down_relu, down_conv]
             up = [nn.ReLU(True), *_upsample_conv(up_in_nc, outer_nc, upsample, use_bias), norm_layer(outer_nc)]
@@ -285,56 +404,6 @@ def generator_size_problem(netG, side):
 
 # ----------------------------------------------------------------------------- discriminators
 
-def conv_over_zero_padded_channels(conv, x, multiple=8):
-    """conv(x) in channels_last with the input channels, and the weight's, zero-padded to a multiple of `multiple`:
-    the same sums (zero weights for zero channels), in the channel counts cuDNN's fast kernels take."""
-    extra = -conv.in_channels % multiple
-    if not extra:
-        return nn.Conv2d.forward(conv, x)
-    x = F.pad(x, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
-    weight = F.pad(conv.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
-    return conv._conv_forward(x, weight, conv.bias)
-
-
-class InputConv2d(nn.Conv2d):
-    """D's first conv, on the (mask, image) pair. cuDNN convolves a few input channels (4) laid out channels_last
-    slowly. For a channels_last input on CUDA this conv runs as the same sums in channel counts cuDNN's fast kernels
-    take (the weights and checkpoints keep their shape; elsewhere, NCHW or CPU, it is torch's conv):
-    - space_to_depth (on by default): a 2×2 stride-1 conv over the input's 2×2 blocks stacked as channels (4 -> 16,
-      a multiple of 8 with no zero channels, and a quarter of the positions per weight tap). On an H100 the compiled
-      channels_last training step at batch 64 took 21.7 ms with it, 23.0 and 23.9 ms with the padding below, and
-      the GPU's kernels 21.0 against 21.8 ms per step (bench.py, 2026-11-27).
-    - otherwise, or where the input has no whole 2×2 blocks: the channels zero-padded to a multiple of 8, with zero
-      weights for them (an H200's step took 20.5 ms with it, 20.8 ms with torch's 4-channel conv).
-    Under torch.compile the padding was written with the pair in one kernel (H200 profile)."""
-
-    pad_on_devices = ('cuda',)
-    space_to_depth = True
-
-    def forward(self, x):
-        if x.device.type not in self.pad_on_devices or x.is_contiguous() \
-                or not x.is_contiguous(memory_format=torch.channels_last):
-            return super().forward(x)
-        if self.space_to_depth and self.fits_space_to_depth(x.shape[-2:]):
-            return self.space_to_depth_forward(x)
-        return conv_over_zero_padded_channels(self, x)
-
-    def fits_space_to_depth(self, size):
-        """Whether an input of this (height, width) has whole 2×2 blocks for this conv's shape."""
-        shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
-        return shape == ((4, 4), (2, 2), (1, 1), (1, 1), 1) and size[0] % 2 == 0 and size[1] % 2 == 0
-
-    def space_to_depth_forward(self, x):
-        out_nc, in_nc = self.weight.shape[:2]
-        # The 4×4 stride-2 window at output (i, j) covers 2×2 blocks (i + p, j + q), p, q in {0, 1}, of the padded
-        # input; pixel (a, b) of a block is channel 4c + 2a + b of pixel_unshuffle's output.
-        blocks = F.pixel_unshuffle(F.pad(x, (1, 1, 1, 1)), 2).contiguous(memory_format=torch.channels_last)
-        # weight[o, c, 2p + a, 2q + b] -> [o, 4c + 2a + b, p, q]
-        weight = self.weight.reshape(out_nc, in_nc, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4)
-        weight = weight.reshape(out_nc, 4 * in_nc, 2, 2).contiguous(memory_format=torch.channels_last)
-        return F.conv2d(blocks, weight, self.bias)
-
-
 class NLayerDiscriminator(nn.Module):
     """PatchGAN: n_layers stride-2 4x4 convs, one stride-1 conv, then a 1-channel conv.
     Each output logit judges one receptive-field patch (70x70 for n_layers=3)."""
@@ -352,7 +421,7 @@ class NLayerDiscriminator(nn.Module):
             layers += [nn.Conv2d(ndf * prev_mult, ndf * mult, kernel_size=4, stride=stride, padding=1,
                                  bias=use_bias),
                        norm_layer(ndf * mult), nn.LeakyReLU(0.2, True)]
-        layers.append(nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))  # raw logits
+        layers.append(OutputConv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1))  # raw logits
         self.model = nn.Sequential(*layers)
 
     def forward(self, x):

@@ -104,15 +104,16 @@ def test_the_convs_table_times_each_layer_and_reformulates_the_few_channel_ones_
     rows = rows_below_header(capsys.readouterr().out)
     layers = [row[1] for row in rows if row[4] == 'torch']
     assert len(layers) == 16 + 5 and len(set(layers)) == 21
-    assert (layers[0], layers[15], layers[16]) == ('G 1: Conv2d 1→8', 'G 16: ConvTranspose2d 16→3',
+    assert (layers[0], layers[15], layers[16]) == ('G 1: Conv2d 1→8', 'G 16: OutputConvTranspose2d 16→3',
                                                    'D 1: InputConv2d 4→8')
     assert rows[0][2:4] == ['1×1×256×256', '8×1×4×4'] and rows[-1][2] == '2×64×31×31'  # D judges 2 × the batch
+    g_last, d_last = 'G 16: OutputConvTranspose2d 16→3', 'D 5: OutputConv2d 64→1'
     assert {(row[1], row[4]) for row in rows if row[4] != 'torch'} == {
-        ('G 1: Conv2d 1→8', 'inputs zero-padded to 8k'), ('G 16: ConvTranspose2d 16→3', 'outputs zero-padded to 8k'),
+        ('G 1: Conv2d 1→8', 'inputs zero-padded to 8k'), (g_last, 'outputs zero-padded to 8k'),
         ('D 1: InputConv2d 4→8', 'inputs zero-padded to 8k'),
-        ('D 1: InputConv2d 4→8', 'over 2×2 blocks (space to depth)'), ('D 5: Conv2d 64→1', 'outputs zero-padded to 8k'),
-        ('G 16: ConvTranspose2d 16→3', 'per-tap 1×1 conv, then fold'),
-        ('D 5: Conv2d 64→1', 'per-tap 1×1 conv, then shifted sums')}
+        ('D 1: InputConv2d 4→8', 'over 2×2 blocks (space to depth)'),
+        (d_last, 'outputs zero-padded to 8k'), (g_last, 'per-tap 1×1 conv, then fold'),
+        (d_last, 'per-tap 1×1 conv, then shifted sums')}
     assert all(float(row[7]) < 1e-5 for row in rows)  # the same sums: fp32 on the CPU
 
 
@@ -125,7 +126,8 @@ def test_per_tap_formulations_give_the_convs_outputs_and_gradients(conv):
     compute the layer's sums: fp64 outputs and gradients, from a channels_last input, within rounding of torch's."""
     conv = conv.double()
     x = torch.randn(2, conv.in_channels, 13, 11, dtype=torch.float64)
-    ours = bench.conv_as_shifted_tap_sums if isinstance(conv, torch.nn.Conv2d) else bench.conv_transpose_as_folded_taps
+    ours = networks.conv_as_shifted_tap_sums if isinstance(conv, torch.nn.Conv2d) \
+        else networks.conv_transpose_as_folded_taps
     x_nchw, x_cl = x.clone().requires_grad_(), x.contiguous(memory_format=torch.channels_last).requires_grad_()
     expected, got = conv(x_nchw), ours(conv, x_cl)
     assert got.shape == expected.shape
@@ -136,13 +138,17 @@ def test_per_tap_formulations_give_the_convs_outputs_and_gradients(conv):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
-def test_d_first_conv_chooses_the_path_of_ds_first_conv(monkeypatch):
-    monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', True)  # monkeypatch restores it afterwards
+def test_d_first_conv_and_last_convs_choose_the_paths_of_those_layers(monkeypatch):
+    for layer, switch in ((networks.InputConv2d, 'space_to_depth'), (networks.OutputConv2d, 'per_tap'),
+                          (networks.OutputConvTranspose2d, 'per_tap')):
+        monkeypatch.setattr(layer, switch, getattr(layer, switch))  # monkeypatch restores each afterwards
     quick_data = ['--only', 'data', '--device', 'cpu', '--batches', '1', '--iters', '1', '--warmup', '0']
-    bench.main(quick_data + ['--d_first_conv', 'pad'])
+    bench.main(quick_data + ['--d_first_conv', 'pad', '--last_convs', 'per_tap'])
     assert networks.InputConv2d.space_to_depth is False
+    assert networks.OutputConv2d.per_tap is True and networks.OutputConvTranspose2d.per_tap is True
     bench.main(quick_data)
     assert networks.InputConv2d.space_to_depth is True
+    assert networks.OutputConv2d.per_tap is False and networks.OutputConvTranspose2d.per_tap is False
 
 
 def test_private_pools_sums_the_cuda_graph_pools_segments_and_leaves_out_the_shared_pool(monkeypatch):

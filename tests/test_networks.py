@@ -207,7 +207,7 @@ def test_ds_first_conv_over_zero_padded_channels_computes_what_the_plain_conv_do
     assert padded == []  # NCHW, and channels_last on a device the class leaves alone
     D(channels_last(x))
     assert padded == []
-    monkeypatch.setattr(networks.InputConv2d, 'pad_on_devices', ('cpu',))
+    monkeypatch.setattr(networks.InputConv2d, 'on_devices', ('cpu',))
     x_cl = channels_last(x).requires_grad_()
     ours = D(x_cl)
     assert [p.shape for p in padded] == ([(2, 8, 32, 32), (8, 8, 4, 4)] if input_nc % 8 else [])  # to 8 channels
@@ -227,7 +227,7 @@ def test_ds_first_conv_over_2x2_blocks_computes_what_the_plain_conv_does(monkeyp
     """InputConv2d.space_to_depth (the default on CUDA): the 4×4 stride-2 conv as a 2×2 conv over pixel_unshuffle's
     blocks gives the plain conv's logits and gradients (fp64: only rounding differs). An odd side has no whole
     blocks: it takes the padded-channels path."""
-    monkeypatch.setattr(networks.InputConv2d, 'pad_on_devices', ('cpu',))
+    monkeypatch.setattr(networks.InputConv2d, 'on_devices', ('cpu',))
     unshuffled = []
     monkeypatch.setattr(F, 'pixel_unshuffle', lambda x, r: unshuffled.append(x.shape) or torch.pixel_unshuffle(x, r))
     D = define_D('basic', input_nc=input_nc, ndf=8).double()
@@ -246,6 +246,39 @@ def test_ds_first_conv_over_2x2_blocks_computes_what_the_plain_conv_does(monkeyp
     ours_grads = torch.autograd.grad(ours, (x_cl, first.weight, first.bias), grad)
     for mine, theirs in zip(ours_grads, plain_grads):
         assert mine.shape == theirs.shape
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('net', ['D', 'G'])
+def test_the_last_layers_per_tap_path_computes_what_the_plain_layer_does(monkeypatch, net):
+    """OutputConv2d.per_tap (D's last conv) and OutputConvTranspose2d.per_tap (a U-Net's last layer), off by default
+    and an A/B of bench.py: the same outputs and gradients as torch's layer (fp64: only rounding differs), taken for a
+    channels_last input on the layer's devices only (here the CPU, for the test)."""
+    layer_class = networks.OutputConv2d if net == 'D' else networks.OutputConvTranspose2d
+    assert layer_class.per_tap is False
+    model = (define_D('basic', ndf=8) if net == 'D' else define_G('unet_128', ngf=8, use_dropout=False)).double()
+    last = [m for m in model.modules() if isinstance(m, layer_class)]
+    assert len(last) == 1
+    last = last[0]
+    taken = []
+    form = 'conv_as_shifted_tap_sums' if net == 'D' else 'conv_transpose_as_folded_taps'
+    real_form = getattr(networks, form)
+    monkeypatch.setattr(networks, form, lambda conv, x: taken.append(x.shape) or real_form(conv, x))
+    monkeypatch.setattr(layer_class, 'per_tap', True)
+    x = torch.randn(2, 4 if net == 'D' else 1, 128, 128, dtype=torch.float64)
+    x_nchw = x.clone().requires_grad_()
+    plain = model(x_nchw)
+    grad = torch.randn_like(plain)
+    plain_grads = torch.autograd.grad(plain, (x_nchw, last.weight, last.bias), grad)
+    model.to(memory_format=torch.channels_last)
+    x_cl = channels_last(x).requires_grad_()
+    torch.testing.assert_close(model(x_cl), plain, rtol=1e-12, atol=1e-12)
+    assert taken == []  # channels_last on a device the class leaves alone
+    monkeypatch.setattr(layer_class, 'on_devices', ('cpu',))
+    ours = model(x_cl)
+    assert len(taken) == 1
+    torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
+    for mine, theirs in zip(torch.autograd.grad(ours, (x_cl, last.weight, last.bias), grad), plain_grads):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
