@@ -249,6 +249,27 @@ def test_ds_first_conv_over_2x2_blocks_computes_what_the_plain_conv_does(monkeyp
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize('conv', [nn.Conv2d(64, 1, 4, 1, 1), nn.Conv2d(8, 3, 3, 1, 2, bias=False),
+                                  nn.Conv2d(5, 2, (3, 5), 1, (1, 2)), nn.ConvTranspose2d(16, 3, 4, 2, 1),
+                                  nn.ConvTranspose2d(6, 2, 3, 2, 0, bias=False),
+                                  nn.ConvTranspose2d(4, 5, (4, 3), (2, 1), (1, 1))], ids=repr)
+def test_per_tap_formulations_give_the_convs_outputs_and_gradients(conv):
+    """The per-tap formulations of the few-output layers (D's last conv, G's last transposed conv; bench.py's conv
+    table times them) compute the layer's sums: fp64 outputs and gradients, from a channels_last input, within
+    rounding of torch's."""
+    conv = conv.double()
+    x = torch.randn(2, conv.in_channels, 13, 11, dtype=torch.float64)
+    ours = networks.conv_as_shifted_tap_sums if isinstance(conv, nn.Conv2d) else networks.conv_transpose_as_folded_taps
+    x_nchw, x_cl = x.clone().requires_grad_(), x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    expected, got = conv(x_nchw), ours(conv, x_cl)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(expected)
+    for mine, theirs in zip(torch.autograd.grad(got, (x_cl, *conv.parameters()), grad),
+                            torch.autograd.grad(expected, (x_nchw, *conv.parameters()), grad)):
+        torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize('net', ['D', 'G'])
 def test_the_last_layers_per_tap_path_computes_what_the_plain_layer_does(monkeypatch, net):
     """OutputConv2d.per_tap (D's last conv) and OutputConvTranspose2d.per_tap (a U-Net's last layer), off by default
