@@ -1,9 +1,10 @@
-"""The CUDA paths: bf16, compile, CUDA graphs, channels_last, the pinned-memory copy, no host syncs, GPU generation,
-bench.py.
+"""The CUDA paths: bf16, compile, CUDA graphs, channels_last, the pinned-memory copy, no host syncs, the few-channel
+layers' CUDA forms, GPU generation, bench.py.
 
 Skipped without a GPU, which includes every plain `python -m pytest` (conftest.py hides GPUs from the suite). On a
 GPU machine:  PIX2PIX_TEST_GPU=1 python -m pytest -q tests/test_gpu.py
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
+import networks
 import pix2pix_model
 import train
 from conftest import REPO, tiny
@@ -108,6 +111,67 @@ def test_training_steps_never_wait_for_the_gpu(transformed_root, tmp_path, data_
     finally:
         torch.cuda.set_sync_debug_mode('default')
     assert torch.isfinite(running).all()
+
+
+# (layer, its class switches, its form in networks, the input shape): D's first conv at a 64² crop, D's last conv on
+# its 31² map at 256², a U-Net's last layer at 128²
+FEW_CHANNEL_LAYERS = {
+    "D's first conv over 2×2 blocks (the default)": (lambda: networks.InputConv2d(4, 64, 4, 2, 1), {},
+                                                     'InputConv2d.space_to_depth_forward', (2, 4, 64, 64)),
+    "D's first conv zero-padded": (lambda: networks.InputConv2d(4, 64, 4, 2, 1), {'space_to_depth': False},
+                                   'conv_over_zero_padded_channels', (2, 4, 64, 64)),
+    "D's last conv per tap": (lambda: networks.OutputConv2d(512, 1, 4, 1, 1), {'per_tap': True},
+                              'conv_as_shifted_tap_sums', (2, 512, 31, 31)),
+    "G's last layer per tap": (lambda: networks.OutputConvTranspose2d(128, 3, 4, 2, 1), {'per_tap': True},
+                               'conv_transpose_as_folded_taps', (2, 128, 64, 64)),
+}
+
+
+@contextlib.contextmanager
+def fp32_without_tf32():
+    """cuDNN and cuBLAS in true fp32: train.py turns TF32 on for the whole process."""
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+
+
+def relative_error(ours, theirs):
+    return ((ours.float() - theirs.float()).norm() / theirs.float().norm()).item()
+
+
+@pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'bf16'])
+@pytest.mark.parametrize('case', FEW_CHANNEL_LAYERS)
+def test_few_channel_layers_compiled_on_the_gpu_compute_torchs_conv(monkeypatch, case, amp):
+    """The few-channel layers' CUDA forms, compiled as training compiles them, on a channels_last input: the output
+    and the gradients of torch's conv on the same input (the tests on the CPU check the forms in fp64 eager, where
+    inductor's GPU code never runs). fp32 with TF32 off differs by rounding only; bf16 autocast by bf16's (its
+    products and, per tap, its partial sums are rounded to 8 bits). A wrong tap, block or border is off by tens of %."""
+    make, switches, form, shape = FEW_CHANNEL_LAYERS[case]
+    torch.manual_seed(0)
+    layer = make().to(gpu())
+    for name, value in switches.items():
+        monkeypatch.setattr(type(layer), name, value)
+    owner, _, attribute = form.rpartition('.')
+    owner = getattr(networks, owner) if owner else networks
+    taken, real_form = [], getattr(owner, attribute)
+    monkeypatch.setattr(owner, attribute, lambda *args: taken.append(1) or real_form(*args))
+    torch_forward = nn.ConvTranspose2d.forward if isinstance(layer, nn.ConvTranspose2d) else nn.Conv2d.forward
+    x = torch.randn(shape, device=gpu()).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch._dynamo.reset()
+    results = []
+    with fp32_without_tf32(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        for forward in (torch.compile(layer), lambda x: torch_forward(layer, x)):
+            out = forward(x)
+            grad = torch.randn(out.shape, device=x.device, generator=torch.Generator(x.device).manual_seed(1))
+            results.append((out, *torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)))
+    assert taken  # the compiled layer traced its form, not torch's conv
+    for what, ours, theirs in zip(('output', 'input grad', 'weight grad', 'bias grad'), *results):
+        assert ours.shape == theirs.shape
+        assert relative_error(ours, theirs) < (1e-2 if amp else 1e-4), what
 
 
 def test_sliding_generation_on_the_gpu_matches_the_cpu(gpu_run):
