@@ -129,14 +129,15 @@ FEW_CHANNEL_LAYERS = {
 
 @contextlib.contextmanager
 def fp32_without_tf32():
-    """cuDNN and cuBLAS in true fp32: train.py turns TF32 on for the whole process."""
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    """cuDNN and cuBLAS in true fp32 (train.py turns TF32 on for the whole process), through the legacy flags that
+    train.py sets: torch.backends.cudnn.flags also writes the new fp32_precision flag, and some torch versions refuse
+    to read TF32 flags set through both APIs (pytorch/pytorch#179445), inductor's compile included."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.benchmark = False
     try:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, allow_tf32=False):
-            yield
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
 def relative_error(ours, theirs):
