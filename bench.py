@@ -71,10 +71,11 @@ def parse_args(argv=None):
                    help="D's first conv on CUDA in channels_last: over 2×2 blocks as 16 channels (what training "
                         'uses, networks.InputConv2d.space_to_depth), or its 4 channels zero-padded to 8 (an A/B, '
                         'the same sums; compare the channels_last rows of both)')
-    p.add_argument('--last_convs', choices=('torch', 'per_tap'), default='torch',
-                   help="D's last conv and G's last layer (a U-Net's) on CUDA in channels_last: torch's, or one 1×1 "
-                        "conv over every weight tap's products, then their sums (networks.OutputConv2d.per_tap and "
-                        'OutputConvTranspose2d.per_tap: an A/B, the same sums; compare the channels_last rows)')
+    p.add_argument('--last_convs', choices=('per_tap', 'torch'), default='per_tap',
+                   help="D's last conv and G's last layer (a U-Net's), compiled, on CUDA in channels_last: one 1×1 "
+                        "conv over every weight tap's products, then their sums (what training uses, "
+                        "networks.OutputConv2d.per_tap and OutputConvTranspose2d.per_tap), or torch's convs (an A/B, "
+                        'the same sums; compare the compiled channels_last rows)')
     p.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (CPU)')
     p.add_argument('--peak_tflops', type=float, default=None, help='device bf16 peak for MFU (else from a table)')
     p.add_argument('--mask_size', type=int, default=5000, help='side of the mask for the generation benchmark')

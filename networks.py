@@ -111,12 +111,20 @@ def init_weights(net, init_type='normal', init_gain=0.02):
 # ----------------------------------------------------------------------------- convolutions with few channels
 # cuDNN runs a conv with few input or output channels slowly in channels_last. These layers keep nn.Conv2d's and
 # nn.ConvTranspose2d's parameters (checkpoints are unchanged) and compute the same sums another way, on CUDA for
-# channels_last inputs only; elsewhere (NCHW, CPU) they are torch's conv.
+# channels_last inputs only (the last two layers: under torch.compile only); elsewhere (NCHW, CPU) they are torch's
+# conv.
 
 def reformulates(x, devices):
     """Whether a few-channel layer takes its other formulation on this input: channels_last (and not also NCHW, as a
     1×1 map is) on one of these devices."""
     return x.device.type in devices and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def compiling():
+    """Whether torch.compile is tracing this call. The per-tap forms of the last layers gain only there, where
+    inductor fuses their sums: eager, each tap's slice is a kernel of its own (on an H100, alone: D's last conv 2.82
+    against torch's 1.18 ms, G's last layer 2.82 against 2.42 ms, forward and backward; bench.py --only convs)."""
+    return torch.compiler.is_compiling()
 
 
 def conv_over_zero_padded_channels(conv, x, multiple=8):
@@ -199,28 +207,30 @@ def conv_transpose_as_folded_taps(conv, x):
 
 class OutputConv2d(nn.Conv2d):
     """D's last conv (512 -> 1 logit map, 4×4, stride 1). On an H100 cuDNN ran it at 4.8 TFLOP/s alone, and it took
-    0.60 + 0.49 ms of the D step and 0.32 ms forward in G's (batch 64, 2026-11-27). per_tap (off; `bench.py
-    --last_convs per_tap` turns it on with G's last layer, an A/B not yet run on a GPU): conv_as_shifted_tap_sums."""
+    0.60 + 0.49 ms of the D step and 0.32 ms forward in G's (batch 64). per_tap (on; compiled, channels_last, CUDA):
+    conv_as_shifted_tap_sums. With G's last layer per tap too, the H100's compiled step at batch 64 took 18.9 ms
+    against 21.5 and 23.6 ms with torch's convs, and its kernels 18.3 against 21.0 ms (bench.py --last_convs,
+    2026-11-27; the two layers were not timed apart in the step)."""
 
     on_devices = ('cuda',)
-    per_tap = False
+    per_tap = True
 
     def forward(self, x):
-        if self.per_tap and self.stride == (1, 1) and reformulates(x, self.on_devices):
+        if self.per_tap and self.stride == (1, 1) and compiling() and reformulates(x, self.on_devices):
             return conv_as_shifted_tap_sums(self, x)
         return super().forward(x)
 
 
 class OutputConvTranspose2d(nn.ConvTranspose2d):
     """G's last layer in a U-Net (128 -> 3 channels, 4×4, stride 2). On an H100 it took 0.77 ms forward and 0.74 ms
-    backward of the step, 16 TFLOP/s alone (batch 64, 2026-11-27). per_tap (off; with D's last conv, above):
-    conv_transpose_as_folded_taps."""
+    backward of the step, 16 TFLOP/s alone (batch 64, 2026-11-27). per_tap (on; compiled, channels_last, CUDA; with
+    D's last conv, above): conv_transpose_as_folded_taps."""
 
     on_devices = ('cuda',)
-    per_tap = False
+    per_tap = True
 
     def forward(self, x, output_size=None):
-        if self.per_tap and output_size is None and self.output_padding == (0, 0) \
+        if self.per_tap and output_size is None and self.output_padding == (0, 0) and compiling() \
                 and reformulates(x, self.on_devices):
             return conv_transpose_as_folded_taps(self, x)
         return super().forward(x, output_size)

@@ -272,11 +272,12 @@ def test_per_tap_formulations_give_the_convs_outputs_and_gradients(conv):
 
 @pytest.mark.parametrize('net', ['D', 'G'])
 def test_the_last_layers_per_tap_path_computes_what_the_plain_layer_does(monkeypatch, net):
-    """OutputConv2d.per_tap (D's last conv) and OutputConvTranspose2d.per_tap (a U-Net's last layer), off by default
-    and an A/B of bench.py: the same outputs and gradients as torch's layer (fp64: only rounding differs), taken for a
-    channels_last input on the layer's devices only (here the CPU, for the test)."""
+    """OutputConv2d.per_tap (D's last conv) and OutputConvTranspose2d.per_tap (a U-Net's last layer), on by default
+    (bench.py --last_convs torch is the A/B): the same outputs and gradients as torch's layer (fp64: only rounding
+    differs), taken for a channels_last input on the layer's devices only (here the CPU, for the test) and under
+    torch.compile only (here pretended: inductor's code is the GPU tests')."""
     layer_class = networks.OutputConv2d if net == 'D' else networks.OutputConvTranspose2d
-    assert layer_class.per_tap is False
+    assert layer_class.per_tap is True
     model = (define_D('basic', ndf=8) if net == 'D' else define_G('unet_128', ngf=8, use_dropout=False)).double()
     last = [m for m in model.modules() if isinstance(m, layer_class)]
     assert len(last) == 1
@@ -285,7 +286,6 @@ def test_the_last_layers_per_tap_path_computes_what_the_plain_layer_does(monkeyp
     form = 'conv_as_shifted_tap_sums' if net == 'D' else 'conv_transpose_as_folded_taps'
     real_form = getattr(networks, form)
     monkeypatch.setattr(networks, form, lambda conv, x: taken.append(x.shape) or real_form(conv, x))
-    monkeypatch.setattr(layer_class, 'per_tap', True)
     x = torch.randn(2, 4 if net == 'D' else 1, 128, 128, dtype=torch.float64)
     x_nchw = x.clone().requires_grad_()
     plain = model(x_nchw)
@@ -296,11 +296,37 @@ def test_the_last_layers_per_tap_path_computes_what_the_plain_layer_does(monkeyp
     torch.testing.assert_close(model(x_cl), plain, rtol=1e-12, atol=1e-12)
     assert taken == []  # channels_last on a device the class leaves alone
     monkeypatch.setattr(layer_class, 'on_devices', ('cpu',))
+    torch.testing.assert_close(model(x_cl), plain, rtol=1e-12, atol=1e-12)
+    assert taken == []  # eager: torch's conv
+    monkeypatch.setattr(networks, 'compiling', lambda: True)
     ours = model(x_cl)
     assert len(taken) == 1
+    monkeypatch.setattr(layer_class, 'per_tap', False)
+    model(x_cl)
+    assert len(taken) == 1  # switched off
     torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
     for mine, theirs in zip(torch.autograd.grad(ours, (x_cl, last.weight, last.bias), grad), plain_grads):
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('make,form', [(lambda: networks.OutputConv2d(8, 1, 4, 1, 1), 'conv_as_shifted_tap_sums'),
+                                       (lambda: networks.OutputConvTranspose2d(8, 3, 4, 2, 1),
+                                        'conv_transpose_as_folded_taps')], ids=['D last', 'G last'])
+def test_the_last_layers_take_their_per_tap_form_only_when_torch_compile_traces_them(monkeypatch, make, form):
+    """networks.compiling() as torch.compile sees it: traced by dynamo (its eager backend, so no inductor code on the
+    CPU here; tests/test_gpu.py compiles the forms on a GPU) the layer takes its per-tap form; called eager, torch's."""
+    layer = make()
+    monkeypatch.setattr(type(layer), 'on_devices', ('cpu',))
+    taken, real_form = [], getattr(networks, form)
+    monkeypatch.setattr(networks, form, lambda conv, x: taken.append(1) or real_form(conv, x))
+    x = channels_last(torch.randn(2, 8, 9, 9))
+    eager = layer(x)
+    assert taken == []
+    torch._dynamo.reset()
+    traced = torch.compile(layer, backend='eager')(x)
+    torch._dynamo.reset()
+    assert taken
+    torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('netD,n_layers_D,size,out', [
