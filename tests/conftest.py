@@ -162,6 +162,14 @@ def wait_for(predicate, timeout, step=0.0005):
     return False
 
 
+def count_calls(monkeypatch, owner, name):
+    """Wraps owner.name (a function, also one torch.compile traces) so that each call appends to the returned list,
+    then runs the original: which form a layer took."""
+    calls, real = [], getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
 def script_module(script):
     """A top-level script of the repo as a module, loaded by its path: `import test` may find the standard library's
     `test` package instead of the repo's test.py."""

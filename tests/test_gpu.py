@@ -17,7 +17,7 @@ import torch.nn as nn
 import networks
 import pix2pix_model
 import train
-from conftest import REPO, tiny
+from conftest import REPO, count_calls, tiny
 from dataset import EpochPlan, batch_on_device, load_split
 from generation import generate_sliding, load_generator
 from synthetic_inria import synthetic_pair
@@ -157,9 +157,7 @@ def test_few_channel_layers_compiled_on_the_gpu_compute_torchs_conv(monkeypatch,
     for name, value in switches.items():
         monkeypatch.setattr(type(layer), name, value)
     owner, _, attribute = form.rpartition('.')
-    owner = getattr(networks, owner) if owner else networks
-    taken, real_form = [], getattr(owner, attribute)
-    monkeypatch.setattr(owner, attribute, lambda *args: taken.append(1) or real_form(*args))
+    taken = count_calls(monkeypatch, getattr(networks, owner) if owner else networks, attribute)
     torch_forward = nn.ConvTranspose2d.forward if isinstance(layer, nn.ConvTranspose2d) else nn.Conv2d.forward
     x = torch.randn(shape, device=gpu()).contiguous(memory_format=torch.channels_last).requires_grad_()
     torch._dynamo.reset()

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import count_calls
 import networks
 from networks import (DISCRIMINATORS, GENERATORS, NORMS, define_D, define_G, generator_side_multiple,
                       generator_size_problem, get_norm_layer, init_weights)
@@ -282,10 +283,8 @@ def test_the_last_layers_per_tap_path_computes_what_the_plain_layer_does(monkeyp
     last = [m for m in model.modules() if isinstance(m, layer_class)]
     assert len(last) == 1
     last = last[0]
-    taken = []
-    form = 'conv_as_shifted_tap_sums' if net == 'D' else 'conv_transpose_as_folded_taps'
-    real_form = getattr(networks, form)
-    monkeypatch.setattr(networks, form, lambda conv, x: taken.append(x.shape) or real_form(conv, x))
+    taken = count_calls(monkeypatch, networks, 'conv_as_shifted_tap_sums' if net == 'D' else
+                        'conv_transpose_as_folded_taps')
     x = torch.randn(2, 4 if net == 'D' else 1, 128, 128, dtype=torch.float64)
     x_nchw = x.clone().requires_grad_()
     plain = model(x_nchw)
@@ -317,8 +316,7 @@ def test_the_last_layers_take_their_per_tap_form_only_when_torch_compile_traces_
     CPU here; tests/test_gpu.py compiles the forms on a GPU) the layer takes its per-tap form; called eager, torch's."""
     layer = make()
     monkeypatch.setattr(type(layer), 'on_devices', ('cpu',))
-    taken, real_form = [], getattr(networks, form)
-    monkeypatch.setattr(networks, form, lambda conv, x: taken.append(1) or real_form(conv, x))
+    taken = count_calls(monkeypatch, networks, form)
     x = channels_last(torch.randn(2, 8, 9, 9))
     eager = layer(x)
     assert taken == []
