@@ -216,9 +216,15 @@ class OutputConv2d(nn.Conv2d):
     per_tap = True
 
     def forward(self, x):
-        if self.per_tap and self.stride == (1, 1) and compiling() and reformulates(x, self.on_devices):
+        if self.per_tap and self.fits_per_tap() and compiling() and reformulates(x, self.on_devices):
             return conv_as_shifted_tap_sums(self, x)
         return super().forward(x)
+
+    def fits_per_tap(self):
+        """Whether conv_as_shifted_tap_sums computes this conv: it shifts by whole pixels (stride and dilation 1),
+        makes every output from every input channel (one group) and pads with zeros by the numbers given."""
+        return self.stride == self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == 'zeros' \
+            and not isinstance(self.padding, str)
 
 
 class OutputConvTranspose2d(nn.ConvTranspose2d):
@@ -230,10 +236,15 @@ class OutputConvTranspose2d(nn.ConvTranspose2d):
     per_tap = True
 
     def forward(self, x, output_size=None):
-        if self.per_tap and output_size is None and self.output_padding == (0, 0) and compiling() \
+        if self.per_tap and output_size is None and self.fits_per_tap() and compiling() \
                 and reformulates(x, self.on_devices):
             return conv_transpose_as_folded_taps(self, x)
         return super().forward(x, output_size)
+
+    def fits_per_tap(self):
+        """Whether conv_transpose_as_folded_taps computes this layer: its fold sizes the output with no
+        output_padding, and its 1×1 conv makes every output from every input channel (one group)."""
+        return self.output_padding == (0, 0) and self.groups == 1
 
 
 # ----------------------------------------------------------------------------- generators

@@ -327,6 +327,27 @@ def test_the_last_layers_take_their_per_tap_form_only_when_torch_compile_traces_
     torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('make', [
+    lambda: networks.OutputConv2d(8, 1, 3, 1, 2, dilation=2), lambda: networks.OutputConv2d(8, 2, 3, 1, 1, groups=2),
+    lambda: networks.OutputConv2d(8, 1, 3, 1, 1, padding_mode='reflect'),
+    lambda: networks.OutputConv2d(8, 1, 3, padding='same'), lambda: networks.OutputConv2d(8, 1, 3, stride=2),
+    lambda: networks.OutputConvTranspose2d(8, 4, 4, 2, 1, groups=2),
+    lambda: networks.OutputConvTranspose2d(8, 3, 3, 2, 1, output_padding=1)],
+    ids=['dilated', 'grouped', 'reflect-padded', 'same-padded', 'strided', 'transposed grouped',
+         'transposed output_padding'])
+def test_a_last_layer_whose_shape_its_per_tap_form_does_not_compute_takes_torchs_conv(monkeypatch, make):
+    """The per-tap forms shift by whole pixels, pad with zeros and mix every channel: a layer built otherwise (not
+    one networks.py builds) keeps torch's conv where it would take its form, rather than wrong sums or an error."""
+    layer = make()
+    monkeypatch.setattr(type(layer), 'on_devices', ('cpu',))
+    monkeypatch.setattr(networks, 'compiling', lambda: True)
+    taken = [count_calls(monkeypatch, networks, form)
+             for form in ('conv_as_shifted_tap_sums', 'conv_transpose_as_folded_taps')]
+    x = torch.randn(2, 8, 9, 9)
+    torch.testing.assert_close(layer(channels_last(x)), layer(x))  # NCHW: torch's conv
+    assert taken == [[], []]
+
+
 @pytest.mark.parametrize('netD,n_layers_D,size,out', [
     ('basic', 3, 256, 30),      # the classic 30x30 PatchGAN map
     ('n_layers', 2, 64, 14),    # 64/4 - 2
