@@ -129,9 +129,10 @@ def compiling():
 
 def conv_over_zero_padded_channels(conv, x, multiple=8):
     """conv(x) in channels_last with the input channels, and the weight's, zero-padded to a multiple of `multiple`:
-    the same sums (zero weights for zero channels), in the channel counts cuDNN's fast kernels take."""
+    the same sums (zero weights for zero channels), in the channel counts cuDNN's fast kernels take. A grouped conv
+    is left to torch: its zero channels would fall into the last group."""
     extra = -conv.in_channels % multiple
-    if not extra:
+    if not extra or conv.groups != 1:
         return nn.Conv2d.forward(conv, x)
     x = F.pad(x, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)
     weight = F.pad(conv.weight, (0, 0, 0, 0, 0, extra)).contiguous(memory_format=torch.channels_last)

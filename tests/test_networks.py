@@ -250,6 +250,16 @@ def test_ds_first_conv_over_2x2_blocks_computes_what_the_plain_conv_does(monkeyp
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
+def test_a_grouped_first_conv_keeps_torchs_conv_where_it_would_pad_its_channels(monkeypatch):
+    """Zero channels padded onto a grouped conv's input would fall into its last group: torch's conv instead (not a
+    layer networks.py builds)."""
+    monkeypatch.setattr(networks.InputConv2d, 'on_devices', ('cpu',))
+    monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', False)
+    layer = networks.InputConv2d(4, 8, 4, 2, 1, groups=2)
+    x = torch.randn(2, 4, 16, 16)
+    torch.testing.assert_close(layer(channels_last(x)), layer(x))  # NCHW: torch's conv
+
+
 @pytest.mark.parametrize('conv', [nn.Conv2d(64, 1, 4, 1, 1), nn.Conv2d(8, 3, 3, 1, 2, bias=False),
                                   nn.Conv2d(5, 2, (3, 5), 1, (1, 2)), nn.ConvTranspose2d(16, 3, 4, 2, 1),
                                   nn.ConvTranspose2d(6, 2, 3, 2, 0, bias=False),
