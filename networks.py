@@ -162,9 +162,10 @@ class InputConv2d(nn.Conv2d):
         return conv_over_zero_padded_channels(self, x)
 
     def fits_space_to_depth(self, size):
-        """Whether an input of this (height, width) has whole 2×2 blocks for this conv's shape."""
-        shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups)
-        return shape == ((4, 4), (2, 2), (1, 1), (1, 1), 1) and size[0] % 2 == 0 and size[1] % 2 == 0
+        """Whether an input of this (height, width) has whole 2×2 blocks for this conv's shape (the blocks are cut
+        from a zero-padded input)."""
+        shape = (self.kernel_size, self.stride, self.padding, self.dilation, self.groups, self.padding_mode)
+        return shape == ((4, 4), (2, 2), (1, 1), (1, 1), 1, 'zeros') and size[0] % 2 == 0 and size[1] % 2 == 0
 
     def space_to_depth_forward(self, x):
         out_nc, in_nc = self.weight.shape[:2]

@@ -260,6 +260,18 @@ def test_a_grouped_first_conv_keeps_torchs_conv_where_it_would_pad_its_channels(
     torch.testing.assert_close(layer(channels_last(x)), layer(x))  # NCHW: torch's conv
 
 
+@pytest.mark.parametrize('padding_mode', ['reflect', 'replicate', 'circular'])
+def test_a_first_conv_padded_otherwise_than_with_zeros_keeps_its_padding_on_channels_last(monkeypatch, padding_mode):
+    """The 2×2 blocks are cut from a zero-padded input: a conv that pads otherwise (not a layer networks.py builds)
+    takes the padded-channels path, which pads as the conv does."""
+    monkeypatch.setattr(networks.InputConv2d, 'on_devices', ('cpu',))
+    unshuffled = count_calls(monkeypatch, F, 'pixel_unshuffle')
+    layer = networks.InputConv2d(4, 8, 4, 2, 1, padding_mode=padding_mode)
+    x = torch.randn(2, 4, 16, 16)
+    torch.testing.assert_close(layer(channels_last(x)), layer(x))  # NCHW: torch's conv
+    assert unshuffled == []
+
+
 @pytest.mark.parametrize('conv', [nn.Conv2d(64, 1, 4, 1, 1), nn.Conv2d(8, 3, 3, 1, 2, bias=False),
                                   nn.Conv2d(5, 2, (3, 5), 1, (1, 2)), nn.ConvTranspose2d(16, 3, 4, 2, 1),
                                   nn.ConvTranspose2d(6, 2, 3, 2, 0, bias=False),
