@@ -250,23 +250,19 @@ def test_ds_first_conv_over_2x2_blocks_computes_what_the_plain_conv_does(monkeyp
         torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-12)
 
 
-def test_a_grouped_first_conv_keeps_torchs_conv_where_it_would_pad_its_channels(monkeypatch):
-    """Zero channels padded onto a grouped conv's input would fall into its last group: torch's conv instead (not a
-    layer networks.py builds)."""
-    monkeypatch.setattr(networks.InputConv2d, 'on_devices', ('cpu',))
-    monkeypatch.setattr(networks.InputConv2d, 'space_to_depth', False)
-    layer = networks.InputConv2d(4, 8, 4, 2, 1, groups=2)
-    x = torch.randn(2, 4, 16, 16)
-    torch.testing.assert_close(layer(channels_last(x)), layer(x))  # NCHW: torch's conv
-
-
-@pytest.mark.parametrize('padding_mode', ['reflect', 'replicate', 'circular'])
-def test_a_first_conv_padded_otherwise_than_with_zeros_keeps_its_padding_on_channels_last(monkeypatch, padding_mode):
-    """The 2×2 blocks are cut from a zero-padded input: a conv that pads otherwise (not a layer networks.py builds)
-    takes the padded-channels path, which pads as the conv does."""
+@pytest.mark.parametrize('make', [
+    lambda: networks.InputConv2d(4, 8, 4, 2, 1, groups=2),
+    lambda: networks.InputConv2d(4, 8, 4, 2, 1, padding_mode='reflect'),
+    lambda: networks.InputConv2d(4, 8, 4, 2, 1, padding_mode='replicate'),
+    lambda: networks.InputConv2d(4, 8, 4, 2, 1, padding_mode='circular')],
+    ids=['grouped', 'reflect-padded', 'replicate-padded', 'circular-padded'])
+def test_a_first_conv_whose_shape_its_forms_do_not_compute_keeps_its_sums_on_channels_last(monkeypatch, make):
+    """The 2×2 blocks are cut from a zero-padded input, and zero channels padded onto a grouped conv's input would
+    fall into its last group: a conv built otherwise (not a layer networks.py builds) takes no blocks, and the
+    padded-channels path pads as the conv does or leaves a grouped conv to torch."""
     monkeypatch.setattr(networks.InputConv2d, 'on_devices', ('cpu',))
     unshuffled = count_calls(monkeypatch, F, 'pixel_unshuffle')
-    layer = networks.InputConv2d(4, 8, 4, 2, 1, padding_mode=padding_mode)
+    layer = make()
     x = torch.randn(2, 4, 16, 16)
     torch.testing.assert_close(layer(channels_last(x)), layer(x))  # NCHW: torch's conv
     assert unshuffled == []
